@@ -1,0 +1,95 @@
+"""Acceptance: which drafted tokens the target agrees with. Pure functions on logits.
+
+greedy  walk down from the root, following the child whose token is the target's argmax;
+        the target's argmax at the last accepted node is the bonus token. Equals plain
+        greedy decoding token for token.
+sample  multi-candidate speculative sampling. Drafts are deterministic (top-k), so at a node
+        with target distribution p we try its children in order: accept child x with
+        probability p(x); otherwise set p(x) = 0, renormalise and try the next. If every child
+        fails, the bonus token is sampled from what is left. Each emitted token is exactly
+        distributed as the target's (processed) distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .tree import DraftTree
+
+
+@dataclass
+class Verdict:
+    path: list[int]  # accepted node indices, root first
+    bonus: int  # the target's own next token after the path
+    rejected: list[int]  # children of accepted nodes that the target turned down
+
+
+def check_sampling(temperature: float, top_p: float, top_k: int) -> None:
+    if not isinstance(temperature, (int, float)) or temperature != temperature or temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not isinstance(top_p, (int, float)) or not (0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"sampling top_k must be >= 0 (0 = off), got {top_k}")
+
+
+def target_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
+    """The distribution we sample from: temperature, then top-k, then top-p (nucleus), in fp32."""
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        before = sorted_p.cumsum(-1) - sorted_p  # mass strictly above each token
+        drop_sorted = before >= top_p  # keep the smallest prefix reaching top_p (top token always kept)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> Verdict:
+    """Longest path whose every token is the target's argmax after its parent."""
+    best = logits.argmax(dim=-1).tolist()
+    tokens = tree.tokens.tolist()
+    kids = tree.children()
+    path, rejected, node = [0], [], 0
+    while True:
+        nxt = next((c for c in kids[node] if tokens[c] == best[node]), None)
+        rejected.extend(c for c in kids[node] if c != nxt)
+        if nxt is None:
+            return Verdict(path, best[node], rejected)
+        path.append(nxt)
+        node = nxt
+
+
+def sample_accept(tree: DraftTree, probs: torch.Tensor, generator: torch.Generator | None = None) -> Verdict:
+    """Multi-candidate speculative sampling for deterministic drafts (probs: (N, V) processed)."""
+    tokens = tree.tokens.tolist()
+    kids = tree.children()
+    path, rejected, node = [0], [], 0
+    while True:
+        p, owned = probs[node], False
+        accepted = None
+        for c in kids[node]:
+            x = tokens[c]
+            px = float(p[x])
+            if px > 0 and float(torch.rand((), generator=generator, device=p.device)) < px:
+                accepted = c
+                break
+            rejected.append(c)
+            if px > 0:
+                if not owned:
+                    p, owned = p.clone(), True
+                p[x] = 0.0
+                p /= p.sum().clamp_min(1e-30)
+        if accepted is None:
+            if float(p.sum()) <= 0:  # rounding left no mass: fall back to the target's top token
+                return Verdict(path, int(probs[node].argmax()), rejected)
+            return Verdict(path, int(torch.multinomial(p, 1, generator=generator)), rejected)
+        path.append(accepted)
+        node = accepted
