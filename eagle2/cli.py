@@ -1,0 +1,152 @@
+"""Command line: python -m eagle2 {generate,bench,train} ...
+
+Bad input exits with code 2 and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+ORIGIN_COLOURS = {"draft": "\033[32m", "target": "\033[0m"}  # accepted drafts green, target tokens plain
+CYCLE_MARK = "\033[2m|\033[0m"
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, exit code 2."""
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def generate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eagle2 generate",
+                                description="Generate with EAGLE-2 speculative decoding and print the answer.")
+    p.add_argument("--prompt", required=True, help="the user message (chat template applied unless --raw)")
+    p.add_argument("--model", default="default", help="default | hub id | local folder")
+    p.add_argument("--head", default="default", help="EAGLE head: default | hub id | local folder")
+    p.add_argument("--draft-model", default=None, help="use a small LM with the same tokenizer instead of a head")
+    p.add_argument("--policy", default="eagle2", choices=["eagle2", "eagle1", "chain", "vanilla"])
+    p.add_argument("--top-k", type=_positive, default=None, help="tree: children per expanded node")
+    p.add_argument("--depth", type=_positive, default=None, help="tree: depth of the deepest draft token")
+    p.add_argument("--total-tokens", type=_positive, default=None, help="tree: draft tokens kept by the rerank")
+    p.add_argument("--temperature", type=_float, default=0.0)
+    p.add_argument("--top-p", type=_float, default=1.0)
+    p.add_argument("--sample-top-k", type=int, default=0, help="sampling top-k filter (0 = off)")
+    p.add_argument("--max-new-tokens", type=_positive, default=128)
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    p.add_argument("--trace", default=None, metavar="FILE", help="write the full trace as JSON")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of coloured text")
+    p.add_argument("--no-color", action="store_true")
+    return p
+
+
+def run_generate(argv: list[str]) -> int:
+    args = generate_parser().parse_args(argv)
+    import torch
+
+    import eagle2
+    from eagle2.policies import make_policy
+    from eagle2.verify import check_sampling
+
+    if not args.prompt.strip():
+        raise UsageError("prompt is empty")
+    if args.trace and not os.path.isdir(os.path.dirname(os.path.abspath(args.trace))):
+        raise UsageError(f"--trace: folder of {args.trace!r} does not exist")
+    check_sampling(args.temperature, args.top_p, args.sample_top_k)
+    policy = make_policy(args.policy, args.top_k, args.depth, args.total_tokens)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    target = eagle2.load_target(args.model, dtype=args.dtype, device=args.device)
+    drafter = None
+    if policy.needs_drafter:
+        drafter = eagle2.load_drafter(target, head=args.head, draft_model=args.draft_model)
+    recorder = eagle2.TraceRecorder(target.tokenizer) if args.trace else None
+    result = eagle2.generate_text(
+        target, args.prompt, drafter=drafter, policy=policy, chat=not args.raw,
+        observers=[recorder] if recorder else [], max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_p=args.top_p, sample_top_k=args.sample_top_k, seed=args.seed)
+    if recorder:
+        recorder.trace.save(args.trace)
+    summary = {"text": result.text, **result.summary(), "model": target.name,
+               "head": args.draft_model or (args.head if drafter else None), "dtype": str(target.dtype).replace("torch.", "")}
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+        return 0
+    colour = not args.no_color and sys.stdout.isatty() or os.environ.get("FORCE_COLOR")
+    print(render_tokens(target.tokenizer, result, colour))
+    print()
+    print(f"[{summary['policy']}] {summary['new_tokens']} tokens in {summary['seconds']:.2f} s = "
+          f"{summary['tokens_per_s']:.1f} tok/s | τ {summary['tau']:.2f} tokens/target forward, "
+          f"{summary['mean_accepted']:.2f} per cycle over {summary['cycles']} cycles | "
+          f"draft {summary['draft_s']:.2f} s, verify {summary['verify_s']:.2f} s | {target.name}, {summary['dtype']}")
+    if colour:
+        print(f"legend: {ORIGIN_COLOURS['draft']}accepted draft token\033[0m, target token, {CYCLE_MARK} cycle boundary")
+    return 0
+
+
+def render_tokens(tokenizer, result, colour: bool) -> str:
+    """The answer with accepted draft tokens coloured and cycle boundaries marked."""
+    if not colour:
+        return result.text
+    out, last = [], None
+    for tok, origin, cyc in zip(result.tokens, result.origins, result.token_cycles):
+        if last is not None and cyc != last:
+            out.append(CYCLE_MARK)
+        last = cyc
+        out.append(ORIGIN_COLOURS[origin] + tokenizer.decode([tok], skip_special_tokens=True) + "\033[0m")
+    return "".join(out)
+
+
+def _delegate(module: str, argv: list[str]) -> int:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise UsageError(f"{module} is not available ({e})") from None
+    return int(mod.main(argv) or 0)
+
+
+COMMANDS = {
+    "generate": run_generate,
+    "bench": lambda argv: _delegate("eagle2.bench", argv),
+    "train": lambda argv: _delegate("eagle2.train", argv),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: python -m eagle2 {generate,bench,train} [options]   (each takes --help)",
+              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except (UsageError, ValueError, TypeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,407 @@
+"""Data stages of the draft-head pipeline: prompts → answers → features.
+
+Everything is produced by the target itself (nothing is read from a benchmark or a data set):
+
+* prompts: Magpie-style self-synthesis. The chat template is rendered up to the start of the
+  user turn (system prompt + ``<|im_start|>user\\n``) and the target samples the user message
+  (T=1, top-p 0.95) until its end-of-turn token. Results are filtered and deduplicated.
+* answers: the target answers each prompt with the chat template applied, mostly greedily
+  (the demo runs at T=0) plus a sampled share for T>0. Batched, left padded, HF ``generate``.
+* features: one forward pass of the target over prompt+answer; the last hidden states (after
+  the final norm) are stored in bf16 together with the token ids and where the answer starts.
+
+Stages append their progress to ``*.partial.jsonl`` files, so an interrupted stage resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+SENTINEL = "MAGPIE_SENTINEL_7f3a"
+
+REQUEST_WORDS = {
+    "what", "how", "why", "when", "where", "who", "which", "can", "could", "would", "should", "is",
+    "are", "do", "does", "did", "will", "write", "explain", "describe", "give", "list", "tell",
+    "create", "help", "make", "generate", "suggest", "provide", "summarize", "compare", "translate",
+    "find", "calculate", "solve", "design", "draft", "compose", "recommend", "analyze", "define",
+    "i", "i'm", "im", "please", "imagine", "plan", "show", "teach", "rewrite", "identify", "discuss",
+}
+
+
+# ---- small helpers ----------------------------------------------------------------------------
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a torn last line from an interrupted run
+                    break
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def stop_ids(target) -> list[int]:
+    """End-of-turn ids: the model's EOS ids plus ``<|im_end|>`` when the vocabulary has it."""
+    ids = set(target.eos_token_ids)
+    tok = target.tokenizer
+    for name in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+        tid = tok.convert_tokens_to_ids(name) if name in tok.get_vocab() else None
+        if isinstance(tid, int) and tid >= 0 and tid != getattr(tok, "unk_token_id", None):
+            ids.add(tid)
+    return sorted(ids)
+
+
+def busy_others() -> int:
+    """Runnable tasks on the machine besides the caller (median of a few /proc/loadavg samples)."""
+    samples = []
+    for _ in range(5):
+        try:
+            with open("/proc/loadavg") as f:
+                samples.append(int(f.read().split()[3].split("/")[0]) - 1)
+        except (OSError, ValueError, IndexError):
+            return 0
+        time.sleep(0.01)
+    return sorted(samples)[len(samples) // 2]
+
+
+def adapt_threads(args) -> int:
+    """--threads 0: use all cores when the machine is otherwise idle, fewer when other processes
+    compete (OpenMP barriers over oversubscribed cores slow torch down several-fold)."""
+    import os
+
+    if args.threads:
+        n = args.threads
+    else:
+        cores = os.cpu_count() or 1
+        n = max(1, cores - busy_others())
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def pad_id(target) -> int:
+    tok = target.tokenizer
+    if tok.pad_token_id is not None:
+        return int(tok.pad_token_id)
+    return int(target.eos_token_ids[0])
+
+
+def encode(tok, text: str) -> list[int]:
+    """Token ids of already-templated text (the template carries the special tokens)."""
+    return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def magpie_prefix(tok) -> str:
+    """The chat template rendered up to where the user's message would start."""
+    text = tok.apply_chat_template([{"role": "user", "content": SENTINEL}], tokenize=False,
+                                   add_generation_prompt=False)
+    if SENTINEL not in text:
+        raise ValueError("cannot find the user turn in the chat template")
+    return text[: text.index(SENTINEL)]
+
+
+def chat_prompt(tok, user: str) -> str:
+    return tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                   add_generation_prompt=True)
+
+
+def cut_at_stop(ids: list[int], stops: set[int]) -> tuple[list[int], bool]:
+    """Ids up to and including the first stop id; (ids, finished)."""
+    for j, t in enumerate(ids):
+        if t in stops:
+            return ids[: j + 1], True
+    return ids, False
+
+
+class StopWhenMostFinished:
+    """Stopping criterion: end the whole batch once a fraction of its rows has emitted a stop id.
+
+    The rows still running are kept as truncated answers: they are still exactly the target's
+    own continuation, so they are valid training data, and the batch stops wasting compute on
+    rows that finished long ago.
+    """
+
+    def __init__(self, prompt_len: int, stops: list[int], frac: float):
+        self.prompt_len = prompt_len
+        self.stops = torch.tensor(stops)
+        self.frac = frac
+
+    def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
+        new = input_ids[:, self.prompt_len:]
+        done = torch.isin(new, self.stops.to(new.device)).any(dim=1)
+        stop = bool(done.float().mean().item() >= self.frac)
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+def _generate(target, input_ids, attention_mask, *, max_new_tokens, do_sample, temperature=1.0,
+              top_p=1.0, stops, stop_frac=1.0):
+    from transformers import StoppingCriteriaList
+
+    kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_id(target),
+                  use_cache=True)
+    if do_sample:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if stop_frac < 1.0:
+        kwargs["stopping_criteria"] = StoppingCriteriaList(
+            [StopWhenMostFinished(input_ids.shape[1], stops, stop_frac)])
+    dev = target.device
+    with torch.no_grad():
+        out = target.model.generate(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev),
+                                    **kwargs)
+    return out[:, input_ids.shape[1]:].cpu()
+
+
+def left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, n - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, n - len(s):] = 1
+    return ids, mask
+
+
+# ---- stage 1: prompts ---------------------------------------------------------------------
+def _norm_key(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()[:80]
+
+
+def prompt_verdict(text: str, finished: bool, mode: str = "strict") -> str | None:
+    """None if the prompt is kept, else the reason it is dropped."""
+    t = text.strip()
+    if not t:
+        return "empty"
+    if mode == "loose":
+        return None
+    if not finished:
+        return "unfinished"
+    words = t.split()
+    if len(t) < 15 or len(words) < 4:
+        return "short"
+    if len(t) > 700:
+        return "long"
+    if "<|" in t or "|>" in t or "http" in t.lower() or "```" in t:
+        return "junk"
+    ascii_frac = sum(c.isascii() for c in t) / len(t)
+    if ascii_frac < 0.97:
+        return "non-ascii"
+    if len(set(w.lower() for w in words)) / len(words) < 0.5:
+        return "repetitive"
+    first = re.sub(r"[^a-z']", "", words[0].lower())
+    if "?" not in t and first not in REQUEST_WORDS:
+        return "not-a-request"
+    return None
+
+
+def stage_prompts(target, args, out: Path) -> dict:
+    tok = target.tokenizer
+    raw_path, final = out / "prompts.partial.jsonl", out / "prompts.jsonl"
+    prefix = magpie_prefix(tok)
+    prefix_ids = encode(tok, prefix)
+    stops = stop_ids(target)
+    stop_set = set(stops)
+    raw = read_jsonl(raw_path)
+    n_batches = 1 + max((r["batch"] for r in raw), default=-1)
+
+    def kept_rows(rows):
+        seen, kept, reasons = set(), [], {}
+        for r in rows:
+            why = prompt_verdict(r["text"], r["finished"], args.prompt_filter)
+            key = _norm_key(r["text"])
+            if why is None and key in seen:
+                why = "duplicate"
+            if why is None:
+                seen.add(key)
+                kept.append({"id": len(kept), "prompt": r["text"].strip()})
+            else:
+                reasons[why] = reasons.get(why, 0) + 1
+        return kept, reasons
+
+    kept, _ = kept_rows(raw)
+    t0 = time.perf_counter()
+    budget = args.prompt_minutes * 60 if args.prompt_minutes else float("inf")
+    max_batches = max(1, -(-args.n_prompts * 6 // args.prompt_batch))
+    bar = tqdm(total=args.n_prompts, initial=min(len(kept), args.n_prompts), desc="prompts", unit="prompt")
+    with open(raw_path, "a") as f:
+        while len(kept) < args.n_prompts and n_batches < max_batches:
+            if time.perf_counter() - t0 > budget:
+                tqdm.write(f"prompts: time budget of {args.prompt_minutes} min reached")
+                break
+            adapt_threads(args)
+            torch.manual_seed(args.seed * 100003 + n_batches)
+            ids = torch.tensor([prefix_ids] * args.prompt_batch)
+            new = _generate(target, ids, torch.ones_like(ids), max_new_tokens=args.prompt_max_tokens,
+                            do_sample=True, temperature=args.prompt_temperature, top_p=args.prompt_top_p,
+                            stops=stops, stop_frac=args.prompt_stop_frac)
+            batch = []
+            for row in new.tolist():
+                cut, finished = cut_at_stop(row, stop_set)
+                text = tok.decode(cut[:-1] if finished else cut, skip_special_tokens=True)
+                batch.append({"batch": n_batches, "text": text, "finished": finished})
+            for r in batch:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            raw.extend(batch)
+            n_batches += 1
+            kept, _ = kept_rows(raw)
+            bar.update(min(len(kept), args.n_prompts) - bar.n)
+    bar.close()
+    kept, reasons = kept_rows(raw)
+    kept = kept[: args.n_prompts]
+    write_jsonl(final, kept)
+    return {"raw": len(raw), "kept": len(kept), "dropped": reasons, "batches": n_batches,
+            "prefix": prefix}
+
+
+# ---- stage 2: answers ---------------------------------------------------------------------
+def plan_answers(prompts: list[dict], args) -> list[tuple[float, list[dict]]]:
+    """Batches of (temperature, prompts); temperature 0 = greedy. Order is shuffled (seeded) so a
+    time-budget cut keeps the greedy/sampled mix; within a mode, similar lengths share a batch."""
+    rng = random.Random(args.seed)
+    temps = [float(t) for t in args.sample_temperatures.split(",")]
+    groups: dict[float, list[dict]] = {}
+    for p in prompts:
+        t = rng.choice(temps) if rng.random() < args.sampled_frac else 0.0
+        groups.setdefault(t, []).append(p)
+    batches = []
+    for t, ps in groups.items():
+        ps = sorted(ps, key=lambda p: len(p["prompt"]))
+        for i in range(0, len(ps), args.answer_batch):
+            batches.append((t, ps[i: i + args.answer_batch]))
+    rng.shuffle(batches)
+    return batches
+
+
+def stage_answers(target, args, out: Path) -> dict:
+    tok = target.tokenizer
+    prompts = read_jsonl(out / "prompts.jsonl")
+    part, final = out / "answers.partial.jsonl", out / "answers.jsonl"
+    done = {r["id"]: r for r in read_jsonl(part)}
+    stops = stop_ids(target)
+    stop_set = set(stops)
+    batches = plan_answers(prompts, args)
+    t0 = time.perf_counter()
+    budget = args.answer_minutes * 60 if args.answer_minutes else float("inf")
+    total = sum(len(b) for _, b in batches)
+    bar = tqdm(total=total, initial=len(done), desc="answers", unit="answer")
+    new_tokens = 0
+    with open(part, "a") as f:
+        for bi, (temp, batch) in enumerate(batches):
+            batch = [p for p in batch if p["id"] not in done]
+            if not batch:
+                continue
+            if time.perf_counter() - t0 > budget:
+                tqdm.write(f"answers: time budget of {args.answer_minutes} min reached")
+                break
+            adapt_threads(args)
+            torch.manual_seed(args.seed * 100003 + 7919 * bi)
+            pids = [encode(tok, chat_prompt(tok, p["prompt"])) for p in batch]
+            ids, mask = left_pad(pids, pad_id(target))
+            new = _generate(target, ids, mask, max_new_tokens=args.answer_max_tokens, do_sample=temp > 0,
+                            temperature=temp, top_p=1.0, stops=stops, stop_frac=args.answer_stop_frac)
+            for p, prompt_ids, row in zip(batch, pids, new.tolist()):
+                ans, finished = cut_at_stop(row, stop_set)
+                rec = {"id": p["id"], "prompt": p["prompt"], "temperature": temp, "finished": finished,
+                       "prompt_ids": prompt_ids, "answer_ids": ans,
+                       "answer": tok.decode(ans, skip_special_tokens=True)}
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                done[p["id"]] = rec
+                new_tokens += len(ans)
+            f.flush()
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{new_tokens / max(time.perf_counter() - t0, 1e-9):.0f}",
+                            threads=torch.get_num_threads())
+    bar.close()
+    rows = sorted((r for r in done.values() if r["answer_ids"]), key=lambda r: r["id"])
+    write_jsonl(final, rows)
+    greedy = [r for r in rows if r["temperature"] == 0]
+    return {"answers": len(rows), "greedy": len(greedy), "sampled": len(rows) - len(greedy),
+            "finished": sum(r["finished"] for r in rows),
+            "prompt_tokens": sum(len(r["prompt_ids"]) for r in rows),
+            "answer_tokens": sum(len(r["answer_ids"]) for r in rows),
+            "answer_tokens_greedy": sum(len(r["answer_ids"]) for r in greedy),
+            "skipped_by_budget": total - len(done)}
+
+
+# ---- stage 3: features --------------------------------------------------------------------
+def length_batches(lengths: list[int], max_tokens: int, max_rows: int = 64) -> list[list[int]]:
+    """Index groups of similar length whose padded size stays within max_tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups, cur, cur_max = [], [], 0
+    for i in order:
+        m = max(cur_max, lengths[i])
+        if cur and (m * (len(cur) + 1) > max_tokens or len(cur) >= max_rows):
+            groups.append(cur)
+            cur, m = [], lengths[i]
+        cur.append(i)
+        cur_max = m
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def stage_features(target, args, out: Path) -> dict:
+    rows = read_jsonl(out / "answers.jsonl")
+    seqs, starts = [], []
+    for r in rows:
+        ids = (r["prompt_ids"] + r["answer_ids"])[: args.max_seq_len]
+        seqs.append(ids)
+        starts.append(min(len(r["prompt_ids"]), len(ids)))
+    lengths = [len(s) for s in seqs]
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + n)
+    hidden = target.config.hidden_size
+    feats = torch.empty((offsets[-1], hidden), dtype=torch.bfloat16)
+    pad = pad_id(target)
+    groups = length_batches(lengths, args.feature_batch_tokens)
+    bar = tqdm(total=offsets[-1], desc="features", unit="tok", unit_scale=True)
+    base = target.model.model  # the decoder stack; its last_hidden_state is after the final norm
+    with torch.no_grad():
+        for gi, g in enumerate(groups):
+            if gi % 8 == 0:
+                adapt_threads(args)
+            n = max(lengths[i] for i in g)
+            ids = torch.full((len(g), n), pad, dtype=torch.long)
+            mask = torch.zeros((len(g), n), dtype=torch.long)
+            for j, i in enumerate(g):
+                ids[j, : lengths[i]] = torch.tensor(seqs[i])
+                mask[j, : lengths[i]] = 1
+            h = base(input_ids=ids.to(target.device), attention_mask=mask.to(target.device)).last_hidden_state
+            h = h.to("cpu", torch.bfloat16)
+            for j, i in enumerate(g):
+                feats[offsets[i]: offsets[i + 1]] = h[j, : lengths[i]]
+            bar.update(sum(lengths[i] for i in g))
+    bar.close()
+    data = {"tokens": torch.tensor([t for s in seqs for t in s], dtype=torch.int32),
+            "feats": feats, "offsets": torch.tensor(offsets, dtype=torch.int64),
+            "answer_start": torch.tensor(starts, dtype=torch.int64),
+            "temperature": torch.tensor([r["temperature"] for r in rows], dtype=torch.float32),
+            "ids": [r["id"] for r in rows], "hidden_size": hidden}
+    tmp = out / "features.pt.tmp"
+    torch.save(data, tmp)
+    tmp.replace(out / "features.pt")
+    return {"sequences": len(seqs), "tokens": offsets[-1],
+            "answer_tokens": sum(n - s for n, s in zip(lengths, starts)),
+            "bytes": (out / "features.pt").stat().st_size}

@@ -1,0 +1,60 @@
+"""Regenerate the example traces the Tree Lab opens without a model.
+
+    PYTHONPATH=. python examples/traces/regenerate.py                 # the trained default head
+    PYTHONPATH=. python examples/traces/regenerate.py --head self     # placeholder: the target drafts itself
+
+Each trace is a real run of the eagle2 decoder on the embedded default target (greedy).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+import eagle2
+
+HERE = Path(__file__).resolve().parent
+PROMPT = "Explain in three sentences how a rainbow forms."
+RUNS = (
+    # file name, policy, sizes, max_new_tokens
+    ("01-cpu-eagle2", "eagle2", {}, 96),
+    ("02-gpu-eagle2-k10-d6-t60", "eagle2", {"top_k": 10, "depth": 6, "total_tokens": 60}, 64),
+    ("03-cpu-eagle1-static", "eagle1", {}, 96),
+)
+
+
+def drafter_for(target, head: str):
+    if head == "self":
+        return eagle2.ModelDrafter(target.model, name="self (the target drafts)")
+    if head == "random":
+        torch.manual_seed(0)
+        return eagle2.EagleDrafter(eagle2.EagleHead.for_target(target.model.config), target.model,
+                                   name="random head (untrained)")
+    return eagle2.EagleDrafter(eagle2.load_head(head, target), target.model,
+                               name="EAGLE head (default)" if head == "default" else head)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--head", default="default", help="default (trained head), self, random, or a path / hub id")
+    ap.add_argument("--prompt", default=PROMPT)
+    ap.add_argument("--out", default=str(HERE))
+    args = ap.parse_args()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    target = eagle2.load_target("default")
+    for name, policy, sizes, n in RUNS:
+        rec = eagle2.TraceRecorder()
+        out = eagle2.generate_text(target, args.prompt, drafter=drafter_for(target, args.head),
+                                   policy=eagle2.make_policy(policy, **sizes), max_new_tokens=n, observers=[rec])
+        rec.trace.meta.update(head=args.head, target_spec="default")
+        path = Path(args.out) / f"{name}.json"
+        rec.trace.save(path)
+        s = out.summary()
+        print(f"{path.name}: {s['new_tokens']} tokens, {s['cycles']} cycles, tau {s['tau']}, "
+              f"{path.stat().st_size // 1024} KiB")
+
+
+if __name__ == "__main__":
+    main()

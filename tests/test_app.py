@@ -1,0 +1,252 @@
+"""The Tree Lab's server side: parameter checks, trace upload errors, run/compare handlers.
+
+Runs use the tiny random Llama from conftest (fast); one `slow` test uses the embedded model.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+import app
+from eagle2.trace import Trace
+from viz.sample import tiny_trace
+
+GOOD = dict(prompt="hello world", target="default", head="self", policy="eagle2", top_k=3, depth=3, total_tokens=8,
+            temperature=0.0, top_p=1.0, max_new_tokens=12, seed=0)
+
+
+def run_args(**over):
+    p = {**GOOD, **over}
+    return [p[k] for k in app.RUN_INPUTS[:11]]
+
+
+def consume(gen) -> list[dict]:
+    return list(gen)
+
+
+@pytest.fixture
+def tiny_models(monkeypatch, tiny_target):
+    """Make every run use the tiny target (whatever name the UI sends)."""
+    monkeypatch.setattr(app.MODELS, "target", lambda name="default": tiny_target)
+    return tiny_target
+
+
+# ---- parameters ---------------------------------------------------------------------------------------
+def test_validate_accepts_good_parameters():
+    p = app.validate(*run_args())
+    assert p["policy_obj"].describe() == {"policy": "eagle2", "top_k": 3, "depth": 3, "total_tokens": 8}
+    assert app.validate(*run_args(top_k=3.0))["top_k"] == 3  # sliders send floats
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"prompt": "   "}, "type a prompt"),
+    ({"prompt": None}, "type a prompt"),
+    ({"prompt": "x" * (app.MAX_PROMPT_CHARS + 1)}, "too long"),
+    ({"policy": "medusa"}, "Unknown policy"),
+    ({"top_k": 0}, "top_k must be between"),
+    ({"top_k": 2.5}, "whole number"),
+    ({"depth": True}, "whole number"),
+    ({"depth": "deep"}, "whole number"),
+    ({"total_tokens": 500}, "total_tokens must be between"),
+    ({"top_k": 2, "depth": 2, "total_tokens": 7}, "Bad tree size"),  # check_size: a 2x2 tree holds 6
+    ({"temperature": float("nan")}, "temperature"),
+    ({"temperature": -1}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"max_new_tokens": app.MAX_NEW_TOKENS + 1}, "max_new_tokens"),
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"seed": -3}, "seed"),
+])
+def test_validate_rejects_bad_parameters(over, match):
+    with pytest.raises(ValueError, match=match):
+        app.validate(*run_args(**over))
+
+
+def test_run_handler_empty_prompt_is_a_friendly_warning():
+    out = consume(app.run_handler(*run_args(prompt="")))
+    assert len(out) == 1 and set(out[0]) == {"status"}
+    assert "Please type a prompt" in out[0]["status"]
+
+
+def test_policy_sizes_and_tree_defaults():
+    assert app.policy_sizes("eagle2") == ("top_k", "depth", "total_tokens")
+    assert app.policy_sizes("chain") == ("depth",)
+    assert app.policy_sizes("vanilla") == ()
+    assert set(app.policy_choices()) >= {"eagle2", "eagle1", "chain", "vanilla"}
+    import inspect
+
+    from eagle2.policies import Eagle2
+    sig = inspect.signature(Eagle2.__init__).parameters
+    assert app.TREE_DEFAULTS == {k: sig[k].default for k in ("top_k", "depth", "total_tokens")}
+
+
+# ---- runs ------------------------------------------------------------------------------------------------
+def test_run_streams_then_fills_every_view(tiny_models):
+    out = consume(app.run_handler(*run_args(), "value", True, "value"))
+    assert any("answer" in d and "tl-live" in d["answer"] for d in out[:-1]), "no streamed update"
+    final = out[-1]
+    assert "Done" in final["status"], final["status"]
+    trace = final["trace"]
+    assert isinstance(trace, Trace) and trace.cycles
+    assert len(trace.output_tokens) == 12
+    assert final["tree"] is not None and final["tree"].layout.title.text.startswith("Cycle 0")
+    for k in ("chart_tokens_per_cycle", "chart_time_split", "chart_accepted_histogram",
+              "chart_acceptance_by_depth", "chart_calibration", "chart_context_dependence", "stage_plot"):
+        assert final[k] is not None, k
+    assert trace.meta["head"] == "self" and trace.meta["policy"] == "eagle2"
+    # the downloadable trace loads back
+    path = final["download"]["value"]
+    assert Trace.load(path).output_tokens == trace.output_tokens
+
+
+@pytest.mark.parametrize("policy", ["eagle1", "chain", "vanilla"])
+def test_run_other_policies(tiny_models, policy):
+    final = consume(app.run_handler(*run_args(policy=policy, max_new_tokens=6)))[-1]
+    assert "Done" in final["status"], final["status"]
+    assert final["trace"].meta["policy"] == policy
+
+
+def test_model_load_failure_is_a_message(tmp_path):
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    out = consume(app.run_handler(*run_args(target=str(empty))))
+    assert "no config.json" in out[-1]["status"] and "tl-error" in out[-1]["status"]
+
+
+def test_head_load_failure_is_a_message(tiny_models, tmp_path):
+    bad = tmp_path / "bad-head"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    out = consume(app.run_handler(*run_args(head=str(bad))))
+    assert "tl-error" in out[-1]["status"]
+
+
+def test_missing_default_head_says_what_to_do(tiny_target, monkeypatch):
+    if app.default_head_missing() is None:
+        pytest.skip("the default head is shipped")
+    # a tiny target wearing the default's name: the head lookup fails before any drafting
+    monkeypatch.setattr(app.MODELS, "target", lambda name="default": type(tiny_target)(
+        tiny_target.model, tiny_target.tokenizer, name=app.eagle2.models.DEFAULT_NAME))
+    out = consume(app.run_handler(*run_args(head="default")))
+    assert "not shipped yet" in out[-1]["status"] and "self" in out[-1]["status"]
+
+
+def test_runs_are_serialised_and_safe_in_threads(tiny_models):
+    results, errors = [], []
+
+    def user(i):
+        try:
+            final = consume(app.run_handler(*run_args(prompt=f"hello {i}", max_new_tokens=8)))[-1]
+            results.append(final["trace"])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(results) == 4
+    assert all(len(t.output_tokens) == 8 for t in results)
+    assert not app.GEN_LOCK.locked()
+
+
+def test_a_closed_stream_stops_the_worker(tiny_models):
+    gen = app.run_handler(*run_args(max_new_tokens=200))
+    for d in gen:
+        if "answer" in d:
+            break
+    gen.close()  # the browser went away
+    with app.GEN_LOCK:  # the worker gives the lock back at its next cycle
+        pass
+
+
+def test_compare_two_policies(tiny_models):
+    out = consume(app.compare_handler("hello world", "default", "self", 0.0, 1.0, 10, 0,
+                                      "eagle1", 4, 5, 12, "eagle2", 3, 3, 8))
+    final = out[-1]
+    assert "Both runs done" in final["cmp_status"]
+    ta, tb = final["cmp_state"]
+    assert ta.meta["policy"] == "eagle1" and tb.meta["policy"] == "eagle2"
+    assert "Same answer" in final["cmp_table"]  # greedy speculative decoding is lossless
+    assert final["cmp_tree_a"] is not None and final["cmp_tree_b"] is not None
+    again = app.compare_outputs(ta, tb, 99)
+    assert again["cmp_cycle"]["value"] == max(len(ta.cycles), len(tb.cycles)) - 1
+
+
+def test_compare_rejects_bad_sizes():
+    out = consume(app.compare_handler("hi", "default", "self", 0.0, 1.0, 10, 0, "eagle2", 2, 2, 50, "eagle2", 3, 3, 8))
+    assert "Bad tree size" in out[-1]["cmp_status"]
+
+
+# ---- traces ------------------------------------------------------------------------------------------------
+def test_open_trace_fills_the_ui(tmp_path):
+    path = tmp_path / "t.json"
+    tiny_trace().save(path)
+    out = app.open_trace_handler(str(path))
+    assert "Uploaded trace" in out["status"]
+    assert isinstance(out["trace"], Trace) and out["tree"] is not None
+    assert out["cycle"]["maximum"] == 1 and out["cycle"]["interactive"] is True
+    c1 = app.cycle_outputs(out["trace"], 1)
+    assert "Cycle 1" in c1["tree"].layout.title.text and 'tl-sel" data-cycle="1"' in c1["answer"]
+    assert app.cycle_outputs(out["trace"], 42)["cycle"]["value"] == 1  # clamped
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"this is not json", "not valid JSON"),
+    (b"\xff\xfe\x00garbage", "not UTF-8"),
+    (b"", "empty"),
+    (json.dumps({"schema": "something-else/9"}).encode(), "not an eagle2 trace"),
+    (json.dumps([1, 2, 3]).encode(), "not an eagle2 trace"),
+    (json.dumps({"schema": "eagle2-trace/1", "cycles": [{"index": 0}]}).encode(), "malformed"),
+    (json.dumps({"schema": "eagle2-trace/1", "cycles": "nope"}).encode(), "malformed"),
+])
+def test_bad_uploads_are_clear_errors(tmp_path, content, match):
+    path = tmp_path / "upload.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        app.load_trace_path(str(path))
+    out = app.open_trace_handler(str(path))
+    assert set(out) == {"status"} and "Could not open" in out["status"] and "tl-error" in out["status"]
+
+
+def test_oversized_upload_is_refused_before_reading(tmp_path, monkeypatch):
+    monkeypatch.setattr(app, "MAX_TRACE_BYTES", 1000)
+    path = tmp_path / "big.json"
+    path.write_bytes(b" " * 2000)
+    with pytest.raises(ValueError, match="too large"):
+        app.load_trace_path(str(path))
+    assert "too large" in app.open_trace_handler(str(path))["status"]
+
+
+def test_missing_upload():
+    assert "No file" in app.open_trace_handler(None)["status"]
+
+
+def test_example_traces_are_listed():
+    ex = app.example_traces()
+    assert ex and all(Path(p).exists() for _, p in ex)
+    out = app.open_trace_handler(ex[0][1], source="example")
+    assert "Example trace" in out["status"]
+
+
+# ---- the Blocks ----------------------------------------------------------------------------------------------
+def test_build_app_wires_the_api():
+    demo = app.build_app()
+    names = {d.api_name for d in demo.fns.values() if d.api_name}
+    assert {"run", "compare", "open_trace"} <= names
+    C = demo.tl_components
+    assert C["max_new_tokens"].maximum == app.MAX_NEW_TOKENS
+    assert C["top_k"].minimum >= 1 and C["total_tokens"].minimum >= 1
+
+
+# ---- the embedded model -----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_run_on_the_embedded_model():
+    head = "default" if app.default_head_missing() is None else "self"
+    final = consume(app.run_handler(*run_args(prompt="Why is the sky blue?", head=head, max_new_tokens=10)))[-1]
+    assert "Done" in final["status"], final["status"]
+    assert final["trace"].meta["model"] == "SmolLM2-135M-Instruct"

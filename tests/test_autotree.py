@@ -1,0 +1,195 @@
+"""Hardware-aware tree size: the latency curve, the size choice, dynamic depth, exactness."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import eagle2
+from eagle2.autotree import AutoEagle2, LatencyModel, Rolling, calibrate, load_or_calibrate
+from eagle2.policies import CandidatePool
+from eagle2.trace import Timings
+
+
+def flat(ms=10.0):
+    """GPU-like: verifying 64 tokens costs what verifying one does."""
+    return LatencyModel([1, 64], [ms / 1e3, ms / 1e3])
+
+
+def steep(ms=10.0, per_token_ms=2.0):
+    """CPU-like: every extra tree token costs more."""
+    return LatencyModel([1, 64], [ms / 1e3, (ms + 63 * per_token_ms) / 1e3])
+
+
+VALUES = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.08, 0.05, 0.03, 0.02, 0.01] * 2
+
+
+def log_values(values=VALUES):
+    return [math.log(v) for v in values]
+
+
+# ---- latency model ---------------------------------------------------------------------------
+def test_fit_takes_fastest_and_is_monotone():
+    lat = LatencyModel.fit({1: [0.02, 0.01, 0.5], 4: [0.009, 0.3], 16: [0.02, 0.021], 64: [0.05, 0.04]})
+    assert lat.sizes == [1, 4, 16, 64]
+    assert lat.seconds[2:] == pytest.approx([0.02, 0.04])
+    assert lat.seconds[0] == lat.seconds[1] == pytest.approx(0.0095)  # the dip 0.01 -> 0.009 is pooled
+    assert all(a <= b for a, b in zip(lat.seconds, lat.seconds[1:]))
+
+
+def test_curve_interpolates_and_extrapolates():
+    lat = LatencyModel([1, 3, 5], [1.0, 2.0, 6.0])
+    assert lat(2) == pytest.approx(1.5) and lat(4) == pytest.approx(4.0) and lat(3) == pytest.approx(2.0)
+    assert lat(7) == pytest.approx(10.0)  # last slope carries on
+    assert lat(0.5) > 0
+    again = LatencyModel.from_json(lat.to_json())
+    assert again.sizes == lat.sizes and again.seconds == lat.seconds
+    with pytest.raises(ValueError):
+        LatencyModel([1, 1], [1.0, 2.0])
+    with pytest.raises(ValueError):
+        LatencyModel.from_json('{"schema": "other"}')
+
+
+def test_calibrate_and_cache(tiny_target, tmp_path, monkeypatch):
+    monkeypatch.setenv("EAGLE2_CACHE", str(tmp_path))
+    lat = calibrate(tiny_target.model, sizes=(1, 4), prefix_len=32, repeats=2)
+    assert lat.sizes == [1, 4] and all(s > 0 for s in lat.seconds)
+    assert lat.meta["prefix_len"] == 32 and len(lat.samples["4"]) == 2
+    first = load_or_calibrate(tiny_target.model, sizes=(1, 8), prefix_len=16, repeats=1)
+    assert first.meta["cached"] is False
+    files = list((tmp_path / "latency").glob("*.json"))
+    assert len(files) == 1
+    second = load_or_calibrate(tiny_target.model, sizes=(1, 8), prefix_len=16, repeats=1)
+    assert second.meta["cached"] is True and second.seconds == first.seconds
+    assert load_or_calibrate(tiny_target.model, sizes=(1, 8), prefix_len=16, repeats=1, refresh=True).meta["cached"] is False
+
+
+# ---- choosing the size -------------------------------------------------------------------------
+def brute_force(policy, values, draft_s):
+    best, best_n = -1.0, -1
+    ordered = sorted(values, reverse=True)[: policy.max_nodes]
+    for n in range(len(ordered) + 1):
+        rate = (1 + sum(ordered[:n])) / (draft_s + policy.overhead_s + policy.latency(n + 1))
+        if rate > best + 1e-12:
+            best, best_n = rate, n
+    return best_n
+
+
+@pytest.mark.parametrize("lat", [flat(), steep(), steep(per_token_ms=0.2), LatencyModel([1, 8, 64], [0.01, 0.011, 0.2])])
+def test_choice_maximises_expected_tokens_per_second(lat):
+    p = AutoEagle2(lat)
+    for draft_s in (0.0, 0.005, 0.05):
+        assert p.choose_nodes(log_values(), draft_s) == brute_force(p, VALUES, draft_s)
+
+
+def test_smaller_tree_when_verify_time_grows_faster():
+    sizes = [AutoEagle2(lat).choose_nodes(log_values(), 0.005)
+             for lat in (flat(), steep(per_token_ms=0.05), steep(per_token_ms=0.5), steep(per_token_ms=5.0))]
+    assert sizes[0] == len(VALUES)  # free verification: keep every candidate with any value
+    assert sizes[0] > sizes[1] > sizes[2] > sizes[3] >= 1  # e.g. 32, 26, 16, 6
+
+
+def test_a_busy_machine_shrinks_the_tree():
+    """Verifies 3x slower than calibrated while drafting costs the same: a smaller share of the
+    cycle is fixed cost, so extra nodes pay less."""
+    p = AutoEagle2(steep(per_token_ms=0.3))
+    calm = p.choose_nodes(log_values(), 0.05)
+    for _ in range(8):  # verifies run 3x slower than calibrated: the load factor follows
+        p._cycle, p._last_nodes = 0, 10
+        p.on_cycle_end(0, 1, Timings(draft_s=0.005, verify_s=3 * p.latency(11), update_s=0.0))
+    assert p.verify_scale == pytest.approx(3.0)
+    assert p.choose_nodes(log_values(), 0.05) < calm
+
+
+def test_worthless_drafts_give_an_empty_tree():
+    p = AutoEagle2(steep())
+    assert p.choose_nodes(log_values([1e-6] * 20), 0.0) == 0
+
+
+def test_max_nodes_caps_the_tree():
+    p = AutoEagle2(flat(), max_nodes=5)
+    assert p.choose_nodes(log_values(), 0.0) == 5
+
+
+# ---- dynamic depth -----------------------------------------------------------------------------
+def pool_with_levels(frontier_value: float) -> CandidatePool:
+    pool = CandidatePool()
+    pool.add([-1] * 4, [10, 11, 12, 13], [math.log(0.9), math.log(0.05), math.log(0.03), math.log(0.02)])
+    pool.add([0, 0, 0, 0], [20, 21, 22, 23], [math.log(frontier_value / 0.9)] + [math.log(1e-3)] * 3)
+    return pool
+
+
+def test_stop_when_the_next_level_cannot_pay():
+    p = AutoEagle2(steep(per_token_ms=0.3))
+    for _ in range(5):
+        p.step.add(0.002)
+    # rich frontier, cheap step: continue; poor frontier: stop
+    assert not p.should_stop(pool_with_levels(0.8), elapsed=0.004)
+    assert p.should_stop(pool_with_levels(0.001), elapsed=0.004)
+    # same frontier, but a step as slow as many verifies: stop
+    slow = AutoEagle2(steep(per_token_ms=0.3))
+    for _ in range(5):
+        slow.step.add(1.0)
+    assert slow.should_stop(pool_with_levels(0.8), elapsed=0.004)
+
+
+def test_stop_rule_matches_its_bound():
+    """Stop exactly when the frontier's value per second of drafting is no better than the best rate."""
+    p = AutoEagle2(steep(per_token_ms=0.3))
+    for _ in range(5):
+        p.step.add(0.003)
+    for fv in (0.01, 0.05, 0.1, 0.3, 0.6, 0.85):
+        pool = pool_with_levels(fv)
+        frontier = fv + 3 * 0.9e-3  # the depth-2 level: top_k = 4 values, step_mass q = 1 (nothing learnt)
+        best = float(p.rates(pool.log_value, 0.004).max())
+        assert p.should_stop(pool, 0.004) == (frontier / 0.003 <= best)
+
+
+def test_rolling_median_skips_warmup():
+    r = Rolling(window=3, initial=1.0, skip=1)
+    assert r.value == 1.0
+    r.add(100.0)  # skipped
+    assert r.value == 1.0 and len(r) == 0
+    for x in (1.0, 2.0, 50.0, 3.0):
+        r.add(x)
+    assert r.value == 3.0  # median of the last three
+
+
+# ---- exact decoding ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def drafter(tiny_target):
+    from eagle2.draft import EagleDrafter
+    from eagle2.head import EagleHead
+
+    torch.manual_seed(3)
+    return EagleDrafter(EagleHead.for_target(tiny_target.model.config), tiny_target.model)
+
+
+@pytest.mark.parametrize("lat, as_observer", [(flat(0.01), True), (steep(), False), (steep(per_token_ms=1e3), True)])
+def test_auto_policy_is_lossless(tiny_target, drafter, lat, as_observer):
+    ids = tiny_target.tokenizer("hello world the cat is")["input_ids"]
+    ref = eagle2.generate(tiny_target.model, ids, eagle2.Vanilla(), None, max_new_tokens=40)
+    p = AutoEagle2(lat, top_k=3, depth=4)
+    out = eagle2.generate(tiny_target.model, ids, p, drafter, max_new_tokens=40, observers=[p] if as_observer else [])
+    assert out.tokens == ref.tokens
+    assert p.cycles == len(out.cycles) and all(c.tree_size <= p.max_nodes for c in out.cycles)
+    assert out.summary()["total_tokens"] == "auto"
+    if as_observer:
+        assert len(p.load) > 0
+    else:
+        assert len(p.overhead) > 0  # learnt from the gaps between cycles
+
+
+def test_huge_step_cost_keeps_the_tree_shallow(tiny_target, drafter):
+    ids = tiny_target.tokenizer("the dog and the cat")["input_ids"]
+    p = AutoEagle2(flat(), top_k=2, depth=6, explore_every=10**9)
+    for _ in range(10):
+        p.step.add(100.0)
+    p.step.skip = 0
+    out = eagle2.generate(tiny_target.model, ids, p, drafter, max_new_tokens=20, observers=[p])
+    assert p.stats()["mean_depth"] == 1.0 and len(out.tokens) == 20
+    free = AutoEagle2(flat(), top_k=2, depth=6, dynamic_depth=False)
+    eagle2.generate(tiny_target.model, ids, free, drafter, max_new_tokens=20, observers=[free])
+    assert free.stats()["mean_depth"] == 6.0

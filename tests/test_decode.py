@@ -1,0 +1,194 @@
+"""Greedy speculative decoding is lossless; caches keep exactly the accepted path."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from eagle2 import cache as kv
+from eagle2.decode import generate, hf_generate, target_forward
+from eagle2.draft import EagleDrafter, ModelDrafter
+from eagle2.head import EagleHead
+from eagle2.policies import Chain, Eagle1, Eagle2, Vanilla
+from eagle2.trace import Observer, TraceRecorder
+from eagle2.tree import DraftTree
+
+from conftest import make_tiny_llama
+
+VOCAB = 96
+POLICIES = {
+    "eagle2": lambda: Eagle2(top_k=3, depth=4, total_tokens=10),
+    "eagle2-wide": lambda: Eagle2(top_k=5, depth=3, total_tokens=30),
+    "eagle1": lambda: Eagle1(),
+    "chain": lambda: Chain(depth=4),
+}
+
+
+@pytest.fixture(scope="module")
+def models():
+    target = make_tiny_llama(VOCAB, seed=0)
+    other = make_tiny_llama(VOCAB, seed=1)  # a weak drafter: some accepted, many rejected
+    with torch.no_grad():  # make `other` a noisy copy of the target so it agrees often, not always
+        for p_t, p_o in zip(target.parameters(), other.parameters()):
+            p_o.copy_(p_t + 0.1 * p_o.std() * torch.randn_like(p_o))
+    return target, other
+
+
+def prompts(n=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, VOCAB, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g) for _ in range(n)]
+
+
+def drafters(target, other):
+    return {
+        "self": lambda: ModelDrafter(target),  # proposals always right: long paths, deep acceptance
+        "noisy": lambda: ModelDrafter(other),
+        "head": lambda: EagleDrafter(EagleHead.for_target(target.config), target),  # random head
+    }
+
+
+@pytest.mark.parametrize("policy_name", list(POLICIES))
+@pytest.mark.parametrize("drafter_name", ["self", "noisy", "head"])
+def test_greedy_equals_vanilla(models, policy_name, drafter_name):
+    target, other = models
+    drafter = drafters(target, other)[drafter_name]()
+    accepted = 0
+    for ids in prompts():
+        ref = generate(target, ids, Vanilla(), max_new_tokens=30)
+        out = generate(target, ids, POLICIES[policy_name](), drafter, max_new_tokens=30)
+        assert out.tokens == ref.tokens
+        accepted += out.origins.count("draft")
+    if drafter_name == "self":
+        assert accepted > 20 * 20  # most tokens came from accepted drafts
+    if drafter_name == "noisy":
+        assert accepted > 0
+
+
+def test_vanilla_equals_hf_generate(models):
+    target, _ = models
+    for ids in prompts(5, seed=1):
+        assert generate(target, ids, Vanilla(), max_new_tokens=25).tokens == hf_generate(target, ids, 25).tokens
+
+
+def test_eos_inside_an_accepted_path(models):
+    """EOS met mid-path: stop right there, never a token past it, same as vanilla."""
+    target, _ = models
+    hits = 0
+    for ids in prompts(20, seed=2):
+        ref = generate(target, ids, Vanilla(), max_new_tokens=40).tokens
+        eos = ref[len(ref) // 2]  # pretend a token from the middle of the answer is EOS
+        want = ref[: ref.index(eos) + 1]
+        out = generate(target, ids, Eagle2(top_k=2, depth=6, total_tokens=12), ModelDrafter(target),
+                       max_new_tokens=40, eos_token_ids=[eos])
+        assert out.tokens == want and out.stop_reason == "eos"
+        assert generate(target, ids, Vanilla(), max_new_tokens=40, eos_token_ids=[eos]).tokens == want
+        i = out.tokens.index(eos)
+        hits += out.origins[i] == "draft"
+    assert hits >= 5  # EOS arrived as an accepted draft token, inside a path
+
+
+@pytest.mark.parametrize("budget", [1, 2, 7, 13])
+def test_stops_exactly_at_max_new_tokens(models, budget):
+    target, _ = models
+    ids = prompts(1, seed=3)[0]
+    out = generate(target, ids, Eagle2(top_k=2, depth=5, total_tokens=8), ModelDrafter(target), max_new_tokens=budget)
+    assert len(out.tokens) == budget
+    assert out.tokens == generate(target, ids, Vanilla(), max_new_tokens=budget).tokens
+
+
+def test_target_cache_compaction_equals_fresh_prefill(models):
+    target, _ = models
+    prefix = torch.tensor([5, 9, 17, 33, 2])
+    tree = DraftTree([40, 41, 42, 43, 44, 45], [-1, 0, 0, 1, 2, 4])  # root + 5 drafts
+    cache = DynamicCache()
+    target_forward(target, prefix, cache)
+    target_forward(target, tree.tokens, cache, tree.position_ids(5), tree.attention_mask(5))
+    path = [0, 2, 4, 5]
+    kv.keep_prefix_and(cache, 5, path)
+    fresh = DynamicCache()
+    target_forward(target, torch.cat([prefix, tree.tokens[path]]), fresh)
+    for a, b in zip(cache.layers, fresh.layers):
+        assert torch.allclose(a.keys, b.keys, atol=1e-5) and torch.allclose(a.values, b.values, atol=1e-5)
+    # and decoding continues identically from either cache
+    nxt = torch.tensor([7])
+    pos = torch.tensor([[5 + len(path)]])
+    h1, _ = target_forward(target, nxt, cache, pos)
+    h2, _ = target_forward(target, nxt, fresh, pos)
+    assert torch.allclose(h1, h2, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["head", "model"])
+def test_drafter_cache_after_commit_equals_fresh(models, kind):
+    """Draft a tree, accept a path, commit: the drafter's cache equals a fresh one built at once."""
+    target, other = models
+    make = (lambda: EagleDrafter(EagleHead.for_target(target.config), target)) if kind == "head" else \
+        (lambda: ModelDrafter(other))
+    torch.manual_seed(0)
+    d1 = make()
+    d2 = make()
+    if kind == "head":
+        d2.head.load_state_dict(d1.head.state_dict())
+    seq = torch.tensor([3, 8, 21, 34, 55, 13])
+    feats, _ = target_forward(target, seq[:-1], DynamicCache())
+    d1.commit(seq, feats if d1.needs_features else None)
+    d1.step(torch.tensor([60, 61]), [-1, -1])
+    d1.step(torch.tensor([62, 63]), [0, 0])
+    # accept root(13) -> 60 -> 62, bonus 70
+    full = torch.cat([seq, torch.tensor([60, 62, 70])])
+    full_feats, _ = target_forward(target, full[:-1], DynamicCache())
+    lp1 = d1.commit(full, full_feats[len(seq) - 1:] if d1.needs_features else None)
+    lp2 = d2.commit(full, full_feats if d2.needs_features else None)
+    assert d1.committed == d2.committed
+    for a, b in zip(d1.cache.layers, d2.cache.layers):
+        assert a.keys.shape == b.keys.shape
+        assert torch.allclose(a.keys, b.keys, atol=1e-5) and torch.allclose(a.values, b.values, atol=1e-5)
+    assert torch.allclose(lp1, lp2, atol=1e-4)
+
+
+class Counting(Observer):
+    wants_records = False
+
+    def __init__(self):
+        self.tokens = []
+
+    def on_tokens(self, cycle, tokens, origins):
+        self.tokens += tokens
+
+
+def test_observers_never_steer(models):
+    target, other = models
+    for ids in prompts(5, seed=4):
+        plain = generate(target, ids, Eagle2(), ModelDrafter(other), max_new_tokens=30)
+        rec, cnt = TraceRecorder(), Counting()
+        seen = generate(target, ids, Eagle2(), ModelDrafter(other), max_new_tokens=30, observers=[rec, cnt])
+        assert plain.tokens == seen.tokens == cnt.tokens == rec.trace.output_tokens
+        assert len(rec.trace.cycles) == len(seen.cycles)
+        for c in rec.trace.cycles:
+            v = c.verification
+            assert [n.status for n in v.nodes].count("accepted") == len(v.accepted_path) - 1
+            assert c.new_tokens[: len(v.accepted_path) - 1] == [v.nodes[i].token for i in v.accepted_path[1:]]
+
+
+def test_sampling_is_reproducible_with_a_seed(models):
+    target, other = models
+    ids = prompts(1, seed=5)[0]
+    a = generate(target, ids, Eagle2(), ModelDrafter(other), max_new_tokens=20, temperature=0.8, seed=7)
+    b = generate(target, ids, Eagle2(), ModelDrafter(other), max_new_tokens=20, temperature=0.8, seed=7)
+    assert a.tokens == b.tokens
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    ({"temperature": -0.1}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
+    ({"max_new_tokens": 0}, "max_new_tokens"), ({"max_new_tokens": 10_000}, "context"),
+])
+def test_bad_generation_inputs(models, kwargs, msg):
+    target, _ = models
+    with pytest.raises(ValueError, match=msg):
+        generate(target, torch.tensor([4, 5]), Vanilla(), **{"max_new_tokens": 5, **kwargs})
+
+
+def test_empty_prompt_and_missing_drafter(models):
+    target, _ = models
+    with pytest.raises(ValueError, match="empty"):
+        generate(target, torch.tensor([], dtype=torch.long), Vanilla())
+    with pytest.raises(ValueError, match="drafter"):
+        generate(target, torch.tensor([4, 5]), Eagle2(), None)

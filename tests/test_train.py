@@ -1,0 +1,138 @@
+"""Draft-head training pipeline: stage helpers, the unrolled (training-time-test) attention, and
+an end-to-end run on the tiny model (a few prompts, one short epoch, seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from eagle2 import train, train_data as td
+from eagle2.head import EagleHead
+
+
+def test_magpie_prefix_stops_at_user_turn(tiny_target):
+    prefix = td.magpie_prefix(tiny_target.tokenizer)
+    assert prefix.endswith("user : ")
+    assert td.SENTINEL not in prefix
+
+
+def test_prompt_filters():
+    ok = "How do I bake bread at home without yeast?"
+    assert td.prompt_verdict(ok, True) is None
+    assert td.prompt_verdict(ok, False) == "unfinished"
+    assert td.prompt_verdict("Hi?", True) == "short"
+    assert td.prompt_verdict("The weather was nice today in the park.", True) == "not-a-request"
+    assert td.prompt_verdict("Write a poem about <|im_start|> cats please", True) == "junk"
+    assert td.prompt_verdict("what what what what what what what what?", True) == "repetitive"
+    assert td.prompt_verdict("anything at all", False, "loose") is None
+
+
+def test_cut_at_stop_and_batches():
+    assert td.cut_at_stop([5, 6, 2, 2, 2], {2}) == ([5, 6, 2], True)
+    assert td.cut_at_stop([5, 6], {2}) == ([5, 6], False)
+    groups = td.length_batches([10, 300, 20, 290, 15], max_tokens=600)
+    assert sorted(i for g in groups for i in g) == [0, 1, 2, 3, 4]
+    for g in groups:
+        assert max([10, 300, 20, 290, 15][i] for i in g) * len(g) <= 600 or len(g) == 1
+
+
+def test_ttt_mask_structure():
+    m = train.ttt_mask(5, 3, torch.float32)[0, 0] == 0  # allowed
+    assert m.shape == (5, 15)
+    i = 4  # step 3 at position 4: real context ends at r = 2
+    assert m[i, :5].tolist() == [True, True, True, False, False]  # step-1 keys ≤ r
+    assert m[i, 5:10].tolist() == [False, False, False, True, False]  # step-2 key at r+1
+    assert m[i, 10:].tolist() == [False, False, False, False, True]  # itself
+    assert train.ttt_mask(4, 1, torch.float32)[0, 0].eq(0).equal(torch.ones(4, 4).tril().bool())
+
+
+def test_unroll_matches_sequential_drafting(tiny_target):
+    """Step k at position i of the parallel unroll == drafting k steps from real context r = i-k+1."""
+    from transformers import DynamicCache
+
+    torch.manual_seed(0)
+    head = EagleHead.for_target(tiny_target.config).float().eval()
+    embed = tiny_target.model.get_input_embeddings()
+    T, H, K = 9, tiny_target.config.hidden_size, 4
+    tok = torch.randint(5, 50, (1, T + 1))
+    feats = torch.randn(1, T, H)
+    with torch.no_grad():
+        preds = train.unroll(head, embed, tok, feats, K, 0.0, torch.float32)
+        e = embed(tok[:, 1:T]).float()
+        for r in range(0, T - K):
+            cache = DynamicCache()
+            pos = torch.arange(r + 1)[None]
+            out = head(e[:, : r + 1], feats[:, : r + 1], pos, cache=cache)
+            prev = out[:, -1:]
+            assert torch.allclose(prev, preds[0][:, r:r + 1], atol=1e-4)
+            for k in range(2, K + 1):
+                i = r + k - 1
+                prev = head(e[:, i:i + 1], prev, torch.tensor([[i]]), cache=cache)
+                assert torch.allclose(prev, preds[k - 1][:, i:i + 1], atol=1e-4), (r, k)
+
+
+def test_loss_positions_cover_answer_tokens():
+    valid = train.loss_positions(torch.tensor([6]), torch.tensor([3]), 5)
+    # position i predicts token i+2: answer tokens are 3, 4, 5
+    assert valid[0].tolist() == [False, True, True, True, False]
+
+
+def test_pipeline_end_to_end(tiny_dir, tmp_path):
+    out, head_out = tmp_path / "run", tmp_path / "head"
+    argv = ["--out", str(out), "--model", tiny_dir, "--dtype", "float32", "--device", "cpu",
+            "--head-out", str(head_out), "--n-prompts", "8", "--prompt-batch", "4",
+            "--prompt-max-tokens", "10", "--prompt-filter", "loose", "--answer-batch", "4",
+            "--answer-max-tokens", "12", "--sampled-frac", "0.25", "--epochs", "1",
+            "--batch-tokens", "128", "--ttt-steps", "1", "--ttt-pilot-minutes", "0.02",
+            "--eval-steps", "3", "--warmup-steps", "1", "--threads", "2"]
+    assert train.main(argv) == 0
+    for name in ("prompts.jsonl", "answers.jsonl", "features.pt", "config.json", "train.json"):
+        assert (out / name).exists(), name
+    for name in ("config.json", "model.safetensors", "report.json", "TRAINING.md"):
+        assert (head_out / name).exists(), name
+    head = EagleHead.from_pretrained(head_out)
+    assert head.hidden_size == 64 and head.embed_tokens is None
+    report = json.loads((head_out / "report.json").read_text())
+    assert report["stages"]["prompts"]["kept"] == 8
+    assert report["stages"]["answers"]["answers"] == 8
+    acc = report["training"]["best"]["val"]["acc"]
+    assert len(acc) == 3 and all(0.0 <= a <= 1.0 for a in acc)
+    assert len(report["training"]["pilots"]) == 2
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    data = torch.load(out / "features.pt", weights_only=False)
+    assert data["feats"].dtype == torch.bfloat16
+    assert int(data["offsets"][-1]) == sum(len(a["prompt_ids"]) + len(a["answer_ids"]) for a in answers)
+
+    # resumable: a second run skips every stage; --force train redoes only training
+    mtime = (out / "features.pt").stat().st_mtime
+    assert train.main(argv) == 0
+    assert (out / "features.pt").stat().st_mtime == mtime
+    assert train.main(argv + ["--force", "train", "--ttt-pilot-minutes", "0"]) == 0
+    assert (out / "features.pt").stat().st_mtime == mtime
+    assert json.loads((out / "train.json").read_text())["pilots"] == []
+
+
+def test_features_match_target_hidden_states(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    argv = ["--out", str(out), "--model", tiny_dir, "--dtype", "float32", "--device", "cpu",
+            "--n-prompts", "3", "--prompt-batch", "3", "--prompt-max-tokens", "6",
+            "--prompt-filter", "loose", "--answer-batch", "3", "--answer-max-tokens", "5",
+            "--until", "features"]
+    assert train.main(argv) == 0
+    from eagle2.models import load_target
+
+    tgt = load_target(tiny_dir, dtype="float32", device="cpu")
+    data = torch.load(out / "features.pt", weights_only=False)
+    a, b = int(data["offsets"][0]), int(data["offsets"][1])
+    ids = data["tokens"][a:b].long()[None]
+    with torch.no_grad():
+        h = tgt.model.model(input_ids=ids).last_hidden_state[0]
+    assert torch.allclose(data["feats"][a:b].float(), h, atol=0.05, rtol=0.02)
+    assert not (out / "head").exists()
+
+
+def test_parser_defaults():
+    args = train.build_parser().parse_args(["--out", "x"])
+    assert args.model == "default" and args.sampled_frac == pytest.approx(0.2)

@@ -1,0 +1,148 @@
+"""DraftTree and EAGLE-2 expansion/rerank properties, with a fake drafter (no model)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eagle2.policies import Chain, Eagle1, Eagle2, make_policy
+from eagle2.trace import TraceRecorder
+from eagle2.tree import DraftTree, max_candidates, rerank
+
+
+class FakeDrafter:
+    """Random but reproducible log-probs; records the parents it was fed, like a real drafter."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, vocab: int, seed: int, peaked: float = 3.0):
+        self.vocab, self.gen = vocab, torch.Generator().manual_seed(seed)
+        self.peaked = peaked
+        self.slot_depth: list[int] = []
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.slot_depth)
+
+    def root(self) -> torch.Tensor:
+        return self._logp(1)[0]
+
+    def _logp(self, m: int) -> torch.Tensor:
+        return torch.log_softmax(self.peaked * torch.randn(m, self.vocab, generator=self.gen), dim=-1)
+
+    def step(self, tokens, parents):
+        assert all(p < self.num_slots for p in parents), "a parent must be fed before its children"
+        for p in parents:
+            self.slot_depth.append((self.slot_depth[p] if p >= 0 else 0) + 1)
+        return self._logp(len(parents))
+
+
+def _check_tree(tree: DraftTree):
+    par = tree.parents.tolist()
+    assert par[0] == -1
+    assert all(0 <= p < i for i, p in enumerate(par) if i)  # parents precede children
+    anc = tree.ancestor_matrix()
+    for i in range(len(tree)):  # mask = ancestor-or-self relation
+        expected = set(tree.path_to(i))
+        assert {j for j in range(len(tree)) if anc[i, j]} == expected
+    mask = tree.attention_mask(prefix_len=3)
+    assert mask.shape == (1, 1, len(tree), 3 + len(tree))
+    assert bool((mask[0, 0, :, :3] == 0).all())
+    assert torch.equal(mask[0, 0, :, 3:] == 0, anc)
+    assert torch.equal(tree.position_ids(7)[0], tree.depths + 7)  # positions = prefix + depth
+    for i, d in enumerate(tree.depths.tolist()):
+        assert d == len(tree.path_to(i)) - 1
+    leaves = tree.paths()
+    covered = set()
+    for path in leaves:  # every retrieve path is a real root-to-leaf chain
+        assert path[0] == 0
+        assert all(par[b] == a for a, b in zip(path, path[1:]))
+        covered |= set(path)
+    assert covered == set(range(len(tree)))
+    vals = tree.log_values.tolist()
+    assert all(vals[i] <= vals[p] + 1e-6 for i, p in enumerate(par) if i)  # values never increase
+
+
+@settings(max_examples=60, deadline=None)
+@given(top_k=st.integers(1, 6), depth=st.integers(1, 6), total=st.integers(1, 80), seed=st.integers(0, 10_000),
+       vocab=st.integers(6, 40), peaked=st.sampled_from([0.0, 1.0, 5.0]))
+def test_eagle2_tree_properties(top_k, depth, total, seed, vocab, peaked):
+    top_k = min(top_k, vocab)
+    total = min(total, max_candidates(top_k, depth))
+    drafter = FakeDrafter(vocab, seed, peaked)
+    policy = Eagle2(top_k=top_k, depth=depth, total_tokens=total)
+    rec = TraceRecorder()
+    tree = policy.draft(5, drafter.root(), drafter, rec, cycle=0)
+    _check_tree(tree)
+    assert tree.size == min(total, max_candidates(top_k, depth))
+    assert tree.max_depth <= depth
+    # the rerank kept exactly the most valuable candidates
+    cands = [c for e in rec._cycle.expansions for c in e.candidates]
+    assert len(cands) == max_candidates(top_k, depth)
+    kept_values = sorted(math.log(c.value) for c in cands if c.id in set(rec._cycle.rerank.kept))
+    dropped = [math.log(c.value) for c in cands if c.id not in set(rec._cycle.rerank.kept)]
+    if dropped:
+        assert max(dropped) <= min(kept_values) + 1e-6
+    # each expansion step chose the top_k of its own candidates by value
+    for e in rec._cycle.expansions[1:]:
+        chosen = [c.value for c in e.candidates if c.id in e.chosen]
+        others = [c.value for c in e.candidates if c.id not in e.chosen]
+        assert len(chosen) == min(top_k, len(e.candidates))
+        if others:
+            assert min(chosen) >= max(others) - 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 60), total=st.integers(1, 70), seed=st.integers(0, 10_000), ties=st.booleans())
+def test_rerank_keeps_a_tree(n, total, seed, ties):
+    g = torch.Generator().manual_seed(seed)
+    parents = torch.tensor([int(torch.randint(-1, i, (1,), generator=g)) if i else -1 for i in range(n)])
+    logc = -torch.rand(n, generator=g) * 3
+    if ties:  # probability-1 children tie with their parents: a child must still never outrank its parent
+        logc[torch.rand(n, generator=g) < 0.5] = 0.0
+    logv = torch.zeros(n)
+    for i in range(n):
+        logv[i] = (logv[parents[i]] if parents[i] >= 0 else 0) + logc[i]
+    tree, kept = rerank(0, torch.arange(n) + 10, parents, logc, logv, total)
+    _check_tree(tree)
+    assert tree.size == min(total, n)
+    assert kept == sorted(kept)
+    assert torch.allclose(tree.log_values[1:], logv[kept])
+
+
+def test_eagle1_static_tree_shape():
+    drafter = FakeDrafter(50, 0)
+    tree = Eagle1().draft(1, drafter.root(), drafter)
+    _check_tree(tree)
+    assert tree.size == 25 and tree.max_depth == 5
+    with pytest.raises(ValueError, match="no parent"):
+        Eagle1([(0,), (1, 0)])
+
+
+def test_chain_is_a_path_of_top1():
+    drafter = FakeDrafter(50, 1)
+    root = drafter.root()
+    tree = Chain(depth=4).draft(1, root, drafter)
+    assert tree.parents.tolist() == [-1, 0, 1, 2, 3]
+    assert int(tree.tokens[1]) == int(root.argmax())
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    ({"top_k": 0}, "top_k must be >= 1"), ({"depth": 0}, "depth must be >= 1"),
+    ({"total_tokens": 0}, "total_tokens must be >= 1"),
+    ({"top_k": 2, "depth": 2, "total_tokens": 7}, "more than"),
+])
+def test_bad_tree_sizes(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        make_policy("eagle2", **kwargs)
+
+
+def test_bad_tree_inputs():
+    with pytest.raises(ValueError):
+        DraftTree([1, 2], [-1, 1])  # a node cannot be its own parent
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("beam")
+    with pytest.raises(TypeError):
+        Eagle2(top_k=2.5)
