@@ -49,7 +49,6 @@ import statistics
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -461,3 +460,12 @@ class AutoEagle2(Eagle2, Observer):
         if predicted > 0:
             self.load.add(min(5.0, max(0.2, timings.verify_s / predicted)))
         self.overhead.add(max(0.0, timings.draft_s - self._last_expand_s) + timings.update_s)
+
+
+def auto_policy(model, top_k: int | None = None, depth: int | None = None, refresh: bool = False,
+                **kwargs) -> AutoEagle2:
+    """An AutoEagle2 for a target model (or eagle2.Target), calibrating it on first use."""
+    model = getattr(model, "model", model) if not isinstance(model, torch.nn.Module) else model
+    latency = load_or_calibrate(model, refresh=refresh)
+    sizes = {k: v for k, v in (("top_k", top_k), ("depth", depth or AUTO_DEFAULT_DEPTH)) if v is not None}
+    return AutoEagle2(latency, **sizes, **kwargs)

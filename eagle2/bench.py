@@ -361,7 +361,7 @@ def build_methods(specs: list[MethodSpec], target, args, log) -> tuple[list[Meth
         total = spec.options.get("total", args.total_tokens)
         if spec.base == "eagle2" and total == "auto":
             if latency is None:
-                log("calibrating verify latency against tree size ...")
+                log("verify latency against tree size (calibrated once per machine + model + dtype) ...")
                 latency = load_or_calibrate(target.model, refresh=args.recalibrate)
                 extra["latency"] = {"sizes": latency.sizes, "seconds": latency.seconds,
                                     "cache_file": latency.meta.get("cache_file"),

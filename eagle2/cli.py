@@ -18,6 +18,13 @@ class UsageError(Exception):
     """Bad input: reported as one line, exit code 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (plus exit code 2), not the whole usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def _positive(text: str) -> int:
     try:
         v = int(text)
@@ -36,7 +43,7 @@ def _float(text: str) -> float:
 
 
 def generate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eagle2 generate",
+    p = OneLineParser(prog="python -m eagle2 generate",
                                 description="Generate with EAGLE-2 speculative decoding and print the answer.")
     p.add_argument("--prompt", required=True, help="the user message (chat template applied unless --raw)")
     p.add_argument("--model", default="default", help="default | hub id | local folder")
@@ -60,8 +67,20 @@ def generate_parser() -> argparse.ArgumentParser:
     return p
 
 
+def quiet_libraries() -> None:
+    """Keep library progress bars and retry warnings off a CLI's one-line errors."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+    from huggingface_hub.utils import logging as hub_logging
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    hub_logging.set_verbosity_error()
+
+
 def run_generate(argv: list[str]) -> int:
     args = generate_parser().parse_args(argv)
+    quiet_libraries()
     import torch
 
     import eagle2
@@ -148,5 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:  # argparse already printed its one-line usage error
+        return e.code if isinstance(e.code, int) else 2
     except KeyboardInterrupt:
         return 130

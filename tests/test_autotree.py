@@ -193,3 +193,13 @@ def test_huge_step_cost_keeps_the_tree_shallow(tiny_target, drafter):
     free = AutoEagle2(flat(), top_k=2, depth=6, dynamic_depth=False)
     eagle2.generate(tiny_target.model, ids, free, drafter, max_new_tokens=20, observers=[free])
     assert free.stats()["mean_depth"] == 6.0
+
+
+def test_auto_policy_helper(tiny_target, tmp_path, monkeypatch):
+    from eagle2.autotree import auto_policy
+
+    monkeypatch.setenv("EAGLE2_CACHE", str(tmp_path))
+    p = auto_policy(tiny_target, top_k=3, depth=4)
+    assert (p.top_k, p.depth, p.max_nodes) == (3, 4, 3 + 3 * 9)
+    assert p.describe()["total_tokens"] == "auto" and p.latency.sizes[-1] == 64
+    assert len(list((tmp_path / "latency").glob("*.json"))) == 1

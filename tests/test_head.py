@@ -1,0 +1,143 @@
+"""The official EAGLE checkpoint format, and clear errors for heads that do not fit."""
+
+import json
+
+import pytest
+import torch
+
+from eagle2.draft import EagleDrafter, load_head
+from eagle2.head import EagleHead
+
+from conftest import make_tiny_llama
+
+HID, VOCAB = 64, 96
+
+
+def official_config(**extra):
+    """config.json as EAGLE's released heads write it: LlamaConfig keys plus "bias"."""
+    cfg = {
+        "architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+        "hidden_size": HID, "initializer_range": 0.02, "intermediate_size": 2 * HID,
+        "max_position_embeddings": 512, "model_type": "llama", "num_attention_heads": 4,
+        "num_hidden_layers": 1, "num_key_value_heads": 2, "pad_token_id": 0, "rms_norm_eps": 1e-6,
+        "rope_scaling": None, "tie_word_embeddings": False, "torch_dtype": "float16",
+        "transformers_version": "4.28.1", "use_cache": True, "vocab_size": VOCAB, "bias": True,
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def official_state(bias=True, embeddings=True, seed=0):
+    """The key names of EAGLE's released pytorch_model.bin (no input_layernorm in layer 0)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.05  # noqa: E731
+    kvd = HID // 4 * 2
+    state = {
+        "fc.weight": r(HID, 2 * HID),
+        "layers.0.self_attn.q_proj.weight": r(HID, HID), "layers.0.self_attn.k_proj.weight": r(kvd, HID),
+        "layers.0.self_attn.v_proj.weight": r(kvd, HID), "layers.0.self_attn.o_proj.weight": r(HID, HID),
+        "layers.0.mlp.gate_proj.weight": r(2 * HID, HID), "layers.0.mlp.up_proj.weight": r(2 * HID, HID),
+        "layers.0.mlp.down_proj.weight": r(HID, 2 * HID), "layers.0.post_attention_layernorm.weight": torch.ones(HID),
+    }
+    if bias:
+        state["fc.bias"] = r(HID)
+    if embeddings:
+        state["embed_tokens.weight"] = r(VOCAB, HID)
+    return state
+
+
+@pytest.mark.parametrize("fmt", ["bin", "safetensors"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_loads_official_format(tmp_path, fmt, bias):
+    state = official_state(bias=bias)
+    (tmp_path / "config.json").write_text(json.dumps(official_config(bias=bias)))
+    if fmt == "bin":
+        torch.save(state, tmp_path / "pytorch_model.bin")
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, str(tmp_path / "model.safetensors"))
+    head = EagleHead.from_pretrained(tmp_path)
+    assert head.bias == bias and (head.fc.bias is not None) == bias
+    assert torch.equal(head.fc.weight, state["fc.weight"])
+    assert torch.equal(head.layers[0].mlp.down_proj.weight, state["layers.0.mlp.down_proj.weight"])
+    assert torch.equal(head.embed_tokens.weight, state["embed_tokens.weight"])
+    assert isinstance(head.layers[0].input_layernorm, torch.nn.Identity)
+    # and it drafts for a target of the same shape
+    target = make_tiny_llama(VOCAB, hidden=HID)
+    drafter = EagleDrafter(head, target)
+    assert drafter.embed is head.embed_tokens  # a head's own embeddings win over the target's
+    seq = torch.tensor([5, 6, 7, 8])
+    logp = drafter.commit(seq, torch.randn(3, HID))
+    assert logp.shape == (VOCAB,) and abs(float(logp.exp().sum()) - 1) < 1e-4
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    target = make_tiny_llama(VOCAB, hidden=HID)
+    head = EagleHead.for_target(target.config)
+    head.save_pretrained(tmp_path)
+    again = EagleHead.from_pretrained(tmp_path)
+    for (k, a), b in zip(head.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["bias"] is True and cfg["hidden_size"] == HID
+
+
+def test_head_that_does_not_fit(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(official_config(hidden_size=32, intermediate_size=64)))
+    st = {k: v for k, v in official_state(embeddings=False).items()}
+    torch.save({k: v[:32, :64] if v.dim() == 2 else v[:32] for k, v in st.items()}, tmp_path / "pytorch_model.bin")
+    target = make_tiny_llama(VOCAB, hidden=HID)
+    with pytest.raises(ValueError, match="does not fit|do not fit"):
+        EagleDrafter(EagleHead.from_pretrained(tmp_path), target)
+
+
+def test_vocab_mismatch(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(official_config(vocab_size=50)))
+    torch.save(official_state(embeddings=False), tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="vocab"):
+        EagleDrafter(EagleHead.from_pretrained(tmp_path), make_tiny_llama(VOCAB, hidden=HID))
+
+
+@pytest.mark.parametrize("damage, msg", [
+    ("no_config", "config.json is missing"), ("bad_json", "not valid JSON"), ("no_weights", "no model.safetensors"),
+    ("corrupt_bin", "cannot read weights"), ("corrupt_st", "cannot read weights"), ("wrong_keys", "fc.weight"),
+    ("wrong_shapes", "do not fit"),
+])
+def test_missing_or_corrupt_checkpoint(tmp_path, damage, msg):
+    (tmp_path / "config.json").write_text(json.dumps(official_config()))
+    torch.save(official_state(), tmp_path / "pytorch_model.bin")
+    if damage == "no_config":
+        (tmp_path / "config.json").unlink()
+    elif damage == "bad_json":
+        (tmp_path / "config.json").write_text("{not json")
+    elif damage == "no_weights":
+        (tmp_path / "pytorch_model.bin").unlink()
+    elif damage == "corrupt_bin":
+        (tmp_path / "pytorch_model.bin").write_bytes(b"\x00garbage" * 10)
+    elif damage == "corrupt_st":
+        (tmp_path / "pytorch_model.bin").unlink()
+        (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{bad")
+    elif damage == "wrong_keys":
+        torch.save({"foo": torch.zeros(2)}, tmp_path / "pytorch_model.bin")
+    elif damage == "wrong_shapes":
+        st = official_state()
+        st["layers.0.mlp.up_proj.weight"] = torch.zeros(3, 3)
+        torch.save(st, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=msg):
+        EagleHead.from_pretrained(tmp_path)
+
+
+def test_unsafe_pickle_is_refused(tmp_path):
+    """weights_only loading: a checkpoint that smuggles an object is an error, not code execution."""
+    (tmp_path / "config.json").write_text(json.dumps(official_config()))
+    torch.save({"fc.weight": torch.zeros(1), "evil": object()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="cannot read weights"):
+        EagleHead.from_pretrained(tmp_path)
+
+
+def test_missing_head_paths(tiny_target, tmp_path):
+    with pytest.raises(ValueError, match="no draft head is shipped"):
+        load_head("default", tiny_target)
+    with pytest.raises(ValueError, match="config.json is missing"):
+        load_head(str(tmp_path), tiny_target)
