@@ -192,3 +192,21 @@ def test_empty_prompt_and_missing_drafter(models):
         generate(target, torch.tensor([], dtype=torch.long), Vanilla())
     with pytest.raises(ValueError, match="drafter"):
         generate(target, torch.tensor([4, 5]), Eagle2(), None)
+
+
+def test_user_policy_from_examples_is_lossless(models):
+    """examples/custom_policy.py: a user-defined policy plugs in and stays exact."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parent.parent / "examples" / "custom_policy.py"
+    spec = importlib.util.spec_from_file_location("custom_policy", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    target, other = models
+    for ids in prompts(5, seed=6):
+        rec = TraceRecorder()
+        out = generate(target, ids, mod.BestFirst(top_k=3, steps=5, total_tokens=8), ModelDrafter(other),
+                       max_new_tokens=30, observers=[rec])
+        assert out.tokens == generate(target, ids, Vanilla(), max_new_tokens=30).tokens
+        assert all(c.verification.nodes for c in rec.trace.cycles)
