@@ -33,7 +33,6 @@ accepted tokens of a single drafted chain, if step accuracies were independent.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -76,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--force", nargs="*", choices=STAGES, default=None,
                    help="re-run these stages (and every later one); no names = all")
     g = p.add_argument_group("prompts")
-    g.add_argument("--n-prompts", type=int, default=1300)
+    g.add_argument("--n-prompts", type=int, default=2500)
     g.add_argument("--prompt-batch", type=int, default=48)
     g.add_argument("--prompt-max-tokens", type=int, default=72)
     g.add_argument("--prompt-temperature", type=float, default=1.0)
@@ -84,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-stop-frac", type=float, default=0.95,
                    help="end a batch once this share of rows finished (the rest are dropped)")
     g.add_argument("--prompt-filter", choices=("strict", "loose"), default="strict")
-    g.add_argument("--prompt-minutes", type=float, default=7.0, help="time budget (0 = none)")
+    g.add_argument("--prompt-minutes", type=float, default=10.0, help="time budget (0 = none)")
     g = p.add_argument_group("answers")
     g.add_argument("--answer-batch", type=int, default=32)
     g.add_argument("--answer-max-tokens", type=int, default=320)
@@ -92,17 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end a batch once this share of rows finished; the rest are kept truncated")
     g.add_argument("--sampled-frac", type=float, default=0.2, help="share of sampled (T>0) answers")
     g.add_argument("--sample-temperatures", default="0.7,0.85,1.0")
-    g.add_argument("--answer-minutes", type=float, default=20.0, help="time budget (0 = none)")
+    g.add_argument("--answer-minutes", type=float, default=40.0, help="time budget (0 = none)")
     g = p.add_argument_group("features")
     g.add_argument("--max-seq-len", type=int, default=1024)
     g.add_argument("--feature-batch-tokens", type=int, default=4096)
     g = p.add_argument_group("train")
     g.add_argument("--epochs", type=int, default=40, help="upper bound; --train-minutes usually ends it")
-    g.add_argument("--train-minutes", type=float, default=17.0, help="time budget of the main run (0 = none)")
+    g.add_argument("--train-minutes", type=float, default=35.0, help="time budget of the main run (0 = none)")
     g.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per optimizer step")
     g.add_argument("--lr", type=float, default=6e-4)
     g.add_argument("--min-lr-frac", type=float, default=0.05)
-    g.add_argument("--warmup-steps", type=int, default=60)
+    g.add_argument("--warmup-steps", type=int, default=30)
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--grad-clip", type=float, default=0.5)
     g.add_argument("--noise", type=float, default=0.2, help="width of the uniform noise on input features")
@@ -110,8 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ce-frac", type=float, default=0.25, help="share of loss positions that get the CE term")
     g.add_argument("--ttt-steps", type=int, default=2, help="extra unrolled steps on own predictions (0 = off)")
     g.add_argument("--ttt-decay", type=float, default=0.8, help="loss weight of step k is decay**(k-1)")
-    g.add_argument("--ttt-pilot-minutes", type=float, default=3.0,
+    g.add_argument("--ttt-pilot-minutes", type=float, default=4.0,
                    help="train plain and TTT variants this long each and keep the better (0 = trust --ttt-steps)")
+    g.add_argument("--init-head", default=None,
+                   help="start from this head folder instead of a fresh one (continue training)")
+    g.add_argument("--keep-better", action="store_true",
+                   help="copy to --head-out only if the held-out score beats the head already there")
+    g.add_argument("--pilot-warmup-steps", type=int, default=10, help="warmup of the short pilot runs")
     g.add_argument("--val-frac", type=float, default=0.04)
     g.add_argument("--eval-steps", type=int, default=6, help="draft steps measured on held-out data")
     g.add_argument("--eval-every", type=float, default=1.0, help="evaluate every this many epochs")
@@ -286,11 +290,14 @@ def evaluate(head, data: FeatureData, idx: list[int], target, args, ac: bool) ->
 
 
 def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: int, minutes: float,
-               epochs: int, desc: str) -> dict:
+               epochs: int, desc: str, warmup: int | None = None) -> dict:
     from eagle2.head import EagleHead
 
     torch.manual_seed(args.seed)
-    head = EagleHead.for_target(target.config).to(target.device).float().train()
+    if args.init_head:
+        head = EagleHead.from_pretrained(args.init_head).to(target.device).float().train()
+    else:
+        head = EagleHead.for_target(target.config).to(target.device).float().train()
     embed, lm_head = target.model.get_input_embeddings(), target.model.lm_head
     ac = use_autocast(args, target)
     mdt = torch.bfloat16 if ac else torch.float32
@@ -302,6 +309,7 @@ def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: i
     eval_every = max(1, int(round(args.eval_every * len(groups))))
     rng = random.Random(args.seed)
     steps = 1 + ttt_steps
+    warmup = args.warmup_steps if warmup is None else warmup
     history, best, best_state = [], None, None
     t0 = time.perf_counter()
     step, tokens_seen, run_loss, run_n = 0, 0, {}, 0
@@ -330,8 +338,8 @@ def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: i
                 stop = True
                 break
             progress = max(step / total_steps, elapsed / budget if budget < float("inf") else 0.0)
-            if step < args.warmup_steps:
-                lr_f = (step + 1) / args.warmup_steps
+            if step < warmup:
+                lr_f = (step + 1) / warmup
             else:
                 lr_f = args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
             for pg in opt.param_groups:
@@ -382,14 +390,14 @@ def stage_train(target, args, out: Path) -> dict:
     if not train_idx:
         train_idx = val_idx
     tok_count = lambda ids: sum(data.lengths[i] for i in ids)  # noqa: E731
-    meta = {"train_sequences": len(train_idx), "val_sequences": len(val_idx),
+    meta = {"init_head": args.init_head, "train_sequences": len(train_idx), "val_sequences": len(val_idx),
             "train_tokens": tok_count(train_idx), "val_tokens": tok_count(val_idx)}
     ttt = args.ttt_steps
     pilots = []
     if args.ttt_steps > 0 and args.ttt_pilot_minutes > 0:
         for variant in (0, args.ttt_steps):
             r = train_head(target, data, train_idx, val_idx, args, variant, args.ttt_pilot_minutes,
-                           args.epochs, f"pilot ttt={variant}")
+                           args.epochs, f"pilot ttt={variant}", warmup=args.pilot_warmup_steps)
             pilots.append({"ttt_steps": variant, "best": r["best"], "steps": r["steps"],
                            "tokens_seen": r["tokens_seen"], "minutes": r["minutes"]})
         ttt = max(pilots, key=lambda p: p["best"]["val"]["score"])["ttt_steps"]
@@ -512,11 +520,20 @@ def main(argv=None) -> int:
     if args.until == "train":
         name = target.name if target is not None else str(args.model)
         report = write_report(out, args, "SmolLM2-135M-Instruct" if name == "default" else name)
-        if args.head_out:
+        new_score = ((report["training"].get("best") or {}).get("val") or {}).get("score", 0.0)
+        old = Path(args.head_out) / "report.json" if args.head_out else None
+        old_score = None
+        if args.keep_better and old is not None and old.exists():
+            old_best = json.loads(old.read_text()).get("training", {}).get("best") or {}
+            old_score = (old_best.get("val") or {}).get("score")
+        if args.head_out and old_score is not None and new_score < old_score:
+            log(f"held-out score {new_score} does not beat {old_score} in {args.head_out}: not copied")
+        elif args.head_out:
             dst = Path(args.head_out)
             dst.mkdir(parents=True, exist_ok=True)
             for f in ("config.json", "model.safetensors", "report.json", "TRAINING.md"):
-                shutil.copy2(out / "head" / f, dst / f)
+                shutil.copyfile(out / "head" / f, dst / f)
+                os.chmod(dst / f, 0o644)
             log(f"head copied to {dst}")
         best = report["training"].get("best") or {}
         log(f"done: held-out top-1 by step {best.get('val', {}).get('acc')}, total {report['total_minutes']} min")
