@@ -13,14 +13,19 @@ curve T(n).
 Per cycle, with the candidates' values v (products of draft probabilities = the draft's
 estimate of each node's acceptance probability) sorted v_1 >= v_2 >= ...:
 
-    expected tokens   E(n) = 1 + v_1 + ... + v_n          (accepted drafts + the bonus token)
+    expected tokens   E(n) = 1 + a (v_1 + ... + v_n)      (accepted drafts + the bonus token)
     cycle time        C(n) = D + O + s * T(n + 1)         (n drafts + the root are verified)
     keep              n*   = argmax_n E(n) / C(n)
 
 D is the time this cycle has spent drafting so far, O the rest of a cycle (drafter commit,
-acceptance, cache compaction), s a load factor (actual / calibrated verify time, so a busy machine
-shifts the choice); O, s and c below are rolling medians learnt online. n = 0 (verify the root alone) is
-allowed: when drafts are worthless, the cycle degenerates to plain decoding.
+acceptance, cache compaction), s a load factor (actual / calibrated verify time, so a busy
+machine shifts the choice); O, s and c below are rolling medians learnt online. n = 0 (verify
+the root alone) is allowed: when drafts are worthless, the cycle degenerates to plain decoding.
+
+Draft probabilities are over-confident as acceptance estimates (for the shipped SmolLM2 head,
+on prompts of our own, kept nodes promised 1.45 accepted drafts for every one the target
+took), so `a` = accepted drafts / sum of the kept values over the recent cycles (learnt
+online when the policy also observes the decode; 1 until 8 cycles are seen).
 
 Dynamic depth. Before each drafter step (cost c, learnt online) the frontier F holds the
 top_k nodes of the deepest level. The step creates their children, whose values sum to at
@@ -33,9 +38,10 @@ most
     max_m (E(m) + j G) / (C(m) + j c)  <=  max(R*, G / c),     R* = max_m E(m) / C(m),
 
 because a mediant never exceeds the larger of its two ratios. So no run of further steps can
-beat what we already have when G / c <= R*, and we stop. G = q * V_F, where q is the share of
-its frontier's value that one step's children actually carry (learnt online; q = 1 turns the
-estimate into the bound and never stops a step that could pay).
+beat what we already have when G / c <= R*, and we stop. We use G = a q V_F, where q is the
+share of its frontier's value that one step's children actually carry (learnt online): an
+expectation rather than the bound, which a = q = 1 gives back (it never stops a step that
+could pay, by the draft's own estimates).
 """
 
 from __future__ import annotations
@@ -277,6 +283,28 @@ class Rolling:
         return len(self.samples)
 
 
+class RatioOfSums:
+    """sum(a) / sum(b) over the last `window` pairs, clipped; `initial` until `min_samples`."""
+
+    def __init__(self, window: int = 64, initial: float = 1.0, min_samples: int = 8, lo: float = 0.05,
+                 hi: float = 2.0):
+        self.pairs: deque[tuple[float, float]] = deque(maxlen=window)
+        self.initial, self.min_samples, self.lo, self.hi = initial, min_samples, lo, hi
+
+    def add(self, a: float, b: float) -> None:
+        self.pairs.append((float(a), float(b)))
+
+    @property
+    def value(self) -> float:
+        den = sum(b for _, b in self.pairs)
+        if len(self.pairs) < self.min_samples or den <= 0:
+            return self.initial
+        return min(self.hi, max(self.lo, sum(a for a, _ in self.pairs) / den))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
 class _StopExpansion(Exception):
     """Raised by the timing drafter proxy to end Eagle2.expand early (dynamic depth)."""
 
@@ -319,7 +347,7 @@ class AutoEagle2(Eagle2, Observer):
 
     def __init__(self, latency: LatencyModel, top_k: int = 4, depth: int = AUTO_DEFAULT_DEPTH,
                  max_nodes: int | None = None, dynamic_depth: bool = True, window: int = 64,
-                 explore_every: int = 32):
+                 explore_every: int = 32, calibrate_values: bool = True):
         cap = max_candidates(top_k, depth) if isinstance(top_k, int) and isinstance(depth, int) else 1
         ceiling = latency.max_tokens - 1 if max_nodes is None else max_nodes
         super().__init__(top_k=top_k, depth=depth, total_tokens=max(1, min(cap, ceiling)))
@@ -335,9 +363,12 @@ class AutoEagle2(Eagle2, Observer):
         self.overhead = Rolling(window, 0.0)  # commit + acceptance + cache update per cycle
         self.load = Rolling(window, 1.0)  # actual / calibrated verify time
         self.mass = Rolling(window, 1.0)  # share of the frontier's value its children carry (q)
+        self.calibrate_values = calibrate_values
+        self.accept = RatioOfSums(window)  # accepted drafts / sum of kept values (a)
         # bookkeeping for the online estimates
         self._last_nodes = 0
         self._last_expand_s = 0.0
+        self._last_expected = 0.0
         self._last_end: float | None = None
         self._seen_cycle_end = -2
         self._cycle = -1
@@ -348,7 +379,8 @@ class AutoEagle2(Eagle2, Observer):
 
     def describe(self) -> dict:
         return {"policy": self.name, "top_k": self.top_k, "depth": self.depth, "total_tokens": "auto",
-                "max_nodes": self.max_nodes, "dynamic_depth": self.dynamic_depth}
+                "max_nodes": self.max_nodes, "dynamic_depth": self.dynamic_depth,
+                "calibrate_values": self.calibrate_values}
 
     def stats(self) -> dict:
         """Running averages of the choices and of what was learnt."""
@@ -356,7 +388,7 @@ class AutoEagle2(Eagle2, Observer):
         return {"cycles": self.cycles, "mean_nodes": self.nodes_total / c, "mean_depth": self.depth_total / c,
                 "step_ms": None if self.step_s is None else 1e3 * self.step_s,
                 "overhead_ms": None if self.overhead_s is None else 1e3 * self.overhead_s,
-                "verify_scale": self.verify_scale, "step_mass": self.step_mass}
+                "verify_scale": self.verify_scale, "step_mass": self.step_mass, "value_scale": self.value_scale}
 
     # ---- the cost model ------------------------------------------------------------------
     @property
@@ -375,6 +407,10 @@ class AutoEagle2(Eagle2, Observer):
     def step_mass(self) -> float:
         return self.mass.value
 
+    @property
+    def value_scale(self) -> float:
+        return self.accept.value if self.calibrate_values else 1.0
+
     def verify_time(self, nodes: torch.Tensor) -> torch.Tensor:
         """Predicted verify seconds for trees of `nodes` drafts (plus the root)."""
         return self.verify_scale * self.latency.curve(nodes.to(torch.float64) + 1)
@@ -384,13 +420,13 @@ class AutoEagle2(Eagle2, Observer):
         lv = torch.as_tensor(log_values, dtype=torch.float64).reshape(-1)
         k = min(self.max_nodes, lv.numel())
         best = torch.topk(lv, k).values.exp() if k else lv[:0]
-        expected = torch.cat([torch.ones(1, dtype=torch.float64), 1 + best.cumsum(0)])
+        expected = torch.cat([torch.ones(1, dtype=torch.float64), 1 + self.value_scale * best.cumsum(0)])
         n = torch.arange(k + 1, dtype=torch.float64)
         cost = draft_s + self.overhead_s + self.verify_time(n)
         return expected / cost
 
     def choose_nodes(self, log_values, draft_s: float) -> int:
-        """n* = argmax_n (1 + sum of the n largest values) / (draft + overhead + verify(n))."""
+        """n* = argmax_n (1 + a * sum of the n largest values) / (draft + overhead + verify(n))."""
         return int(torch.argmax(self.rates(log_values, draft_s)))  # first maximum: the smaller tree
 
     def should_stop(self, pool: CandidatePool, elapsed: float) -> bool:
@@ -400,7 +436,7 @@ class AutoEagle2(Eagle2, Observer):
         deepest = max(pool.depth)
         level = [v for v, d in zip(pool.log_value, pool.depth) if d == deepest]
         frontier = torch.topk(torch.tensor(level, dtype=torch.float64), min(self.top_k, len(level))).values
-        gain = self.step_mass * float(frontier.exp().sum())
+        gain = self.value_scale * self.step_mass * float(frontier.exp().sum())
         best_rate = float(self.rates(pool.log_value, elapsed).max())
         return gain / self.step_s <= best_rate
 
@@ -431,6 +467,7 @@ class AutoEagle2(Eagle2, Observer):
         self._learn_step_mass(pool)
         n = self.choose_nodes(pool.log_value, elapsed)
         self.total_tokens = n
+        self._last_expected = sum(sorted((math.exp(v) for v in pool.log_value), reverse=True)[:n])
         self._last_nodes, self._last_expand_s, self._cycle = n, elapsed, cycle
         self.cycles += 1
         self.nodes_total += n
@@ -450,6 +487,11 @@ class AutoEagle2(Eagle2, Observer):
         gap = now - self._last_end
         predicted = float(self.verify_time(torch.tensor([float(self._last_nodes)]))[0])
         self.overhead.add(max(0.0, gap - predicted))
+
+    def on_tokens(self, cycle, tokens, origins) -> None:
+        """Accepted drafts against what the kept values promised: learns a (module doc)."""
+        if cycle == self._cycle and cycle >= 0:
+            self.accept.add(sum(o == "draft" for o in origins), self._last_expected)
 
     def on_cycle_end(self, cycle, root_token, timings) -> None:
         """Exact timings from the decoder: learn the verify load factor and the overhead."""

@@ -17,14 +17,18 @@ Methods:
     eagle2    EAGLE-2's dynamic tree; --total-tokens auto (default) sizes it per cycle for this
               machine (eagle2.autotree), an integer fixes it
 A method may carry options after '@' to compare variants in one interleaved run, e.g.
-`eagle2,eagle2@total=12,eagle2@vocab=8192` (keys: total, depth, topk, vocab; vocab = a reduced
-draft vocabulary of that many tokens, eagle2.vocab).
+`eagle2,eagle2@total=12,eagle2@vocab=8192` (keys: total, depth, topk, vocab = a reduced draft
+vocabulary of that many tokens (eagle2.vocab); with total=auto also dyn=0 (no dynamic depth)
+and cal=0 (trust the draft values, no acceptance calibration)).
 
 Outputs in --out: answers.jsonl (one line per question and method: answers, per-turn stats and
 tokens), summary.json ({"methods": {...}, "by_category": {...}, "config": {...}, "machine": {...}}),
 summary.csv and report.html (Plotly). Aggregates are totals: tokens_per_s = new tokens / seconds,
 tau = new tokens / target forwards (1.0 for plain decoding), mean_accepted = tokens per drafting
-cycle (EAGLE's τ), identical_to_vanilla = share of answers token-identical to vanilla's.
+cycle (EAGLE's τ), identical_to_vanilla = share of answers token-identical to vanilla's;
+median_speedup_vs_* = the median over answers of the per-answer speedup (robust to the odd
+answer a busy machine slowed down). In bf16, tree and one-token forwards round differently, so
+near-ties in the logits can flip and answers drift apart; --dtype float32 checks exactness.
 """
 
 from __future__ import annotations
@@ -43,13 +47,13 @@ from pathlib import Path
 
 BASE_METHODS = ("hf", "vanilla", "pld", "chain", "eagle1", "eagle2")
 DRAFTING = ("chain", "eagle1", "eagle2")
-OPTION_KEYS = ("total", "depth", "topk", "vocab")
+OPTION_KEYS = ("total", "depth", "topk", "vocab", "dyn", "cal")
 DEFAULT_METHODS = "hf,vanilla,pld,chain,eagle1,eagle2"
 WARMUP_PROMPT = "Write two sentences about the sea."
 SUMMARY_KEYS = ("tau", "tokens_per_s", "speedup_vs_hf", "speedup_vs_vanilla", "identical_to_vanilla",
                 "new_tokens", "seconds")
-CSV_KEYS = ("method",) + SUMMARY_KEYS + ("mean_accepted", "turns", "mean_tree_size", "draft_s", "verify_s",
-                                         "prefill_s")
+CSV_KEYS = ("method",) + SUMMARY_KEYS + ("median_speedup_vs_hf", "median_speedup_vs_vanilla", "mean_accepted",
+                                         "turns", "mean_tree_size", "draft_s", "verify_s", "prefill_s")
 
 
 class BenchError(ValueError):
@@ -146,8 +150,10 @@ def parse_methods(text: str) -> list[MethodSpec]:
                 options[key] = int(value)
             except ValueError:
                 raise BenchError(f"method option {key} must be an integer, got {value!r}") from None
-            if options[key] < (0 if key == "vocab" else 1):
-                raise BenchError(f"method option {key} must be >= {0 if key == 'vocab' else 1}, got {value}")
+            low = 0 if key in ("vocab", "dyn", "cal") else 1
+            if options[key] < low or (key in ("dyn", "cal") and options[key] > 1):
+                raise BenchError(f"method option {key} must be {'0 or 1' if key in ('dyn', 'cal') else f'>= {low}'}"
+                                 f", got {value}")
         if opts and base not in DRAFTING:
             raise BenchError(f"method {base!r} takes no options")
         if item in seen:
@@ -350,9 +356,10 @@ def build_methods(specs: list[MethodSpec], target, args, log) -> tuple[list[Meth
                     log("counting token frequencies for the reduced draft vocabulary ...")
                     counts, source = counts_for(target, head_dir, args.vocab_counts)
                     extra["vocab_counts"] = source
-                ids = top_tokens(counts, vocab, always=target.eos_token_ids)
+                ids = top_tokens(counts, vocab, always=target.eos_token_ids,
+                                 vocab_size=int(target.model.lm_head.weight.shape[0]))
                 drafters[vocab] = ReducedVocabDrafter(head, target.model, ids, name=str(args.head))
-                extra.setdefault("vocab_coverage", {})[str(vocab)] = round(coverage(counts, ids), 5)
+                extra.setdefault("vocab_coverage_of_counts", {})[str(vocab)] = round(coverage(counts, ids), 5)
             else:
                 drafters[vocab] = EagleDrafter(head, target.model, name=str(args.head))
         drafter = drafters[vocab]
@@ -367,7 +374,10 @@ def build_methods(specs: list[MethodSpec], target, args, log) -> tuple[list[Meth
                                     "cache_file": latency.meta.get("cache_file"),
                                     "cached": latency.meta.get("cached")}
             kw = {k: v for k, v in (("top_k", top_k), ("depth", depth or AUTO_DEFAULT_DEPTH)) if v is not None}
-            policy = AutoEagle2(latency, **kw)
+            policy = AutoEagle2(latency, **kw, dynamic_depth=bool(spec.options.get("dyn", 1)),
+                                calibrate_values=bool(spec.options.get("cal", 1)))
+        elif "dyn" in spec.options or "cal" in spec.options:
+            raise BenchError(f"{spec.name}: dyn and cal apply to eagle2 with total=auto only")
         elif spec.base == "eagle2":
             policy = make_policy("eagle2", top_k=top_k, depth=depth, total_tokens=total)
         else:
@@ -422,7 +432,24 @@ def summarize(records: list[dict], names: list[str]) -> tuple[dict, dict]:
         cat_rows[rec["category"]][rec["method"]].extend(rec["turn_stats"])
     methods = add_speedups({n: aggregate(rows[n]) for n in names if rows[n]})
     by_cat = {c: add_speedups({n: aggregate(v[n]) for n in names if v[n]}) for c, v in sorted(cat_rows.items())}
+    add_median_speedups(methods, records)
     return methods, by_cat
+
+
+def add_median_speedups(methods: dict, records: list[dict]) -> None:
+    """Median over answers of (tokens/s) / (the reference's tokens/s on the same question and
+    turn): robust to the odd answer that a busy machine slowed down tenfold."""
+    tps = {(r["method"], r["question_id"], s["turn"]): s["tokens_per_s"] for r in records for s in r["turn_stats"]}
+    for name, m in methods.items():
+        for ref in ("hf", "vanilla"):
+            ratios = sorted(v / tps[(ref, q, t)] for (n, q, t), v in tps.items()
+                            if n == name and tps.get((ref, q, t), 0) > 0)
+            m[f"median_speedup_vs_{ref}"] = _median(ratios) if ratios else None
+
+
+def _median(xs: list[float]) -> float:
+    k = len(xs) // 2
+    return xs[k] if len(xs) % 2 else (xs[k - 1] + xs[k]) / 2
 
 
 def _round(x, nd=4):
@@ -437,9 +464,9 @@ def _round(x, nd=4):
 
 def format_table(methods: dict) -> str:
     cols = [("method", "{}"), ("tau", "{:.2f}"), ("tok/s", "{:.1f}"), ("x hf", "{:.2f}"), ("x vanilla", "{:.2f}"),
-            ("identical", "{:.0%}"), ("tokens", "{}"), ("seconds", "{:.1f}")]
-    keys = [None, "tau", "tokens_per_s", "speedup_vs_hf", "speedup_vs_vanilla", "identical_to_vanilla",
-            "new_tokens", "seconds"]
+            ("median x vanilla", "{:.2f}"), ("identical", "{:.0%}"), ("tokens", "{}"), ("seconds", "{:.1f}")]
+    keys = [None, "tau", "tokens_per_s", "speedup_vs_hf", "speedup_vs_vanilla", "median_speedup_vs_vanilla",
+            "identical_to_vanilla", "new_tokens", "seconds"]
     lines = []
     for name, m in methods.items():
         cells = [name] + [("-" if m.get(k) is None else f.format(m[k])) for (_, f), k in zip(cols[1:], keys[1:])]

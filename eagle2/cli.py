@@ -35,6 +35,10 @@ def _positive(text: str) -> int:
     return v
 
 
+def _total_tokens(text: str):
+    return "auto" if text == "auto" else _positive(text)
+
+
 def _float(text: str) -> float:
     try:
         return float(text)
@@ -52,7 +56,9 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="eagle2", choices=["eagle2", "eagle1", "chain", "vanilla"])
     p.add_argument("--top-k", type=_positive, default=None, help="tree: children per expanded node")
     p.add_argument("--depth", type=_positive, default=None, help="tree: depth of the deepest draft token")
-    p.add_argument("--total-tokens", type=_positive, default=None, help="tree: draft tokens kept by the rerank")
+    p.add_argument("--total-tokens", type=_total_tokens, default="auto",
+                   help="tree: draft tokens kept by the rerank, or auto (default: sized each cycle for this "
+                        "machine from a cached latency calibration)")
     p.add_argument("--temperature", type=_float, default=0.0)
     p.add_argument("--top-p", type=_float, default=1.0)
     p.add_argument("--sample-top-k", type=int, default=0, help="sampling top-k filter (0 = off)")
@@ -92,10 +98,13 @@ def run_generate(argv: list[str]) -> int:
     if args.trace and not os.path.isdir(os.path.dirname(os.path.abspath(args.trace))):
         raise UsageError(f"--trace: folder of {args.trace!r} does not exist")
     check_sampling(args.temperature, args.top_p, args.sample_top_k)
-    policy = make_policy(args.policy, args.top_k, args.depth, args.total_tokens)
+    total = None if args.total_tokens == "auto" and args.policy != "eagle2" else args.total_tokens
+    if total != "auto":  # check the sizes before loading anything
+        make_policy(args.policy, args.top_k, args.depth, total)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     target = eagle2.load_target(args.model, dtype=args.dtype, device=args.device)
+    policy = make_policy(args.policy, args.top_k, args.depth, total, target=target)
     drafter = None
     if policy.needs_drafter:
         drafter = eagle2.load_drafter(target, head=args.head, draft_model=args.draft_model)

@@ -164,7 +164,8 @@ def generate(
     dtype = next(model.parameters()).dtype
     ids = ids.to(device)
     eos = set(int(e) for e in eos_token_ids)
-    obs = Observers(observers)
+    # a policy that is also an Observer (e.g. autotree.AutoEagle2) learns the cycle timings
+    obs = Observers([*observers, policy] if isinstance(policy, Observer) and policy not in observers else observers)
     sampling = temperature > 0
     gen = None
     if sampling:

@@ -229,8 +229,21 @@ POLICIES = {"eagle2": Eagle2, "eagle1": Eagle1, "chain": Chain, "vanilla": Vanil
 
 
 def make_policy(name: str, top_k: int | None = None, depth: int | None = None,
-                total_tokens: int | None = None) -> Policy:
-    """Build a named policy; unset sizes take the policy's CPU-sized defaults."""
+                total_tokens: int | str | None = None, target=None) -> Policy:
+    """Build a named policy; unset sizes take the policy's CPU-sized defaults.
+
+    total_tokens="auto" (eagle2 only) sizes each cycle's tree for this machine: it calibrates
+    the target's verify latency once (cached) and keeps the nodes that maximise expected
+    tokens per second (see eagle2/autotree.py); it needs the `target`.
+    """
+    if name == "eagle2" and total_tokens == "auto":
+        if target is None:
+            raise ValueError("total_tokens='auto' needs the target model to calibrate against")
+        from .autotree import auto_policy
+
+        return auto_policy(target, top_k=top_k, depth=depth)
+    if isinstance(total_tokens, str):
+        raise ValueError(f"total_tokens must be an int or 'auto' (eagle2 only), got {total_tokens!r}")
     given = {k: v for k, v in (("top_k", top_k), ("depth", depth), ("total_tokens", total_tokens)) if v is not None}
     if name == "eagle2":
         return Eagle2(**given)

@@ -126,22 +126,32 @@ class ReducedVocabDrafter(EagleDrafter):
 
 
 # ---- token frequencies ---------------------------------------------------------------------
-def top_tokens(counts: dict, n: int, always=()) -> list[int]:
-    """The n most frequent token ids (ties by id), plus `always` (e.g. EOS) on top."""
+def top_tokens(counts: dict, n: int, always=(), vocab_size: int | None = None) -> list[int]:
+    """The n most frequent token ids (ties by id), plus `always` (e.g. EOS) on top.
+
+    Only tokens that were counted are taken, unless `vocab_size` is given: then slots left over
+    go to uncounted ids in id order (a BPE tokenizer numbers its merges roughly by frequency in
+    its own training text, so a low id is a better guess than none)."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"draft vocabulary size must be an int >= 1, got {n!r}")
     ranked = sorted(((int(t), int(c)) for t, c in counts.items()), key=lambda tc: (-tc[1], tc[0]))
     keep = [t for t, c in ranked[:n] if c > 0]
+    if vocab_size is not None and len(keep) < n:
+        seen = set(keep)
+        keep += [t for t in range(vocab_size) if t not in seen][: n - len(keep)]
     return sorted(set(keep) | {int(a) for a in always})
 
 
-def count_answers(path: str | os.PathLike, field: str = "answer_ids") -> Counter:
-    """Token counts of the answers in a JSONL file (the head's training data: answers.jsonl)."""
+def count_answers(path: str | os.PathLike, field: str = "answer_ids", every: int = 0, part: str = "all") -> Counter:
+    """Token counts of the answers in a JSONL file (the head's training data: answers.jsonl).
+    With every=k, part="fit" skips every k-th answer and part="held" keeps only those."""
     counts: Counter = Counter()
     with open(path) as f:
-        for line in f:
-            if line.strip():
-                counts.update(json.loads(line).get(field) or [])
+        rows = [line for line in f if line.strip()]
+    for i, line in enumerate(rows):
+        if every and (part == "fit") == (i % every == 0):
+            continue
+        counts.update(json.loads(line).get(field) or [])
     if not counts:
         raise ValueError(f"{path}: no {field!r} lists found")
     return counts
@@ -238,6 +248,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="default")
     p.add_argument("--out", required=True, help="where to write the counts JSON")
     p.add_argument("--sizes", default="2048,4096,8192,16384", help="print the coverage of these sizes")
+    p.add_argument("--vocab-size", type=int, default=0, help="full vocabulary size for the fill-up (0 = guess)")
+    p.add_argument("--holdout", type=int, default=5,
+                   help="with --from-answers: also report coverage on every N-th answer, counted without it")
     try:
         args = p.parse_args(argv)
         if args.from_answers:
@@ -249,9 +262,22 @@ def main(argv=None) -> int:
             counts = count_generations(target)
             meta = {"source": "target answers to eagle2.vocab.PROMPTS", "model": target.name}
         save_counts(counts, args.out, meta)
+        held = fit = None
+        if args.from_answers and args.holdout > 1:
+            fit = count_answers(args.from_answers, every=args.holdout, part="fit")
+            held = count_answers(args.from_answers, every=args.holdout, part="held")
+        vocab = max(counts) + 1 if args.from_answers else target.model.config.vocab_size
+        if args.vocab_size:
+            vocab = args.vocab_size
         for n in (int(s) for s in args.sizes.split(",") if s.strip()):
-            print(f"top {n:>6}: covers {100 * coverage(counts, top_tokens(counts, n)):.2f}% of "
-                  f"{sum(counts.values())} counted tokens")
+            line = (f"top {n:>6}: covers {100 * coverage(counts, top_tokens(counts, n)):.2f}% of the "
+                    f"{sum(counts.values())} counted tokens")
+            if held:
+                line += (f"; counted without every {args.holdout}th answer: "
+                         f"{100 * coverage(held, top_tokens(fit, n)):.2f}% of those answers' "
+                         f"{sum(held.values())} tokens ({100 * coverage(held, top_tokens(fit, n, vocab_size=vocab)):.2f}%"
+                         f" filled up by id)")
+            print(line)
     except (ValueError, OSError) as e:
         print(f"eagle2 vocab: error: {e}", file=sys.stderr)
         return 2

@@ -87,7 +87,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="runs per concurrent user")
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--head", default="auto", help="auto = the default head when shipped, else self")
-    ap.add_argument("--max-growth-mb", type=float, default=250.0)
+    ap.add_argument("--max-growth-mb", type=float, default=120.0)
     args = ap.parse_args()
     total = args.sequential + args.concurrent * args.rounds
     if total > MAX_REQUESTS:
@@ -156,6 +156,8 @@ def main() -> int:
                     errors.append(f"sequential {i}: {status_of(out)[:200]}")
             except Exception as e:
                 errors.append(f"sequential {i}: {type(e).__name__}: {e}")
+            if (i + 1) % 5 == 0:
+                print(f"  after {i + 1} sequential runs: RSS {rss_mb(pid) or float('nan'):.0f} MiB", flush=True)
         rss1 = rss_mb(pid)
         print(f"{args.sequential} sequential runs: {time.time() - t0:.1f} s, RSS {rss1 or float('nan'):.0f} MiB")
 

@@ -177,6 +177,17 @@ def test_compare_two_policies(tiny_models):
     assert again["cmp_cycle"]["value"] == max(len(ta.cycles), len(tb.cycles)) - 1
 
 
+def test_answers_note():
+    a, b = tiny_trace(), tiny_trace()
+    assert "Same answer" in app.answers_note(a, b)
+    b.output_tokens = a.output_tokens[:3] + [99, 98]
+    assert "agree on the first 3 tokens" in app.answers_note(a, b)
+    b.output_tokens = a.output_tokens[:3]
+    assert "prefix" in app.answers_note(a, b)
+    b.meta["temperature"] = 0.7
+    assert "sampling" in app.answers_note(a, b)
+
+
 def test_compare_rejects_bad_sizes():
     out = consume(app.compare_handler("hi", "default", "self", 0.0, 1.0, 10, 0, "eagle2", 2, 2, 50, "eagle2", 3, 3, 8))
     assert "Bad tree size" in out[-1]["cmp_status"]
@@ -231,6 +242,26 @@ def test_example_traces_are_listed():
     assert ex and all(Path(p).exists() for _, p in ex)
     out = app.open_trace_handler(ex[0][1], source="example")
     assert "Example trace" in out["status"]
+    assert out["cycle"]["value"] == app.best_cycle(out["trace"])  # examples open on a telling cycle
+
+
+def test_best_cycle():
+    assert app.best_cycle(tiny_trace()) == 0  # cycle 0 accepted two drafts, cycle 1 none
+
+
+def test_user_policy_plugin(tmp_path, monkeypatch, tiny_models):
+    plugin = tmp_path / "my_policy.py"
+    plugin.write_text(
+        "from eagle2.policies import Chain\n"
+        "class Twig(Chain):\n"
+        "    name = 'twig'\n")
+    monkeypatch.setenv("EAGLE2_APP_POLICIES", f"{plugin}:Twig, no.such.module:Nope")
+    found = app._load_user_policies()  # the bad entry is skipped, not fatal
+    assert list(found) == ["twig"]
+    monkeypatch.setattr(app, "USER_POLICIES", found)
+    assert "twig" in app.policy_choices() and app.policy_sizes("twig") == ("depth",)
+    final = consume(app.run_handler(*run_args(policy="twig", depth=3, max_new_tokens=6)))[-1]
+    assert "Done" in final["status"] and final["trace"].meta["policy"] == "twig"
 
 
 # ---- the Blocks ----------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import eagle2
-from eagle2.autotree import AutoEagle2, LatencyModel, Rolling, calibrate, load_or_calibrate
+from eagle2.autotree import AutoEagle2, LatencyModel, RatioOfSums, Rolling, calibrate, load_or_calibrate
 from eagle2.policies import CandidatePool
 from eagle2.trace import Timings
 
@@ -103,6 +103,29 @@ def test_a_busy_machine_shrinks_the_tree():
     assert p.choose_nodes(log_values(), 0.05) < calm
 
 
+def test_overconfident_drafts_shrink_the_tree():
+    """Once the target accepts a fifth of what the values promise, extra nodes are worth a fifth."""
+    p = AutoEagle2(steep(per_token_ms=0.3))
+    trusting = p.choose_nodes(log_values(), 0.005)
+    for c in range(10):
+        p._cycle, p._last_expected = c, 5.0
+        p.on_tokens(c, [5, 6], ["draft", "target"])  # one accepted draft per 5.0 promised
+    assert p.value_scale == pytest.approx(0.2)
+    assert p.choose_nodes(log_values(), 0.005) < trusting
+    assert AutoEagle2(steep(per_token_ms=0.3), calibrate_values=False).value_scale == 1.0
+
+
+def test_ratio_of_sums():
+    r = RatioOfSums(window=4, initial=1.0, min_samples=2, lo=0.1, hi=2.0)
+    r.add(1, 4)
+    assert r.value == 1.0  # too few samples
+    r.add(1, 0)
+    assert r.value == pytest.approx(0.5)
+    for _ in range(4):
+        r.add(0, 1)
+    assert r.value == pytest.approx(0.1)  # clipped
+
+
 def test_worthless_drafts_give_an_empty_tree():
     p = AutoEagle2(steep())
     assert p.choose_nodes(log_values([1e-6] * 20), 0.0) == 0
@@ -177,7 +200,7 @@ def test_auto_policy_is_lossless(tiny_target, drafter, lat, as_observer):
     assert p.cycles == len(out.cycles) and all(c.tree_size <= p.max_nodes for c in out.cycles)
     assert out.summary()["total_tokens"] == "auto"
     if as_observer:
-        assert len(p.load) > 0
+        assert len(p.load) > 0 and len(p.accept) == len(out.cycles)
     else:
         assert len(p.overhead) > 0  # learnt from the gaps between cycles
 

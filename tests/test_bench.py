@@ -74,6 +74,7 @@ def test_bench_end_to_end(tiny_dir, head_dir, questions, counts_file, tmp_path, 
     ms = summary["methods"]
     assert ms["hf"]["speedup_vs_hf"] == pytest.approx(1.0) and ms["vanilla"]["speedup_vs_vanilla"] == pytest.approx(1.0)
     assert ms["vanilla"]["tau"] == pytest.approx(1.0) and ms["hf"]["tau"] == pytest.approx(1.0)
+    assert ms["vanilla"]["median_speedup_vs_vanilla"] == pytest.approx(1.0) and ms["pld"]["median_speedup_vs_hf"] > 0
     for name in ("vanilla", "chain", "eagle1", "eagle2", "eagle2@total=6@vocab=16"):  # greedy is lossless
         assert ms[name]["identical_to_vanilla"] == pytest.approx(1.0), name
     assert set(summary["by_category"]) == {"writing", "math"}
@@ -98,6 +99,7 @@ def test_bench_end_to_end(tiny_dir, head_dir, questions, counts_file, tmp_path, 
     (["--total-tokens", "many"], "--total-tokens"),
     (["--methods", "eagle2@total=x"], "integer"),
     (["--methods", "hf@vocab=3"], "takes no options"),
+    (["--methods", "eagle2@dyn=2"], "0 or 1"),
     (["--category", "poetry"], "no questions of category 'poetry'"),
     (["--temperature", "-1"], "--temperature"),
 ])
@@ -144,8 +146,9 @@ def test_aggregate_is_total_over_total():
 
 
 def test_parse_methods():
-    specs = parse_methods("hf, eagle2@total=auto@vocab=0,eagle2")
-    assert [s.name for s in specs] == ["hf", "eagle2@total=auto@vocab=0", "eagle2"]
+    specs = parse_methods("hf, eagle2@total=auto@vocab=0,eagle2,eagle2@dyn=0@cal=0")
+    assert specs[3].options == {"dyn": 0, "cal": 0}
+    assert [s.name for s in specs][:3] == ["hf", "eagle2@total=auto@vocab=0", "eagle2"]
     assert specs[1].options == {"total": "auto", "vocab": 0} and specs[1].drafting
     with pytest.raises(BenchError, match="twice"):
         parse_methods("hf,hf")

@@ -103,8 +103,8 @@ def test_tree_lab_end_to_end(app_url):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
         try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(app_url, wait_until="domcontentloaded")
@@ -112,7 +112,6 @@ def test_tree_lab_end_to_end(app_url):
             expect(page.locator("#status")).to_contain_text("Example trace", timeout=60_000)  # opened on load
 
             # 1. run a short prompt on the embedded model
-            page.get_by_text("Sampling and length").click()
             n_tokens = page.locator("#max-new-tokens input[type=number]")
             n_tokens.fill("24")
             n_tokens.press("Enter")
@@ -120,8 +119,11 @@ def test_tree_lab_end_to_end(app_url):
             page.locator("#run-btn").click()
             expect(page.locator("#status")).to_contain_text("Done", timeout=120_000)
             expect(page.locator("#status")).not_to_contain_text("rror")
-            assert page.locator("#answer .tl-tok").count() >= 2
-            assert page.locator("#answer .tl-draft").count() >= 1, "no accepted draft token shown"
+            n_tok = page.locator("#answer .tl-tok").count()
+            assert n_tok >= 2
+            # every token is coloured by its origin: accepted draft or target (prefill / bonus)
+            assert (page.locator("#answer .tl-tok.tl-draft").count()
+                    + page.locator("#answer .tl-tok.tl-target").count()) == n_tok
             title0 = _wait_title(page, r"^Cycle 0 ")
             n_boxes0 = page.locator("#tree-plot .annotation").count()
             assert n_boxes0 >= 3
@@ -164,6 +166,9 @@ def test_tree_lab_end_to_end(app_url):
             _wait_title(page, r"^Cycle 0 · 60 drafted")
             page.screenshot(path=str(ARTIFACTS / "browser-upload.png"), full_page=True)
             assert not errors, f"JavaScript errors: {errors}"
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "browser-failure.png"), full_page=True)
+            raise
         finally:
             browser.close()
     assert time.time() - t0 < 150

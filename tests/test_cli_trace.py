@@ -38,7 +38,7 @@ def test_generate_json(tiny_dir, tiny_head, capsys, tmp_path):
     data = json.loads(out)
     for key in ("text", "new_tokens", "cycles", "tau", "seconds", "tokens_per_s", "policy"):
         assert key in data
-    assert data["policy"] == "eagle2" and 1 <= data["new_tokens"] <= 12
+    assert data["policy"] == "eagle2-auto" and 1 <= data["new_tokens"] <= 12  # auto tree size by default
     trace = Trace.load(trace_file)
     assert len(trace.cycles) == data["cycles"] and trace.token_text  # viewable without the tokenizer
 

@@ -191,7 +191,7 @@ def test_charts_numbers(trace):
     cal = figs["calibration"]
     assert list(cal.data[0].x) == [0, 1]  # the diagonal
     assert all(0 <= y <= 1 for y in cal.data[1].y)
-    assert "τ = 1.67" in figs["tokens_per_cycle"].layout.title.subtitle.text
+    assert "τ = 1.67 per target forward" in figs["tokens_per_cycle"].layout.title.subtitle.text
     conf = charts.calibration(trace, "confidence")
     assert conf.layout.xaxis.title.text.startswith("draft confidence")
 
@@ -240,6 +240,6 @@ def test_gpu_sized_example_is_readable():
     assert time.perf_counter() - t0 < 3
     b = boxes(fig)
     assert sum(1 for s, _ in b.values() if s != "dropped") == v.tree_size + 1 + (BONUS_KEY in v.nodes)
-    assert fig.layout.height <= 1150
+    assert fig.layout.height <= 1300
     sizes = {a.font.size for _, a in b.values()}
     assert min(sizes) >= 8 and not math.isnan(min(sizes))

@@ -73,7 +73,9 @@ def test_top_tokens_and_coverage():
     counts = Counter({5: 10, 6: 10, 7: 3, 8: 0, 9: 1})
     assert top_tokens(counts, 2) == [5, 6]
     assert top_tokens(counts, 3, always=[1]) == [1, 5, 6, 7]
-    assert top_tokens(counts, 10) == [5, 6, 7, 9]  # never a token that was not seen
+    assert top_tokens(counts, 10) == [5, 6, 7, 9]  # never a token that was not seen ...
+    assert top_tokens(counts, 6, vocab_size=12) == [0, 1, 5, 6, 7, 9]  # ... unless asked to fill up by id
+    assert top_tokens(counts, 2, vocab_size=12) == [5, 6]
     assert coverage(counts, [5, 6]) == pytest.approx(20 / 24)
     with pytest.raises(ValueError):
         top_tokens(counts, 0)
