@@ -33,7 +33,8 @@ from pathlib import Path
 import gradio as gr
 
 import eagle2
-from eagle2.policies import POLICIES, Eagle2, Policy
+from eagle2.autotree import AUTO_DEFAULT_DEPTH, AutoEagle2
+from eagle2.policies import POLICIES, Eagle2, Policy, check_size
 from eagle2.trace import MAX_TRACE_BYTES, Observer, Trace, TraceRecorder, token_texts
 from eagle2.tree import max_candidates
 from viz import charts
@@ -54,11 +55,16 @@ LIMITS = {"top_k": (1, 12), "depth": (1, 10), "total_tokens": (1, 128), "tempera
           "top_p": (0.05, 1.0), "max_new_tokens": (1, MAX_NEW_TOKENS), "seed": (0, 2**31 - 1)}
 _EAGLE2_SIG = inspect.signature(Eagle2.__init__).parameters
 TREE_DEFAULTS = {k: _EAGLE2_SIG[k].default for k in ("top_k", "depth", "total_tokens")}  # CPU-sized
+AUTO = AutoEagle2.name  # "eagle2-auto": EAGLE-2 with the tree size chosen per cycle for this machine
+AUTO_DEFAULTS = {"top_k": inspect.signature(AutoEagle2.__init__).parameters["top_k"].default,
+                 "depth": AUTO_DEFAULT_DEPTH, "total_tokens": TREE_DEFAULTS["total_tokens"]}
 SPECIAL_HEADS = {
     "default": "default: the trained EAGLE head",
     "self": "self: the target drafts for itself (accepts all)",
     "random": "random: an untrained head (accepts ~nothing)",
 }
+DEFAULT_POLICY = AUTO  # like the CLI and the bench
+POLICY_INFO = "eagle2-auto sizes the tree for this machine each cycle; eagle2 keeps total_tokens"
 COMPARE_DEFAULT_A = ("eagle1", TREE_DEFAULTS["top_k"], TREE_DEFAULTS["depth"], TREE_DEFAULTS["total_tokens"])
 COMPARE_DEFAULT_B = ("eagle2", TREE_DEFAULTS["top_k"], TREE_DEFAULTS["depth"], TREE_DEFAULTS["total_tokens"])
 
@@ -89,14 +95,21 @@ USER_POLICIES = _load_user_policies()
 
 
 def policy_choices() -> list[str]:
-    names = list(POLICIES)
+    names = [AUTO] + list(POLICIES)
     return names + [n for n in USER_POLICIES if n not in names]
+
+
+def policy_defaults(name: str) -> dict:
+    """The sizes a policy starts from (shown when it is picked)."""
+    return dict(AUTO_DEFAULTS if name == AUTO else TREE_DEFAULTS)
 
 
 def policy_sizes(name: str) -> tuple[str, ...]:
     """Which of top_k / depth / total_tokens a policy uses (the others are greyed out)."""
     if name == "eagle2":
         return ("top_k", "depth", "total_tokens")
+    if name == AUTO:  # total_tokens is chosen per cycle; depth is a ceiling
+        return ("top_k", "depth")
     if name == "chain":
         return ("depth",)
     if name in ("eagle1", "vanilla"):
@@ -108,7 +121,12 @@ def policy_sizes(name: str) -> tuple[str, ...]:
     return tuple(k for k in ("top_k", "depth", "total_tokens") if k in params)
 
 
-def build_policy(name: str, top_k: int, depth: int, total_tokens: int) -> Policy:
+def build_policy(name: str, top_k: int, depth: int, total_tokens: int, target=None) -> Policy:
+    """A policy from the UI's choices; eagle2-auto needs the target (its latency calibration)."""
+    if name == AUTO:
+        if target is None:
+            raise ValueError("eagle2-auto needs the target model to calibrate against")
+        return eagle2.make_policy("eagle2", top_k=top_k, depth=depth, total_tokens="auto", target=target)
     if name in ("eagle2", "eagle1", "chain", "vanilla"):
         return eagle2.make_policy(name, top_k=top_k, depth=depth, total_tokens=total_tokens)
     cls = USER_POLICIES.get(name) or POLICIES.get(name)
@@ -164,10 +182,20 @@ def validate(prompt, target, head, policy, top_k, depth, total_tokens, temperatu
          "top_p": _as_float(top_p, "top_p"), "max_new_tokens": _as_int(max_new_tokens, "max_new_tokens"),
          "seed": _as_int(seed, "seed")}
     try:
-        p["policy_obj"] = build_policy(policy, p["top_k"], p["depth"], p["total_tokens"])
+        if policy == AUTO:  # built once the target is loaded; check the sizes now
+            check_size(p["top_k"], p["depth"], 1)
+            p["policy_obj"] = None
+        else:
+            p["policy_obj"] = build_policy(policy, p["top_k"], p["depth"], p["total_tokens"])
     except (ValueError, TypeError) as e:
         raise ValueError(f"Bad tree size: {e}") from None
     return p
+
+
+def policy_description(p: dict) -> dict:
+    if p["policy_obj"] is not None:
+        return p["policy_obj"].describe()
+    return {"policy": AUTO, "top_k": p["top_k"], "depth": p["depth"], "total_tokens": "auto"}
 
 
 # ---- models: loaded once, shared read-only ----------------------------------------------------------
@@ -180,6 +208,7 @@ class Models:
         self._lock = threading.Lock()
         self._targets: collections.OrderedDict[str, eagle2.Target] = collections.OrderedDict()
         self._heads: dict[tuple[str, str], eagle2.EagleHead] = {}
+        self._policies: dict[tuple, Policy] = {}
 
     def target(self, name: str = "default") -> eagle2.Target:
         with self._lock:
@@ -191,6 +220,7 @@ class Models:
             while len(self._targets) > self.MAX_TARGETS:
                 old, _ = self._targets.popitem(last=False)
                 self._heads = {k: v for k, v in self._heads.items() if k[0] != old}
+                self._policies = {k: v for k, v in self._policies.items() if k[0] != old}
             return t
 
     def _head(self, target: eagle2.Target, spec: str) -> eagle2.EagleHead:
@@ -206,6 +236,17 @@ class Models:
                 else:
                     self._heads[key] = eagle2.load_head(spec, target)
             return self._heads[key]
+
+    def policy(self, target: eagle2.Target, p: dict) -> Policy:
+        """The run's policy; eagle2-auto ones are kept per target and size (they learn online).
+        Called under GEN_LOCK, so a kept policy is never used by two runs at once."""
+        if p["policy_obj"] is not None:
+            return p["policy_obj"]
+        key = (target.name, AUTO, p["top_k"], p["depth"])
+        with self._lock:
+            if key not in self._policies:
+                self._policies[key] = build_policy(AUTO, p["top_k"], p["depth"], 0, target=target)
+            return self._policies[key]
 
     def drafter(self, target: eagle2.Target, spec: str):
         if spec == "self":
@@ -276,13 +317,16 @@ def generate_stream(p: dict, cancel: threading.Event | None = None, wait_note=No
                     raise Cancelled()
                 phase["v"] = "load"
                 target = MODELS.target(p["target"])
-                policy = p["policy_obj"]
+                if p["policy_obj"] is None:
+                    phase["v"] = "calibrate"
+                policy = MODELS.policy(target, p)
                 drafter = MODELS.drafter(target, p["head"]) if policy.needs_drafter else None
                 box["tokenizer"] = target.tokenizer
                 phase["v"] = "run"
                 rec = TraceRecorder(target.tokenizer)
+                observers = [Streamer(q, cancel), rec] + ([policy] if isinstance(policy, Observer) else [])
                 eagle2.generate_text(target, p["prompt"], drafter=drafter, policy=policy,
-                                     observers=[Streamer(q, cancel), rec], max_new_tokens=p["max_new_tokens"],
+                                     observers=observers, max_new_tokens=p["max_new_tokens"],
                                      temperature=p["temperature"], top_p=p["top_p"], seed=p["seed"])
                 rec.trace.meta.update(head=p["head"] if policy.needs_drafter else None, target_spec=p["target"])
                 box["trace"] = rec.trace
@@ -407,13 +451,24 @@ def trace_file(trace: Trace) -> str:
     return str(path)
 
 
+def best_cycle(trace: Trace) -> int:
+    """The first cycle that accepted the most draft tokens (a telling tree to open a trace on)."""
+    best, most = 0, -1
+    for i, rec in enumerate(trace.cycles):
+        acc = len(rec.verification.accepted_path) - 1 if rec.verification else 0
+        if acc > most:
+            best, most = i, acc
+    return best
+
+
 def trace_outputs(trace: Trace, color_by="value", show_dropped=True, calib_by="value", status="",
-                  download=True) -> dict:
-    """The whole UI for one trace (a fresh run, an upload or an example)."""
+                  download=True, cycle: int = 0) -> dict:
+    """The whole UI for one trace (a fresh run, an upload or an example), showing `cycle`."""
     n = len(trace.cycles)
-    out = cycle_outputs(trace, 0, color_by, show_dropped)
+    cycle = _clamp_cycle(trace, cycle)
+    out = cycle_outputs(trace, cycle, color_by, show_dropped)
     out.update({"status": status, "trace": trace, "summary": summary_html(trace),
-                "cycle": gr.update(minimum=0, maximum=max(1, n - 1), value=0, step=1, interactive=n > 1,
+                "cycle": gr.update(minimum=0, maximum=max(1, n - 1), value=cycle, step=1, interactive=n > 1,
                                    label=f"Cycle (0–{max(0, n - 1)}): drag, or click a token in the answer")})
     figs = charts.all_charts(trace, calib_by)
     out.update({f"chart_{k}": f for k, f in figs.items()})
@@ -455,7 +510,7 @@ def run_handler(prompt, target, head, policy, top_k, depth, total_tokens, temper
         _warn(str(e))
         yield {"status": _msg("warn", str(e))}
         return
-    label = policy_label(p["policy_obj"].describe())
+    label = policy_label(policy_description(p))
     for kind, payload in generate_stream(p):
         if kind == "wait":
             yield {"status": _msg("busy", "Waiting for another run to finish (one generation at a time)…")}
@@ -463,6 +518,11 @@ def run_handler(prompt, target, head, policy, top_k, depth, total_tokens, temper
             loaded = p["target"] in MODELS.loaded()
             yield {"status": _msg("busy", "Preparing the drafter…" if loaded else
                                   "Loading the model (first run only: a few seconds)…")}
+        elif kind == "calibrate":
+            yield {"status": _msg("busy", "Sizing the tree for this machine (the first eagle2-auto run times a few "
+                                          "target forwards, ~10 s; cached afterwards)…")}
+        elif kind == "run":
+            yield {"status": _msg("busy", f"Generating with {label}…")}
         elif kind == "tokens":
             yield {"status": _msg("busy", f"Generating with {label}: {len(payload)} tokens so far…"),
                    "answer": tokens_html(payload, live=True)}
@@ -514,11 +574,12 @@ def open_trace_handler(path, color_by="value", show_dropped=True, calib_by="valu
         return {"status": _msg("error", msg)}
     s = summary(trace)
     name = Path(getattr(path, "name", path)).name
-    where = ("Example trace" if source == "example" else "Uploaded trace")
-    return trace_outputs(trace, color_by, show_dropped, calib_by, download=source != "example", status=_msg(
-        "info", f"{where} {name}: {policy_label({**trace.meta, **s})} on {trace.meta.get('model', '?')}, "
-                f"{s['new_tokens']} tokens, τ = {s['tau']:.2f}. No model was run. "
-                "Type a prompt and press Run to generate your own."))
+    example = source == "example"
+    status = _msg("info", f"{'Example' if example else 'Uploaded'} trace {name}: {policy_label({**trace.meta, **s})} "
+                          f"on {trace.meta.get('model', '?')}, {s['new_tokens']} tokens, τ = {s['tau']:.2f}. "
+                          "No model was run. Type a prompt and press Run to generate your own.")
+    return trace_outputs(trace, color_by, show_dropped, calib_by, status=status, download=not example,
+                         cycle=best_cycle(trace) if example else 0)
 
 
 def example_traces() -> list[tuple[str, str]]:
@@ -548,11 +609,12 @@ def compare_handler(prompt, target, head, temperature, top_p, max_new_tokens, se
         return
     traces = []
     for tag, p in (("A", a), ("B", b)):
-        label = policy_label(p["policy_obj"].describe())
+        label = policy_label(policy_description(p))
         for kind, payload in generate_stream(p):
-            if kind in ("wait", "load"):
-                yield {"cmp_status": _msg("busy", f"Run {tag} ({label}): "
-                                          + ("waiting for another run…" if kind == "wait" else "preparing…"))}
+            if kind in ("wait", "load", "calibrate", "run"):
+                yield {"cmp_status": _msg("busy", f"Run {tag} ({label}): " + {
+                    "wait": "waiting for another run…", "load": "preparing…",
+                    "calibrate": "sizing the tree for this machine…", "run": "generating…"}[kind])}
             elif kind == "tokens":
                 yield {"cmp_status": _msg("busy", f"Run {tag} ({label}): {len(payload)} tokens…"),
                        f"cmp_answer_{tag.lower()}": tokens_html(payload, live=True)}
@@ -560,7 +622,7 @@ def compare_handler(prompt, target, head, temperature, top_p, max_new_tokens, se
                 _warn(payload)
                 yield {"cmp_status": _msg("error", f"Run {tag} failed: {payload}")}
                 return
-            else:
+            elif kind == "done":
                 traces.append(payload)
     yield compare_outputs(traces[0], traces[1], 0, color_by, status=_msg(
         "ok", "Both runs done on the same prompt and settings. Pick a cycle to compare their trees."))
@@ -575,13 +637,27 @@ def compare_table(ta: Trace, tb: Trace) -> str:
             ("cycles (target forwards − 1)", str(sa["cycles"]), str(sb["cycles"])),
             ("draft / verify seconds", f"{sa['draft_s']:.2f} / {sa['verify_s']:.2f}",
              f"{sb['draft_s']:.2f} / {sb['verify_s']:.2f}")]
-    same = ta.output_tokens == tb.output_tokens
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(x)}</td><td>{html.escape(y)}</td></tr>"
                    for k, x, y in rows)
-    note = ("Same answer, token for token: speculative decoding is lossless (greedy)." if same else
-            "The answers differ (sampling, or they stopped at different points).")
+    note = answers_note(ta, tb)
     return (f'<table class="tl-cmp"><tr><th></th><th>A</th><th>B</th></tr>{body}</table>'
             f'<div class="tl-cmp-note">{html.escape(note)}</div>')
+
+
+def answers_note(ta: Trace, tb: Trace) -> str:
+    """Do the two answers agree? (Greedy speculative decoding should reproduce the target exactly.)"""
+    a, b = ta.output_tokens, tb.output_tokens
+    if a == b:
+        return "Same answer, token for token: speculative decoding does not change the target's output."
+    sampled = (ta.meta.get("temperature") or 0) > 0 or (tb.meta.get("temperature") or 0) > 0
+    if sampled:
+        return "Different answers: with sampling (temperature > 0) each run draws its own sample."
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    if first == min(len(a), len(b)):
+        return f"One answer is a prefix of the other: they agree on all {first} shared tokens."
+    return (f"The answers agree on the first {first} tokens, then differ. Greedy speculative decoding should "
+            "match exactly; a late difference usually means a near-tie flipped under low-precision (bfloat16) "
+            "rounding, because trees of different shapes do slightly different arithmetic.")
 
 
 def compare_outputs(ta: Trace, tb: Trace, cycle, color_by="value", status=None) -> dict:
@@ -592,7 +668,7 @@ def compare_outputs(ta: Trace, tb: Trace, cycle, color_by="value", status=None) 
            "cmp_answer_a": tokens_html(ta, selected=c if c < len(ta.cycles) else None),
            "cmp_answer_b": tokens_html(tb, selected=c if c < len(tb.cycles) else None)}
     for tag, t in (("a", ta), ("b", tb)):
-        out[f"cmp_tree_{tag}"] = (tree_figure(t, c, color_by=color_by, show_dropped=False,
+        out[f"cmp_tree_{tag}"] = (tree_figure(t, c, color_by=color_by, show_dropped=False, compact=True,
                                               title=f"{tag.upper()}: {policy_label({**t.meta, **summary(t)})}"
                                                     f" · cycle {c}")
                                   if c < len(t.cycles) else None)
@@ -603,7 +679,7 @@ def compare_outputs(ta: Trace, tb: Trace, cycle, color_by="value", status=None) 
 
 # ---- the UI ------------------------------------------------------------------------------------------------
 APP_CSS = VIZ_CSS + """
-.gradio-container { max-width: 1500px !important; }
+.gradio-container { max-width: 1800px !important; margin: 0 auto; }
 #tl-header h1 { margin-bottom: 0; }
 #tl-header p { margin-top: 4px; color: #57606a; font-size: 15px; }
 .tl-status { font-size: 15px; padding: 6px 10px; border-radius: 6px; background: #f6f8fa; }
@@ -631,13 +707,14 @@ whole tree in **one** forward pass, keeps the longest path it agrees with (✓) 
 """
 
 
+COLOR_CHOICES = [("draft value (path)", "value"), ("confidence (per step)", "confidence")]
 CALIBRATION_NOTE = """
 Acceptance is measured over **tested** nodes: those whose parent was accepted, so the target compared them
 with its own choice (✓ or ✗). Nodes below a rejected node were never tested and are left out.
 
 *Draft value* is the product of confidences along the path: EAGLE-2's estimate that the whole path is accepted.
 *Confidence* is the drafter's probability of this one token given its parent. A well-calibrated drafter puts the
-points on the diagonal; with greedy decoding the target accepts exactly its top token, so expect an S-shape.
+points on the diagonal; with greedy decoding the target accepts exactly its top token, so the curve can bend into an S.
 """
 
 
@@ -665,7 +742,8 @@ def build_app() -> gr.Blocks:
         print(f"[tree-lab] no prompt examples: {e}")
     examples = example_traces()
 
-    with gr.Blocks(title="EAGLE-2 Tree Lab", analytics_enabled=False, delete_cache=(3600, 7200)) as demo:
+    with gr.Blocks(title="EAGLE-2 Tree Lab", analytics_enabled=False, delete_cache=(3600, 7200),
+                   fill_width=True) as demo:
         gr.Markdown("# EAGLE-2 Tree Lab\nSpeculative decoding with a dynamic draft tree: watch it grow, "
                     "get pruned and verified, token by token.", elem_id="tl-header")
         if missing:
@@ -675,106 +753,112 @@ def build_app() -> gr.Blocks:
         C["trace"], C["cmp_state"] = trace_state, cmp_state
 
         with gr.Row(equal_height=False):
-            with gr.Column(scale=3, min_width=320):
-                C["prompt"] = gr.Textbox(label="Prompt (chat)", lines=3, max_lines=8, elem_id="prompt",
-                                         placeholder="Ask the model something…", max_length=MAX_PROMPT_CHARS)
-                C["run_btn"] = gr.Button("▶ Run", variant="primary", elem_id="run-btn")
-                if prompts:
-                    gr.Examples(prompts, inputs=[C["prompt"]], label="Example prompts", examples_per_page=8)
-                with gr.Accordion("Model, draft head and tree policy", open=True):
-                    C["target"] = gr.Dropdown(["default"], value="default", allow_custom_value=True,
-                                              label="Target model",
-                                              info="default = embedded SmolLM2-135M-Instruct; or a hub id / folder")
-                    head_choices = [(v, k) for k, v in SPECIAL_HEADS.items()]
-                    if head0 not in SPECIAL_HEADS:
-                        head_choices.append((head0, head0))
-                    C["head"] = gr.Dropdown(head_choices, value=head0, allow_custom_value=True, label="Draft head",
-                                            info="or an EAGLE head hub id / folder", elem_id="head")
-                    C["policy"] = gr.Dropdown(policy_choices(), value="eagle2", label="Tree policy",
-                                              elem_id="policy")
-                    with gr.Row():
-                        C["top_k"] = gr.Slider(*LIMITS["top_k"], value=TREE_DEFAULTS["top_k"], step=1,
-                                               label="top_k", min_width=100)
-                        C["depth"] = gr.Slider(*LIMITS["depth"], value=TREE_DEFAULTS["depth"], step=1,
-                                               label="depth", min_width=100)
-                        C["total_tokens"] = gr.Slider(
-                            LIMITS["total_tokens"][0],
-                            min(LIMITS["total_tokens"][1], max_candidates(TREE_DEFAULTS["top_k"],
-                                                                          TREE_DEFAULTS["depth"])),
-                            value=TREE_DEFAULTS["total_tokens"], step=1, label="total_tokens", min_width=100)
-                with gr.Accordion("Sampling and length", open=False):
-                    with gr.Row():
-                        C["temperature"] = gr.Slider(*LIMITS["temperature"], value=0.0, step=0.05,
-                                                     label="temperature (0 = greedy)")
-                        C["top_p"] = gr.Slider(*LIMITS["top_p"], value=1.0, step=0.05, label="top_p")
-                    with gr.Row():
-                        C["max_new_tokens"] = gr.Slider(*LIMITS["max_new_tokens"], value=DEFAULT_NEW_TOKENS, step=1,
-                                                        label="max_new_tokens", elem_id="max-new-tokens")
-                        C["seed"] = gr.Number(value=0, precision=0, minimum=0, maximum=LIMITS["seed"][1],
-                                              label="seed (sampling only)")
-                with gr.Accordion("Traces: open a run without a model", open=True):
-                    C["example_trace"] = gr.Dropdown(examples, value=None, label="Example traces (open instantly)",
-                                                     elem_id="example-trace", interactive=True)
-                    with gr.Row():
-                        C["upload"] = gr.UploadButton("⬆ Upload a trace (.json)", file_types=[".json"],
-                                                      elem_id="upload-trace", size="md")
-                        C["download"] = gr.DownloadButton("⬇ Download this trace", value=None, interactive=False,
-                                                          elem_id="download-trace", size="md")
-            with gr.Column(scale=8, min_width=480):
-                C["status"] = gr.HTML(_msg("info", "Type a prompt and press Run, or open an example trace."),
-                                      elem_id="status")
-                C["summary"] = gr.HTML("", elem_id="summary")
-                gr.HTML(legend_html())
-                C["answer"] = gr.HTML(tokens_html(None), elem_id="answer", js_on_load=TOKEN_CLICK_JS,
-                                      max_height=420)
+            with gr.Column(scale=1, min_width=280, elem_id="settings"):
+                gr.Markdown("### Model, head and tree")
+                C["target"] = gr.Dropdown(["default"], value="default", allow_custom_value=True, label="Target model",
+                                          info="default = embedded SmolLM2-135M-Instruct; or a hub id / folder")
+                head_choices = [(v, k) for k, v in SPECIAL_HEADS.items()]
+                if head0 not in SPECIAL_HEADS:
+                    head_choices.append((head0, head0))
+                C["head"] = gr.Dropdown(head_choices, value=head0, allow_custom_value=True, label="Draft head",
+                                        info="or an EAGLE head hub id / folder", elem_id="head")
+                C["policy"] = gr.Dropdown(policy_choices(), value=DEFAULT_POLICY, label="Tree policy",
+                                          elem_id="policy", info=POLICY_INFO)
+                d0, used0 = policy_defaults(DEFAULT_POLICY), policy_sizes(DEFAULT_POLICY)
+                C["top_k"] = gr.Slider(*LIMITS["top_k"], value=d0["top_k"], step=1, label="top_k",
+                                       info="children proposed per expanded node", interactive="top_k" in used0)
+                C["depth"] = gr.Slider(*LIMITS["depth"], value=d0["depth"], step=1, label="depth",
+                                       info="expansion steps (deepest draft token; a ceiling for eagle2-auto)",
+                                       interactive="depth" in used0)
+                C["total_tokens"] = gr.Slider(
+                    LIMITS["total_tokens"][0],
+                    min(LIMITS["total_tokens"][1], max_candidates(d0["top_k"], d0["depth"])),
+                    value=d0["total_tokens"], step=1, label="total_tokens",
+                    info="draft tokens kept by the rerank (eagle2-auto: chosen per cycle)",
+                    interactive="total_tokens" in used0)
+                gr.Markdown("### Sampling and length")
+                C["temperature"] = gr.Slider(*LIMITS["temperature"], value=0.0, step=0.05,
+                                             label="temperature (0 = greedy)")
+                C["top_p"] = gr.Slider(*LIMITS["top_p"], value=1.0, step=0.05, label="top_p")
+                C["max_new_tokens"] = gr.Slider(*LIMITS["max_new_tokens"], value=DEFAULT_NEW_TOKENS, step=1,
+                                                label="max_new_tokens", elem_id="max-new-tokens")
+                C["seed"] = gr.Number(value=0, precision=0, minimum=0, maximum=LIMITS["seed"][1],
+                                      label="seed (sampling only)")
+                gr.Markdown("### Traces: no model needed")
+                C["example_trace"] = gr.Dropdown(examples, value=None, label="Example traces (open instantly)",
+                                                 elem_id="example-trace", interactive=True)
+                C["upload"] = gr.UploadButton("⬆ Upload a trace (.json)", file_types=[".json"],
+                                              elem_id="upload-trace", size="md")
+                C["download"] = gr.DownloadButton("⬇ Download this run's trace", value=None, interactive=False,
+                                                  elem_id="download-trace", size="md")
+
+            with gr.Column(scale=4, min_width=560, elem_id="main-col"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2, min_width=300):
+                        C["prompt"] = gr.Textbox(label="Prompt (chat)", lines=3, max_lines=8, elem_id="prompt",
+                                                 placeholder="Ask the model something…", max_length=MAX_PROMPT_CHARS)
+                        C["run_btn"] = gr.Button("▶ Run", variant="primary", elem_id="run-btn")
+                        if prompts:
+                            gr.Examples(prompts, inputs=[C["prompt"]], label="Example prompts", examples_per_page=8)
+                    with gr.Column(scale=3, min_width=420):
+                        C["status"] = gr.HTML(_msg("info", "Type a prompt and press Run, or open an example trace."),
+                                              elem_id="status")
+                        C["summary"] = gr.HTML("", elem_id="summary")
+                        gr.HTML(legend_html())
+                        C["answer"] = gr.HTML(tokens_html(None), elem_id="answer", js_on_load=TOKEN_CLICK_JS,
+                                              max_height=360)
 
                 C["cycle"] = gr.Slider(0, 1, value=0, step=1, label="Cycle", interactive=False, elem_id="cycle")
                 C["cycle_info"] = gr.Markdown("", elem_id="cycle-info")
                 with gr.Tabs():
                     with gr.Tab("Draft tree", id="tree"):
                         with gr.Row():
-                            C["color_by"] = gr.Radio([("draft value (path)", "value"), ("confidence (per step)", "confidence")],
-                                                     value="value", label="Colour nodes by", scale=2)
-                            C["show_dropped"] = gr.Checkbox(value=True, label="Show candidates dropped by the rerank (faded)",
-                                                            scale=2)
+                            C["color_by"] = gr.Radio(COLOR_CHOICES, value="value", label="Colour nodes by", scale=2)
+                            C["show_dropped"] = gr.Checkbox(
+                                value=True, label="Show candidates dropped by the rerank (faded)", scale=2)
                         C["tree"] = gr.Plot(label="Draft tree of the selected cycle", elem_id="tree-plot")
                     with gr.Tab("Step-through", id="steps"):
-                        with gr.Row():
+                        with gr.Row(equal_height=True):
                             C["stage"] = gr.Radio(["Verify"], value="Verify", label="Stage of the selected cycle",
-                                                  elem_id="stage", scale=5)
-                            C["prev_btn"] = gr.Button("◀ Prev", size="sm", scale=0, min_width=80)
-                            C["next_btn"] = gr.Button("Next ▶", size="sm", scale=0, min_width=80)
-                            C["play_btn"] = gr.Button("Play all", size="sm", variant="primary", scale=0, min_width=80)
-                        C["stage_caption"] = gr.Markdown("")
-                        C["stage_plot"] = gr.Plot(label="Cycle step by step", elem_id="stage-plot")
+                                                  elem_id="stage", scale=6)
+                            C["prev_btn"] = gr.Button("◀ Prev", size="md", scale=0, min_width=90)
+                            C["next_btn"] = gr.Button("Next ▶", size="md", scale=0, min_width=90)
+                            C["play_btn"] = gr.Button("Play all", size="md", variant="primary", scale=0, min_width=90)
+                        C["stage_caption"] = gr.Markdown("", elem_id="stage-caption")
+                        C["stage_plot"] = gr.Plot(label="The selected cycle, step by step", elem_id="stage-plot")
                     with gr.Tab("Insights", id="insights"):
                         with gr.Row():
                             C["chart_tokens_per_cycle"] = gr.Plot(show_label=False)
                             C["chart_time_split"] = gr.Plot(show_label=False)
-                        with gr.Row():
                             C["chart_accepted_histogram"] = gr.Plot(show_label=False)
-                            C["chart_acceptance_by_depth"] = gr.Plot(show_label=False)
                         with gr.Row():
-                            with gr.Column():
-                                C["chart_calibration"] = gr.Plot(show_label=False)
+                            C["chart_acceptance_by_depth"] = gr.Plot(show_label=False)
+                            C["chart_calibration"] = gr.Plot(show_label=False)
                             with gr.Column():
                                 C["calib_by"] = gr.Radio([("draft value", "value"), ("confidence", "confidence")],
                                                          value="value", label="Calibration x-axis")
                                 gr.Markdown(CALIBRATION_NOTE)
                         C["chart_context_dependence"] = gr.Plot(show_label=False)
                     with gr.Tab("Compare", id="compare"):
-                        gr.Markdown("Run two policies on the prompt on the left (same model, head and sampling settings).")
+                        gr.Markdown("Run two policies on the same prompt (the one above), with the same model, "
+                                    "head and sampling settings.")
                         with gr.Row():
                             for tag, (pol, k, d, t) in (("a", COMPARE_DEFAULT_A), ("b", COMPARE_DEFAULT_B)):
                                 with gr.Column(variant="panel"):
                                     gr.Markdown(f"**{tag.upper()}**")
                                     C[f"cmp_policy_{tag}"] = gr.Dropdown(policy_choices(), value=pol, label="policy")
                                     with gr.Row():
-                                        C[f"cmp_top_k_{tag}"] = gr.Slider(*LIMITS["top_k"], value=k, step=1, label="top_k")
-                                        C[f"cmp_depth_{tag}"] = gr.Slider(*LIMITS["depth"], value=d, step=1, label="depth")
-                                        C[f"cmp_total_{tag}"] = gr.Slider(*LIMITS["total_tokens"], value=t, step=1,
-                                                                          label="total_tokens")
-                        C["cmp_btn"] = gr.Button("▶ Run A and B", variant="primary")
+                                        used = policy_sizes(pol)
+                                        C[f"cmp_top_k_{tag}"] = gr.Slider(*LIMITS["top_k"], value=k, step=1,
+                                                                          label="top_k", interactive="top_k" in used)
+                                        C[f"cmp_depth_{tag}"] = gr.Slider(*LIMITS["depth"], value=d, step=1,
+                                                                          label="depth", interactive="depth" in used)
+                                        C[f"cmp_total_{tag}"] = gr.Slider(
+                                            LIMITS["total_tokens"][0], min(LIMITS["total_tokens"][1],
+                                                                           max_candidates(k, d)),
+                                            value=t, step=1, label="total_tokens",
+                                            interactive="total_tokens" in used)
+                        C["cmp_btn"] = gr.Button("▶ Run A and B", variant="primary", elem_id="cmp-btn")
                         C["cmp_status"] = gr.HTML("")
                         C["cmp_table"] = gr.HTML("")
                         with gr.Row():
@@ -785,8 +869,8 @@ def build_app() -> gr.Blocks:
                         with gr.Row():
                             C["cmp_tree_a"] = gr.Plot(show_label=False)
                             C["cmp_tree_b"] = gr.Plot(show_label=False)
-        with gr.Accordion("How to read it", open=False):
-            gr.Markdown(INTRO)
+                with gr.Accordion("How to read it", open=False):
+                    gr.Markdown(INTRO)
 
         view_names = ["status", "trace", "summary", "cycle", "cycle_info", "answer", "tree", "stage", "stage_plot",
                       "stage_caption", "download"] + [f"chart_{k}" for k in (
@@ -881,16 +965,24 @@ def build_app() -> gr.Blocks:
         C["example_trace"].change(wrap(on_example), [C["example_trace"]] + opts, views, api_name=False)
 
         # policy widgets: grey out the sizes a policy ignores; cap total_tokens by the tree's capacity
-        def on_policy(name, top_k, depth):
-            used = policy_sizes(name)
-            cap = min(LIMITS["total_tokens"][1], max_candidates(int(top_k), int(depth)))
-            return {"top_k": gr.update(interactive="top_k" in used),
-                    "depth": gr.update(interactive="depth" in used),
-                    "total_tokens": gr.update(interactive="total_tokens" in used, maximum=cap)}
+        def on_policy(name):  # a new policy: its own default sizes, and grey out the ones it ignores
+            used, d = policy_sizes(name), policy_defaults(name)
+            cap = min(LIMITS["total_tokens"][1], max_candidates(d["top_k"], d["depth"]))
+            return (gr.update(value=d["top_k"], interactive="top_k" in used),
+                    gr.update(value=d["depth"], interactive="depth" in used),
+                    gr.update(value=min(d["total_tokens"], cap), maximum=cap, interactive="total_tokens" in used))
 
-        size_out = [C["top_k"], C["depth"], C["total_tokens"]]
-        for comp in (C["policy"], C["top_k"], C["depth"]):
-            comp.change(wrap(on_policy), [C["policy"], C["top_k"], C["depth"]], size_out, api_name=False)
+        def on_size(top_k, depth, total):  # total_tokens can't exceed what top_k x depth can hold
+            cap = min(LIMITS["total_tokens"][1], max_candidates(int(top_k), int(depth)))
+            return gr.update(maximum=cap, value=min(int(total), cap))
+
+        for tag in ("", "cmp_a", "cmp_b"):
+            pol, k, d, t = ((C["policy"], C["top_k"], C["depth"], C["total_tokens"]) if not tag else
+                            (C[f"cmp_policy_{tag[-1]}"], C[f"cmp_top_k_{tag[-1]}"], C[f"cmp_depth_{tag[-1]}"],
+                             C[f"cmp_total_{tag[-1]}"]))
+            pol.input(on_policy, [pol], [k, d, t], api_name=False)
+            for comp in (k, d):
+                comp.input(on_size, [k, d, t], [t], api_name=False)
 
         # compare
         cmp_in = [C[k] for k in ("prompt", "target", "head", "temperature", "top_p", "max_new_tokens", "seed",
@@ -927,7 +1019,21 @@ def _preload():
         print(f"[tree-lab] the default model could not be preloaded: {e}")
 
 
+def limit_malloc_arenas(n: int = 2) -> None:
+    """Cap glibc's malloc arenas: each Gradio worker thread otherwise keeps its own freed memory,
+    and the RSS climbs with every concurrent user (no leak, but it looks like one)."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, n)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def main():
+    limit_malloc_arenas()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     if os.environ.get("EAGLE2_APP_PRELOAD", "1") != "0":
         threading.Thread(target=_preload, name="tree-lab-preload", daemon=True).start()
@@ -937,7 +1043,7 @@ def main():
                            font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
                            font_mono=["ui-monospace", "DejaVu Sans Mono", "monospace"])
     demo.launch(css=APP_CSS, theme=theme, max_file_size=MAX_TRACE_BYTES + 1024 * 1024, ssr_mode=False,
-                show_error=True)
+                show_error=True, run_history=False, footer_links=["api", "settings"])
 
 
 if __name__ == "__main__":

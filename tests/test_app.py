@@ -75,7 +75,9 @@ def test_policy_sizes_and_tree_defaults():
     assert app.policy_sizes("eagle2") == ("top_k", "depth", "total_tokens")
     assert app.policy_sizes("chain") == ("depth",)
     assert app.policy_sizes("vanilla") == ()
-    assert set(app.policy_choices()) >= {"eagle2", "eagle1", "chain", "vanilla"}
+    assert app.policy_sizes("eagle2-auto") == ("top_k", "depth")  # total_tokens is chosen per cycle
+    assert set(app.policy_choices()) >= {"eagle2-auto", "eagle2", "eagle1", "chain", "vanilla"}
+    assert app.DEFAULT_POLICY == "eagle2-auto"  # like the CLI and the bench
     import inspect
 
     from eagle2.policies import Eagle2
@@ -100,6 +102,25 @@ def test_run_streams_then_fills_every_view(tiny_models):
     # the downloadable trace loads back
     path = final["download"]["value"]
     assert Trace.load(path).output_tokens == trace.output_tokens
+
+
+def test_run_auto_tree_size(tiny_models, monkeypatch, tmp_path):
+    monkeypatch.setenv("EAGLE2_CACHE", str(tmp_path))  # the latency calibration of the tiny model goes here
+    p = app.validate(*run_args(policy="eagle2-auto", top_k=3, depth=4))
+    assert p["policy_obj"] is None  # built once the target is loaded
+    out = consume(app.run_handler(*run_args(policy="eagle2-auto", top_k=3, depth=4, max_new_tokens=10)))
+    final = out[-1]
+    assert "Done" in final["status"], final["status"]
+    trace = final["trace"]
+    assert trace.meta["policy"] == "eagle2-auto" and trace.meta["total_tokens"] == "auto"
+    assert list((tmp_path / "latency").glob("*.json")), "no calibration cached"
+    for i in range(len(trace.cycles)):  # any tree size, even a root alone, draws
+        assert app.cycle_outputs(trace, i)["tree"] is not None
+    again = consume(app.run_handler(*run_args(policy="eagle2-auto", top_k=3, depth=4, max_new_tokens=4)))[-1]
+    assert "Done" in again["status"]
+    assert len(app.MODELS._policies) >= 1  # kept (it learns online)
+    with pytest.raises(ValueError, match="top_k must be between"):
+        app.validate(*run_args(policy="eagle2-auto", top_k=0))
 
 
 @pytest.mark.parametrize("policy", ["eagle1", "chain", "vanilla"])

@@ -126,7 +126,7 @@ def test_tree_lab_end_to_end(app_url):
                     + page.locator("#answer .tl-tok.tl-target").count()) == n_tok
             title0 = _wait_title(page, r"^Cycle 0 ")
             n_boxes0 = page.locator("#tree-plot .annotation").count()
-            assert n_boxes0 >= 3
+            assert n_boxes0 >= 2  # at least the root and the bonus token
             page.screenshot(path=str(ARTIFACTS / "browser-run.png"), full_page=True)
 
             # 2. move the cycle selector: the figure changes

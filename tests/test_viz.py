@@ -56,6 +56,12 @@ def test_cycle_view_statuses(trace):
     assert v.nodes[8].chosen_step == 3 and v.nodes[3].chosen_step is None
 
 
+def test_policy_without_rerank_record(trace):
+    trace.cycles[0].rerank = None  # e.g. a user policy that reranks without telling the observers
+    v = cycle_view(trace, 0)
+    assert sorted(n.key for n in v.by_status("dropped")) == [3, 5, 7, 8, 9]  # from the verified tree
+
+
 def test_token_spans_origins_and_cycles(trace):
     spans = token_spans(trace)
     assert [s.text for s in spans] == ["The", " sky", " is", " clear", "."]

@@ -61,7 +61,7 @@ def tokens_per_cycle(trace: Trace) -> go.Figure:
     rows = per_cycle(trace)
     s = summary(trace)
     title = "Tokens per cycle"
-    sub = f"τ = {s['tau']:.2f} tokens per target forward (the prefill counts as one)"
+    sub = f"τ = {s['tau']:.2f} per target forward"
     if not rows:
         return _empty(title, "No drafting cycles.")
     x = [r["cycle"] for r in rows]
@@ -74,9 +74,8 @@ def tokens_per_cycle(trace: Trace) -> go.Figure:
                hovertemplate="cycle %{x}: %{y} bonus<extra></extra>"),
     ])
     mean = sum(r["new_tokens"] for r in rows) / len(rows)
-    fig.add_hline(y=mean, line=dict(color=style.INK, dash="dash", width=1.5),
-                  annotation_text=f"mean {mean:.2f}", annotation_position="top right",
-                  annotation_bgcolor="rgba(255,255,255,0.85)")
+    fig.add_hline(y=mean, line=dict(color=style.INK, dash="dash", width=1.5))
+    sub += f" · mean {mean:.2f} (dashed)"
     fig.update_layout(barmode="stack", bargap=0.15)
     fig.update_xaxes(title="cycle")
     fig.update_yaxes(title="tokens emitted", dtick=1 if max(r["new_tokens"] for r in rows) <= 12 else None)
@@ -90,7 +89,7 @@ def time_split(trace: Trace) -> go.Figure:
     total = s["draft_s"] + s["verify_s"] + s["update_s"]
     pct = {k: 100 * s[k] / total if total else 0 for k in ("draft_s", "verify_s", "update_s")}
     title = f"Time per cycle · {s['tokens_per_s']:.1f} tokens/s"
-    sub = f"draft {pct['draft_s']:.0f}% · verify {pct['verify_s']:.0f}% · update {pct['update_s']:.0f}% of the cycle time"
+    sub = f"draft {pct['draft_s']:.0f}% · verify {pct['verify_s']:.0f}% · update {pct['update_s']:.0f}% of the time"
     if not rows:
         return _empty(title, "No drafting cycles.")
     x = [r["cycle"] for r in rows]
@@ -119,11 +118,11 @@ def accepted_histogram(trace: Trace) -> go.Figure:
     mean = sum(r["accepted"] for r in rows) / len(rows)
     fig = go.Figure(go.Bar(x=x, y=y, marker_color=style.ACCEPTED, text=[v or "" for v in y], textposition="outside",
                            hovertemplate="%{y} cycles accepted %{x} drafts<extra></extra>", cliponaxis=False))
-    fig.add_vline(x=mean, line=dict(color=style.INK, dash="dash", width=1.5),
-                  annotation_text=f"mean {mean:.2f}", annotation_position="top right")
+    fig.add_vline(x=mean, line=dict(color=style.INK, dash="dash", width=1.5))
     fig.update_xaxes(title="draft tokens accepted in one cycle", dtick=1)
     fig.update_yaxes(title="cycles", rangemode="tozero")
-    return _layout(fig, title, subtitle="how many draft tokens each cycle accepted", showlegend=False)
+    return _layout(fig, title, subtitle=f"draft tokens accepted per cycle · mean {mean:.2f} (dashed)",
+                   showlegend=False)
 
 
 def acceptance_by_depth(trace: Trace) -> go.Figure:
@@ -241,7 +240,9 @@ def context_dependence(trace: Trace, max_positions: int = 10) -> go.Figure:
     fig.update_yaxes(title="acceptance rate", range=[0, 1.05], tickformat=".0%", row=1, col=1)
     fig.update_xaxes(tickangle=-40, row=1, col=1)
     fig.update_xaxes(tickangle=-40, row=1, col=2)
-    return _layout(fig, title, subtitle=sub, height=430, margin=dict(l=60, r=20, t=100, b=110),
+    for ann in fig.layout.annotations:  # the subplot titles
+        ann.update(font=dict(size=14), y=1.0, yanchor="bottom")
+    return _layout(fig, title, subtitle=sub, height=460, margin=dict(l=60, r=20, t=125, b=110),
                    legend=dict(orientation="h", y=-0.3, x=0, yanchor="top", font=dict(size=12)), bargap=0.2)
 
 
@@ -259,5 +260,5 @@ def all_charts(trace: Trace, calibration_by: str = "value") -> dict[str, go.Figu
 def describe(trace: Trace) -> str:
     """One line: policy, model, τ and speed (for captions)."""
     s = summary(trace)
-    return (f"{policy_label({**trace.meta, **{k: s[k] for k in ('policy', 'top_k', 'depth', 'total_tokens') if k in s}})}"
-            f" · τ {s['tau']:.2f} · {s['tokens_per_s']:.1f} tok/s")
+    sizes = {k: s[k] for k in ("policy", "top_k", "depth", "total_tokens") if k in s}
+    return f"{policy_label({**trace.meta, **sizes})} · τ {s['tau']:.2f} · {s['tokens_per_s']:.1f} tok/s"

@@ -120,7 +120,12 @@ def cycle_view(trace: Trace, index: int) -> CycleView:
             chosen_at.setdefault(cid, e.step)
         view.steps.append({"step": e.step, "new": [c.id for c in e.candidates], "chosen": list(e.chosen),
                            "frontier": list(e.frontier)})
-    kept = set(rec.rerank.kept) if rec.rerank else set(cands)
+    if rec.rerank:
+        kept = set(rec.rerank.kept)
+    elif rec.verification:  # a policy that reports no rerank: the tree's nodes are what it kept
+        kept = {n.candidate for n in rec.verification.nodes[1:]}
+    else:
+        kept = set(cands)
     if rec.rerank:
         view.cutoff_value = rec.rerank.cutoff_value
         view.total_candidates = rec.rerank.total_candidates

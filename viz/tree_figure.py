@@ -21,12 +21,12 @@ from . import style
 from .data import BONUS_KEY, ROOT_KEY, CycleNode, CycleView, cycle_view, display_token
 
 COLOR_BY = ("value", "confidence")
-DEFAULT_MAX_DROPPED = 48
+DEFAULT_MAX_DROPPED = 24
 
 
 def default_max_dropped(view: CycleView) -> int:
     """How many dropped candidates to draw: twice the tree size, at most DEFAULT_MAX_DROPPED."""
-    return min(DEFAULT_MAX_DROPPED, max(12, 2 * view.tree_size))
+    return min(DEFAULT_MAX_DROPPED, max(8, 2 * view.tree_size))
 
 
 # ---- stages -------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def _style(n: CycleNode, kind: str, step: int, color_by: str, lo: float) -> dict
     if kind == "expand":
         if n.chosen_step == step:
             s.update(border=style.CHOSEN, width=4)
-        elif n.step < step:
+        elif n.step < step and n.chosen_step is None:  # an earlier candidate nobody expanded
             faded = style.fade(fill, 0.5)
             s.update(fill=faded, ink=style.ink_on(faded), border=style.UNREACHED)
         return s
@@ -229,7 +229,7 @@ def _sizes(n_nodes: int) -> tuple[int, int, int]:
 def tree_figure(trace: Trace | None = None, cycle: int = 0, *, view: CycleView | None = None,
                 color_by: str = "value", show_dropped: bool = True, max_dropped: int | None = None,
                 stage: int | None = None, title: str | None = None, height: int | None = None,
-                width: int | None = None) -> go.Figure:
+                width: int | None = None, compact: bool = False) -> go.Figure:
     """The draft tree of one cycle (or one stage of it: see `stage_names`)."""
     if color_by not in COLOR_BY:
         raise ValueError(f"color_by must be one of {COLOR_BY}, got {color_by!r}")
@@ -247,6 +247,8 @@ def tree_figure(trace: Trace | None = None, cycle: int = 0, *, view: CycleView |
     n_boxes = sum(1 for k in keys if view.nodes[k].status != "dropped") + sum(
         0.5 for k in keys if view.nodes[k].status == "dropped")
     font, slot_px, limit = _sizes(int(n_boxes))
+    if compact:  # half-width figures (the compare view): shorter labels, smaller type
+        font, limit = max(9, font - 2), min(limit, 8)
 
     shown = [k for k in keys if _visible(view.nodes[k], kind, step)]
     on_path = {k for k in keys if view.nodes[k].status in ("root", "accepted", "bonus")} if kind == "verify" else set()
@@ -340,7 +342,7 @@ def tree_figure(trace: Trace | None = None, cycle: int = 0, *, view: CycleView |
     ymin, ymax = min(ys) - 0.8, max(ys) + 0.8
     max_depth = max((n.depth for n in view.nodes.values() if n.key in g), default=0)
     span = ymax - ymin
-    h = height or int(min(1150, max(340, span * slot_px + 130)))
+    h = height or int(min(1300, max(340, span * slot_px + 130)))
     note = f"  ·  {hidden} lower-value dropped candidates not drawn" if hidden else ""
     fig.update_layout(**style.base_layout(
         title=dict(text=title if title is not None else cycle_title(view, kind, step) + note, x=0.01,
@@ -389,7 +391,8 @@ def stage_caption(view: CycleView, stage: int | None) -> str:
     bonus = BONUS_KEY in view.nodes
     return (f"**Verification.** The target scores all **{view.tree_size}** drafted nodes in **one forward pass** "
             "(a tree attention mask: each node sees only its ancestors). Walking down from the root, a node is "
-            "**accepted ✓** when the target would pick the same token, the other tested children are **rejected ✗**, "
+            "**accepted ✓** when the target would pick the same token, the other tested children are "
+            "**rejected ✗**, "
             "and nodes below a rejection are never reached (grey). "
             + (f"The target's own token after the accepted path is the **bonus ★**: "
                f"{view.accepted} accepted + 1 bonus = **{view.new_tokens} tokens** from one target forward."
