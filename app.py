@@ -25,6 +25,7 @@ import math
 import os
 import queue
 import tempfile
+import uuid
 import threading
 import time
 import warnings
@@ -443,10 +444,16 @@ def trace_file(trace: Trace) -> str:
     """Write a trace where the download button can serve it (old ones are pruned)."""
     folder = Path(tempfile.gettempdir()) / "eagle2-tree-lab"
     folder.mkdir(exist_ok=True)
-    old = sorted(folder.glob("trace-*.json"), key=lambda p: p.stat().st_mtime)
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except FileNotFoundError:  # another request pruned it meanwhile
+            return 0.0
+
+    old = sorted(folder.glob("trace-*.json"), key=mtime)
     for f in old[:-40]:
         f.unlink(missing_ok=True)
-    path = folder / f"trace-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{threading.get_ident() % 10000}.json"
+    path = folder / f"trace-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.json"
     path.write_text(trace.to_json())
     return str(path)
 

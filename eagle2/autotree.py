@@ -52,6 +52,7 @@ import math
 import os
 import platform
 import statistics
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -236,9 +237,17 @@ def calibrate(model, sizes=CALIBRATION_SIZES, prefix_len: int = DEFAULT_PREFIX, 
     return LatencyModel.fit(samples, meta)
 
 
+_CALIBRATION_LOCK = threading.Lock()  # one calibration at a time: concurrent ones would time each other
+
+
 def load_or_calibrate(model, sizes=CALIBRATION_SIZES, prefix_len: int = DEFAULT_PREFIX, repeats: int = 7,
                       refresh: bool = False, use_cache: bool = True, progress=None) -> LatencyModel:
     """The cached calibration for this machine + model + dtype, measuring it if missing."""
+    with _CALIBRATION_LOCK:
+        return _load_or_calibrate(model, sizes, prefix_len, repeats, refresh, use_cache, progress)
+
+
+def _load_or_calibrate(model, sizes, prefix_len, repeats, refresh, use_cache, progress) -> LatencyModel:
     from .models import cache_dir
 
     p = next(model.parameters())
@@ -253,7 +262,7 @@ def load_or_calibrate(model, sizes=CALIBRATION_SIZES, prefix_len: int = DEFAULT_
     lat = calibrate(model, sizes, prefix_len, repeats, progress=progress)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}-{threading.get_ident()}")
         tmp.write_text(lat.to_json())
         os.replace(tmp, path)
     lat.meta["cache_file"], lat.meta["cached"] = str(path), False
