@@ -45,6 +45,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cli import positive_int, total_tokens_arg
+
 BASE_METHODS = ("hf", "vanilla", "pld", "chain", "eagle1", "eagle2")
 DRAFTING = ("chain", "eagle1", "eagle2")
 OPTION_KEYS = ("total", "depth", "topk", "vocab", "dyn", "cal")
@@ -165,16 +167,6 @@ def parse_methods(text: str) -> list[MethodSpec]:
     return specs
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
 def _nonneg(text: str) -> int:
     try:
         v = int(text)
@@ -183,10 +175,6 @@ def _nonneg(text: str) -> int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
     return v
-
-
-def _total(text: str):
-    return "auto" if text == "auto" else _positive(text)
 
 
 def _temperature(text: str) -> float:
@@ -203,11 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m eagle2 bench", description=__doc__.split("\n\n")[0],
                 formatter_class=_Formatter)
     p.add_argument("--questions", required=True, metavar="FILE.jsonl", help="FastChat / Spec-Bench question file")
-    p.add_argument("--limit", type=_positive, default=None, help="first N questions (after --category)")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N questions (after --category)")
     p.add_argument("--category", default=None, help="only questions of this category")
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help=f"comma-separated, from {', '.join(BASE_METHODS)}; options after '@' (see module doc)")
-    p.add_argument("--max-new-tokens", type=_positive, default=256, help="per answer")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256, help="per answer")
     p.add_argument("--temperature", type=_temperature, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="sampling nucleus (with --temperature > 0)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
@@ -217,15 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", default="default", help="EAGLE head: default | hub id | folder")
     p.add_argument("--first-turn-only", action="store_true", help="skip second turns")
     p.add_argument("--out", default=None, help="output folder (default runs/bench-DATE-TIME)")
-    p.add_argument("--top-k", type=_positive, default=None, help="eagle2: children per expanded node")
-    p.add_argument("--depth", type=_positive, default=None,
+    p.add_argument("--top-k", type=positive_int, default=None, help="eagle2: children per expanded node")
+    p.add_argument("--depth", type=positive_int, default=None,
                    help="chain/eagle2: draft depth (with --total-tokens auto: the ceiling)")
-    p.add_argument("--total-tokens", type=_total, default="auto", help="eagle2: kept draft tokens, or auto")
+    p.add_argument("--total-tokens", type=total_tokens_arg, default="auto", help="eagle2: kept draft tokens, or auto")
     p.add_argument("--draft-vocab", type=_nonneg, default=0,
                    help="drafting methods: reduced draft vocabulary size (0 = full)")
     p.add_argument("--vocab-counts", default=None, metavar="FILE",
                    help="token counts for --draft-vocab (counts JSON or the head's answers.jsonl)")
-    p.add_argument("--pld-tokens", type=_positive, default=10, help="pld: prompt_lookup_num_tokens")
+    p.add_argument("--pld-tokens", type=positive_int, default=10, help="pld: prompt_lookup_num_tokens")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (question i, turn t: seed + 1000 i + t)")
     p.add_argument("--threads", type=_nonneg, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--recalibrate", action="store_true", help="auto tree size: measure the latency curve again")

@@ -25,7 +25,7 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -35,8 +35,8 @@ def _positive(text: str) -> int:
     return v
 
 
-def _total_tokens(text: str):
-    return "auto" if text == "auto" else _positive(text)
+def total_tokens_arg(text: str):
+    return "auto" if text == "auto" else positive_int(text)
 
 
 def _float(text: str) -> float:
@@ -54,15 +54,15 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", default="default", help="EAGLE head: default | hub id | local folder")
     p.add_argument("--draft-model", default=None, help="use a small LM with the same tokenizer instead of a head")
     p.add_argument("--policy", default="eagle2", choices=["eagle2", "eagle1", "chain", "vanilla"])
-    p.add_argument("--top-k", type=_positive, default=None, help="tree: children per expanded node")
-    p.add_argument("--depth", type=_positive, default=None, help="tree: depth of the deepest draft token")
-    p.add_argument("--total-tokens", type=_total_tokens, default="auto",
+    p.add_argument("--top-k", type=positive_int, default=None, help="tree: children per expanded node")
+    p.add_argument("--depth", type=positive_int, default=None, help="tree: depth of the deepest draft token")
+    p.add_argument("--total-tokens", type=total_tokens_arg, default="auto",
                    help="tree: draft tokens kept by the rerank, or auto (default: sized each cycle for this "
                         "machine from a cached latency calibration)")
     p.add_argument("--temperature", type=_float, default=0.0)
     p.add_argument("--top-p", type=_float, default=1.0)
     p.add_argument("--sample-top-k", type=int, default=0, help="sampling top-k filter (0 = off)")
-    p.add_argument("--max-new-tokens", type=_positive, default=128)
+    p.add_argument("--max-new-tokens", type=positive_int, default=128)
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=None)
