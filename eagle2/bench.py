@@ -45,7 +45,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cli import positive_int, total_tokens_arg
+from .cli import int_at_least, positive_int, total_tokens_arg
+
+_nonneg = int_at_least(0)
 
 BASE_METHODS = ("hf", "vanilla", "pld", "chain", "eagle1", "eagle2")
 DRAFTING = ("chain", "eagle1", "eagle2")
@@ -165,16 +167,6 @@ def parse_methods(text: str) -> list[MethodSpec]:
     if not specs:
         raise BenchError("no methods given")
     return specs
-
-
-def _nonneg(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
 
 
 def _temperature(text: str) -> float:
