@@ -29,6 +29,9 @@ cycle (EAGLE's τ), identical_to_vanilla = share of answers token-identical to v
 median_speedup_vs_* = the median over answers of the per-answer speedup (robust to the odd
 answer a busy machine slowed down). In bf16, tree and one-token forwards round differently, so
 near-ties in the logits can flip and answers drift apart; --dtype float32 checks exactness.
+With --calibration, summary.json also gets "calibration": per drafting method, drafted nodes
+binned by draft value against the share accepted, and tested nodes by confidence
+(eagle2.calibration); the CLI prints the value table.
 """
 
 from __future__ import annotations
@@ -210,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_nonneg, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--recalibrate", action="store_true", help="auto tree size: measure the latency curve again")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation per method")
+    p.add_argument("--calibration", action="store_true",
+                   help="drafting methods: tally draft value and confidence against acceptance for every "
+                        "verified node (costs a softmax per node: their timings include it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
     return p
 
@@ -230,6 +236,7 @@ class Method:
     def __init__(self, spec: MethodSpec, policy=None, drafter=None):
         self.spec, self.policy, self.drafter = spec, policy, drafter
         self.tree_sizes: Counter = Counter()
+        self.tally = None  # an AcceptanceTally with --calibration
 
     @property
     def name(self) -> str:
@@ -278,6 +285,8 @@ def run_turn(target, method: Method, ids: list[int], max_new_tokens: int, args, 
         forwards, cycles = fc.count, []
     else:
         observers = [method.policy] if _is_observer(method.policy) else []
+        if method.tally is not None:
+            observers.append(method.tally)
         res = generate(target.model, ids, method.policy, method.drafter, max_new_tokens=max_new_tokens,
                        temperature=args.temperature, top_p=args.top_p, seed=seed, eos_token_ids=eos,
                        observers=observers)
@@ -549,6 +558,20 @@ def _figures(summary: dict, tree_sizes: dict | None) -> list:
         fig.update_layout(title="Verify latency vs tree tokens (calibration)", xaxis_title="tree tokens (root + drafts)",
                           yaxis_title="ms")
         figs.append(fig)
+    cal = summary.get("calibration") or {}
+    if cal:
+        fig = go.Figure()
+        fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+                        line=dict(color="grey", dash="dash"))
+        for n, c in cal.items():
+            for by, dash in (("by_value", "solid"), ("by_confidence", "dot")):
+                rows = c[by]
+                fig.add_scatter(x=[r["mean"] for r in rows], y=[r["rate"] for r in rows], mode="lines+markers",
+                                name=f"{n} {by.replace('_', ' ')}", line=dict(dash=dash),
+                                text=[f"{r['n']} nodes" for r in rows])
+        fig.update_layout(title="Calibration: draft value (all nodes) and confidence (tested nodes) vs acceptance",
+                          xaxis_title="draft value / confidence (bin mean)", yaxis_title="measured acceptance rate")
+        figs.append(fig)
     if tree_sizes:
         fig = go.Figure()
         for n, counts in tree_sizes.items():
@@ -628,6 +651,12 @@ def run(args) -> dict:
             m.tree_sizes.clear()
 
     names = [m.name for m in methods]
+    if args.calibration:
+        from .calibration import AcceptanceTally
+
+        for m in methods:
+            if m.spec.drafting:
+                m.tally = AcceptanceTally()
     total = sum(len(q.turns) for q in questions) * len(methods)
     bar = _progress(total, quiet)
     records: list[dict] = []
@@ -682,6 +711,10 @@ def run(args) -> dict:
                "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None}
     summary = {"methods": _round(table, 6), "by_category": _round(by_cat, 6), "config": _round(config, 6),
                "machine": machine}
+    if args.calibration:
+        summary["calibration"] = _round({m.name: {"nodes": len(m.tally.nodes), "by_value": m.tally.table("value"),
+                                                  "by_confidence": m.tally.table("confidence")}
+                                         for m in methods if m.tally is not None}, 6)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     write_csv(summary["methods"], out / "summary.csv")
     write_report(summary, out / "report.html",
@@ -700,6 +733,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 130
     print(format_table(summary["methods"]))
+    from .calibration import format_table as calibration_table
+
+    for name, cal in summary.get("calibration", {}).items():
+        print(f"\n{name}: draft value vs acceptance ({cal['nodes']} drafted nodes)")
+        print(calibration_table(cal["by_value"], "value"))
     print(f"\nwrote {summary['out']}/ (answers.jsonl, summary.json, summary.csv, report.html)")
     return 0
 

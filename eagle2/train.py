@@ -12,8 +12,12 @@ Stages (each writes its output into --out and is skipped when that output exists
 5. report    → report.json and TRAINING.md beside the head, copied to --head-out
 
 Training objective (EAGLE): at position i the head reads (embed(t_{i+1}), f_i) and predicts
-f_{i+1}; loss = SmoothL1(pred, f_{i+1}) + 0.1 · CE(lm_head(pred), t_{i+2}), on positions whose
+f_{i+1}; loss = SmoothL1(pred, f_{i+1}) + 0.1 · CE(lm_head(pred), q_{i+1}), on positions whose
 predicted token t_{i+2} belongs to the answer, with uniform noise on the input features.
+q_{i+1} = softmax(lm_head(f_{i+1})) is the target's own next-token distribution (--ce-labels
+target, the default), so sampled answers teach the same thing greedy ones do; --ce-labels data
+uses the written token t_{i+2} as EAGLE does. Accuracy is agreement with the target's top-1
+token at that position: the token greedy verification accepts.
 Cross-entropy through the 49k-vocabulary lm_head dominates the cost, so it is computed on a
 random subsample of the loss positions (--ce-frac); accuracy is always measured on all of them.
 
@@ -107,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--noise", type=float, default=0.2, help="width of the uniform noise on input features")
     g.add_argument("--ce-weight", type=float, default=0.1)
     g.add_argument("--ce-frac", type=float, default=0.25, help="share of loss positions that get the CE term")
+    g.add_argument("--ce-labels", choices=("target", "data"), default="target",
+                   help="CE against the target's distribution at that position, or the token in the data")
     g.add_argument("--ttt-steps", type=int, default=2, help="extra unrolled steps on own predictions (0 = off)")
     g.add_argument("--ttt-decay", type=float, default=0.8, help="loss weight of step k is decay**(k-1)")
     g.add_argument("--ttt-pilot-minutes", type=float, default=4.0,
@@ -222,7 +228,7 @@ def loss_positions(lengths: torch.Tensor, starts: torch.Tensor, L: int) -> torch
     return (i + 2 >= starts[:, None]) & (i + 2 < lengths[:, None])
 
 
-def head_losses(preds, tok, feats, valid, lm_head, ce_frac: float, decay: float):
+def head_losses(preds, tok, feats, valid, lm_head, ce_frac: float, decay: float, ce_labels: str = "target"):
     target_f = feats[:, 1:]
     labels = tok[:, 2:]
     wsum, parts = 0.0, []
@@ -237,7 +243,12 @@ def head_losses(preds, tok, feats, valid, lm_head, ce_frac: float, decay: float)
         n_ce = max(1, int(round(n * ce_frac)))
         sel = torch.randperm(n)[:n_ce] if n_ce < n else torch.arange(n)
         logits = lm_head(pm[sel].to(lm_head.weight.dtype)).float()
-        ploss = F.cross_entropy(logits, labels[m][sel])
+        if ce_labels == "target":
+            with torch.no_grad():
+                q = torch.softmax(lm_head(target_f[m][sel].to(lm_head.weight.dtype)).float(), dim=-1)
+            ploss = F.cross_entropy(logits, q)
+        else:
+            ploss = F.cross_entropy(logits, labels[m][sel])
         w = decay ** (k - 1)
         parts.append((k, w, vloss, ploss))
         wsum += w
@@ -264,7 +275,10 @@ def evaluate(head, data: FeatureData, idx: list[int], target, args, ac: bool) ->
         valid = loss_positions(lengths, starts, L)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ac):
             preds = unroll(head, embed, tok, feats, steps, 0.0, mdt)
-            labels = tok[:, 2:]
+            # the label is the target's own top-1 at that position (what greedy verification checks)
+            labels = torch.zeros(tok[:, 2:].shape, dtype=torch.long)
+            labels[valid] = torch.cat([lm_head(c.to(lm_head.weight.dtype)).argmax(-1)
+                                       for c in feats[:, 1:][valid].split(4096)])
             for k, p in enumerate(preds, start=1):
                 m = valid & (torch.arange(L)[None] >= k - 1)
                 if not m.any():
@@ -353,7 +367,8 @@ def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: i
             valid = loss_positions(lengths, starts, L)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ac):
                 preds = unroll(head, embed, tok, feats, steps, args.noise, mdt)
-                parts, wsum = head_losses(preds, tok, feats, valid, lm_head, args.ce_frac, args.ttt_decay)
+                parts, wsum = head_losses(preds, tok, feats, valid, lm_head, args.ce_frac, args.ttt_decay,
+                                          args.ce_labels)
                 if not parts:
                     continue
                 loss = combine(parts, wsum, args.ce_weight)
@@ -454,8 +469,9 @@ def training_md(r: dict) -> str:
         f"Total: {r['total_minutes']:.1f} min. Held-out: {tr.get('val_sequences', '?')} sequences, "
         f"{val.get('positions', '?')} answer positions.",
         "",
-        "Held-out top-1 accuracy by draft step (step 1 reads real target features; step k is rolled "
-        "out on the head's own features for k-1 steps, tokens teacher-forced):",
+        "Held-out top-1 accuracy by draft step: the share of positions where the head's top token is "
+        "the target's top token (step 1 reads real target features; step k is rolled out on the "
+        "head's own features for k-1 steps, tokens teacher-forced):",
         "",
         "| step | " + " | ".join(str(i + 1) for i in range(len(val.get("acc", [])))) + " |",
         "|---|" + "---|" * len(val.get("acc", [])),
@@ -469,8 +485,10 @@ def training_md(r: dict) -> str:
         for pl in tr["pilots"]:
             v = pl["best"]["val"]
             lines.append(f"- ttt_steps={pl['ttt_steps']}: {pl['steps']} steps, acc {v['acc']}, score {v['score']}")
-    lines += ["", "Objective: SmoothL1 on the next feature + 0.1 × CE through the frozen lm_head (CE on a "
-              f"{r['config'].get('ce_frac')} random share of positions), uniform input-feature noise "
+    ce_to = {"target": "the target's next-token distribution", "data": "the token in the data"}[
+        r["config"].get("ce_labels", "data")]
+    lines += ["", "Objective: SmoothL1 on the next feature + 0.1 × CE through the frozen lm_head against "
+              f"{ce_to} (on a {r['config'].get('ce_frac')} random share of positions), uniform input-feature noise "
               f"{r['config'].get('noise')}, AdamW lr {r['config'].get('lr')} cosine, bf16 autocast; best "
               "checkpoint by held-out chain score. See report.json for everything.", ""]
     return "\n".join(lines)

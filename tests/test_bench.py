@@ -154,3 +154,38 @@ def test_parse_methods():
         parse_methods("hf,hf")
     with pytest.raises(BenchError, match="no methods"):
         parse_methods(" , ")
+
+
+def test_calibration_flag_tallies_every_drafted_node(tiny_dir, head_dir, questions, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EAGLE2_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    rc = bench.main(["--questions", questions, "--model", tiny_dir, "--head", head_dir, "--dtype", "float32",
+                     "--device", "cpu", "--methods", "vanilla,eagle2@total=6", "--max-new-tokens", "10",
+                     "--out", str(out), "--no-progress", "--calibration"])
+    assert rc == 0
+    assert "draft value vs acceptance" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    cal = summary["calibration"]
+    assert list(cal) == ["eagle2@total=6"]  # vanilla drafts nothing
+    c = cal["eagle2@total=6"]
+    cycles = summary["methods"]["eagle2@total=6"]["new_tokens"]  # ≥ one verified tree per 1+ tokens
+    assert c["nodes"] >= 6 and sum(r["n"] for r in c["by_value"]) == c["nodes"]
+    assert 0 < sum(r["n"] for r in c["by_confidence"]) <= c["nodes"] and cycles > 0
+    for r in c["by_value"] + c["by_confidence"]:
+        assert r["lo"] <= r["mean"] <= r["hi"] and 0 <= r["rate"] <= 1
+    assert "Calibration" in (out / "report.html").read_text()
+
+
+def test_calibration_table_bins_and_rates():
+    from eagle2.calibration import NodeOutcome, format_table, table
+
+    nodes = [NodeOutcome(0.95, 0.95, 1, "accepted"), NodeOutcome(0.92, 0.92, 1, "rejected"),
+             NodeOutcome(0.03, 0.6, 2, "unreached"), NodeOutcome(0.04, 0.04, 1, "rejected"),
+             NodeOutcome(1.0, 1.0, 1, "accepted")]
+    by_value = table(nodes, "value")
+    assert [(r["lo"], r["n"], r["rate"]) for r in by_value] == [(0.02, 2, 0.0), (0.9, 3, pytest.approx(2 / 3))]
+    by_conf = table(nodes, "confidence")  # the unreached node was never tested
+    assert sum(r["n"] for r in by_conf) == 4 and not any(r["lo"] == 0.5 for r in by_conf)
+    assert "| 0.90–1.00 | 3 |" in format_table(by_value)
+    with pytest.raises(ValueError, match="by must be"):
+        table(nodes, "depth")

@@ -166,12 +166,15 @@ def binned(tested: list[Tested], by: str = "value", edges=VALUE_BINS) -> list[di
 
 
 def calibration(trace: Trace, by: str = "value") -> go.Figure:
-    """Binned draft value (or confidence) vs the measured acceptance rate of tested nodes."""
+    """Binned draft value (or confidence) vs the measured acceptance rate of those nodes."""
     if by not in CALIBRATION_BY:
         raise ValueError(f"by must be one of {CALIBRATION_BY}")
-    tested = tested_nodes(trace)
+    # a value predicts the whole path's acceptance (all verified nodes); a confidence predicts
+    # the target agreeing once the parent was accepted (tested nodes only)
+    tested = tested_nodes(trace, include_unreached=(by == "value"))
     label = "draft value (product of confidences)" if by == "value" else "draft confidence (this step)"
     title = f"Calibration: draft {by} vs acceptance"
+    nodes_word = "verified draft nodes" if by == "value" else "tested nodes (parent accepted)"
     if not tested:
         return _empty(title, NO_DRAFTS)
     bins = binned(tested, by)
@@ -185,10 +188,10 @@ def calibration(trace: Trace, by: str = "value") -> go.Figure:
                     line=dict(color="white", width=1)),
         customdata=[[b["lo"], b["hi"], b["n"]] for b in bins],
         hovertemplate=(f"{by} %{{customdata[0]:.2f}}–%{{customdata[1]:.2f}} (mean %{{x:.3f}})<br>"
-                       "accepted %{y:.0%} of %{customdata[2]} tested nodes<extra></extra>")))
+                       f"accepted %{{y:.0%}} of %{{customdata[2]}} {nodes_word}<extra></extra>")))
     fig.update_xaxes(title=label, range=[0, 1.02], tickformat=".1f")
     fig.update_yaxes(title="measured acceptance rate", range=[0, 1.05], tickformat=".0%")
-    return _layout(fig, title, subtitle="binned tested nodes; marker size = how many", height=380,
+    return _layout(fig, title, subtitle=f"binned {nodes_word}; marker size = how many", height=380,
                    legend=dict(x=0.02, y=0.98, bgcolor="rgba(255,255,255,0.7)"))
 
 

@@ -234,14 +234,17 @@ class Tested:
     accepted: bool
 
 
-def tested_nodes(trace: Trace) -> list[Tested]:
+def tested_nodes(trace: Trace, include_unreached: bool = False) -> list[Tested]:
+    """Nodes the target tested; with include_unreached, every verified draft node (one under a
+    rejected parent counts as not accepted: what a node's value predicts)."""
+    statuses = ("accepted", "rejected", "unreached") if include_unreached else ("accepted", "rejected")
     out = []
     for i in range(len(trace.cycles)):
         if trace.cycles[i].verification is None:
             continue
         view = cycle_view(trace, i)
         for n in view.nodes.values():
-            if n.status in ("accepted", "rejected"):
+            if n.status in statuses:
                 out.append(Tested(i, n.depth, n.sibling_rank, n.confidence, n.value, n.status == "accepted"))
     return out
 
