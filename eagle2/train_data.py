@@ -275,15 +275,19 @@ def stage_prompts(target, args, out: Path) -> dict:
 
 
 # ---- stage 2: answers ---------------------------------------------------------------------
-def plan_answers(prompts: list[dict], args) -> list[tuple[float, list[dict]]]:
-    """Batches of (temperature, prompts); temperature 0 = greedy. Order is shuffled (seeded) so a
-    time-budget cut keeps the greedy/sampled mix; within a mode, similar lengths share a batch."""
+def plan_answers(prompts: list[dict], args, done: set | frozenset = frozenset()) -> list[tuple[float, list[dict]]]:
+    """Batches of (temperature, prompts) still to answer; temperature 0 = greedy. A prompt's mode
+    is drawn in prompt order (seeded), so it stays the same when a run resumes with more prompts;
+    prompts in `done` are left out before batching, so resumed batches stay full. Batch order is
+    shuffled (seeded) so a time-budget cut keeps the greedy/sampled mix; within a mode, similar
+    lengths share a batch."""
     rng = random.Random(args.seed)
     temps = [float(t) for t in args.sample_temperatures.split(",")]
     groups: dict[float, list[dict]] = {}
     for p in prompts:
         t = rng.choice(temps) if rng.random() < args.sampled_frac else 0.0
-        groups.setdefault(t, []).append(p)
+        if p["id"] not in done:
+            groups.setdefault(t, []).append(p)
     batches = []
     for t, ps in groups.items():
         ps = sorted(ps, key=lambda p: len(p["prompt"]))
@@ -300,10 +304,10 @@ def stage_answers(target, args, out: Path) -> dict:
     done = {r["id"]: r for r in read_jsonl(part)}
     stops = stop_ids(target)
     stop_set = set(stops)
-    batches = plan_answers(prompts, args)
+    batches = plan_answers(prompts, args, set(done))
     t0 = time.perf_counter()
     budget = args.answer_minutes * 60 if args.answer_minutes else float("inf")
-    total = sum(len(b) for _, b in batches)
+    total = len(done) + sum(len(b) for _, b in batches)
     bar = tqdm(total=total, initial=len(done), desc="answers", unit="answer")
     new_tokens = 0
     with open(part, "a") as f:

@@ -136,3 +136,21 @@ def test_features_match_target_hidden_states(tiny_dir, tmp_path):
 def test_parser_defaults():
     args = train.build_parser().parse_args(["--out", "x"])
     assert args.model == "default" and args.sampled_frac == pytest.approx(0.2)
+
+
+def test_plan_answers_resumes_with_full_batches_and_the_same_modes():
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(seed=3, sample_temperatures="0.7,1.0", sampled_frac=0.3, answer_batch=8)
+    prompts = [{"id": i, "prompt": "x" * (i % 13)} for i in range(60)]
+    first = {p["id"]: t for t, b in td.plan_answers(prompts[:40], args) for p in b}
+    assert len(first) == 40 and 0 < sum(t > 0 for t in first.values()) < 40
+    done = set(range(0, 40, 2))
+    resumed = td.plan_answers(prompts, args, done)
+    modes = {p["id"]: t for t, b in resumed for p in b}
+    assert set(modes) == set(range(60)) - done  # every prompt still to answer, none twice
+    assert all(modes[i] == first[i] for i in modes if i < 40)  # a prompt keeps its mode
+    per_mode = {}
+    for t, b in resumed:
+        per_mode.setdefault(t, []).append(len(b))
+    assert all(sum(n < 8 for n in sizes) <= 1 for sizes in per_mode.values())  # at most one short batch per mode
