@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--force", nargs="*", choices=STAGES, default=None,
                    help="re-run these stages (and every later one); no names = all")
     g = p.add_argument_group("prompts")
-    g.add_argument("--n-prompts", type=int, default=2500)
+    g.add_argument("--n-prompts", type=int, default=2700)
     g.add_argument("--prompt-batch", type=int, default=48)
     g.add_argument("--prompt-max-tokens", type=int, default=72)
     g.add_argument("--prompt-temperature", type=float, default=1.0)
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-stop-frac", type=float, default=0.95,
                    help="end a batch once this share of rows finished (the rest are dropped)")
     g.add_argument("--prompt-filter", choices=("strict", "loose"), default="strict")
-    g.add_argument("--prompt-minutes", type=float, default=10.0, help="time budget (0 = none)")
+    g.add_argument("--prompt-minutes", type=float, default=16.0, help="time budget (0 = none)")
     g = p.add_argument_group("answers")
     g.add_argument("--answer-batch", type=int, default=32)
     g.add_argument("--answer-max-tokens", type=int, default=320)
@@ -95,13 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end a batch once this share of rows finished; the rest are kept truncated")
     g.add_argument("--sampled-frac", type=float, default=0.2, help="share of sampled (T>0) answers")
     g.add_argument("--sample-temperatures", default="0.7,0.85,1.0")
-    g.add_argument("--answer-minutes", type=float, default=40.0, help="time budget (0 = none)")
+    g.add_argument("--answer-minutes", type=float, default=30.0, help="time budget (0 = none)")
     g = p.add_argument_group("features")
     g.add_argument("--max-seq-len", type=int, default=1024)
     g.add_argument("--feature-batch-tokens", type=int, default=4096)
     g = p.add_argument_group("train")
     g.add_argument("--epochs", type=int, default=40, help="upper bound; --train-minutes usually ends it")
-    g.add_argument("--train-minutes", type=float, default=35.0, help="time budget of the main run (0 = none)")
+    g.add_argument("--train-minutes", type=float, default=45.0, help="time budget of the main run (0 = none)")
     g.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per optimizer step")
     g.add_argument("--lr", type=float, default=6e-4)
     g.add_argument("--min-lr-frac", type=float, default=0.05)
@@ -113,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ce-frac", type=float, default=0.25, help="share of loss positions that get the CE term")
     g.add_argument("--ce-labels", choices=("target", "data"), default="target",
                    help="CE against the target's distribution at that position, or the token in the data")
-    g.add_argument("--ttt-steps", type=int, default=2, help="extra unrolled steps on own predictions (0 = off)")
+    g.add_argument("--ttt-steps", type=int, default=1, help="extra unrolled steps on own predictions (0 = off)")
     g.add_argument("--ttt-decay", type=float, default=0.8, help="loss weight of step k is decay**(k-1)")
-    g.add_argument("--ttt-pilot-minutes", type=float, default=4.0,
+    g.add_argument("--ttt-pilot-minutes", type=float, default=0.0,
                    help="train plain and TTT variants this long each and keep the better (0 = trust --ttt-steps)")
     g.add_argument("--init-head", default=None,
                    help="start from this head folder instead of a fresh one (continue training)")
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pilot-warmup-steps", type=int, default=10, help="warmup of the short pilot runs")
     g.add_argument("--val-frac", type=float, default=0.04)
     g.add_argument("--eval-steps", type=int, default=6, help="draft steps measured on held-out data")
-    g.add_argument("--eval-every", type=float, default=1.0, help="evaluate every this many epochs")
+    g.add_argument("--eval-every", type=float, default=2.0, help="evaluate every this many epochs")
     g.add_argument("--autocast", choices=("auto", "on", "off"), default="auto",
                    help="bf16 autocast for the head (auto: on GPUs and CPUs with native bf16)")
     return p

@@ -136,6 +136,11 @@ def test_features_match_target_hidden_states(tiny_dir, tmp_path):
 def test_parser_defaults():
     args = train.build_parser().parse_args(["--out", "x"])
     assert args.model == "default" and args.sampled_frac == pytest.approx(0.2)
+    assert args.ce_labels == "target"
+    # the default recipe (= make train) keeps the 2-hour budget, leaving ~15 min for the
+    # features stage (6 min for 680k tokens here) and start-up
+    budget = args.prompt_minutes + args.answer_minutes + args.train_minutes + 2 * args.ttt_pilot_minutes
+    assert budget <= 105, budget
 
 
 def test_plan_answers_resumes_with_full_batches_and_the_same_modes():
