@@ -39,7 +39,7 @@ bench: $(STAMP)
 	PYTHONPATH=. $(PY) -m eagle2 bench --questions ../shared/data/mt_bench.jsonl
 
 train: $(STAMP)
-	PYTHONPATH=. $(PY) -m eagle2 train --out runs/smollm2-head --head-out eagle2/heads/smollm2-135m-instruct
+	PYTHONPATH=. $(PY) -m eagle2 train --out runs/smollm2-head --head-out eagle2/heads/smollm2-135m-instruct --keep-better
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis artifacts

@@ -716,11 +716,10 @@ whole tree in **one** forward pass, keeps the longest path it agrees with (✓) 
 
 COLOR_CHOICES = [("draft value (path)", "value"), ("confidence (per step)", "confidence")]
 CALIBRATION_NOTE = """
-Acceptance is measured over **tested** nodes: those whose parent was accepted, so the target compared them
-with its own choice (✓ or ✗). Nodes below a rejected node were never tested and are left out.
-
-*Draft value* is the product of confidences along the path: EAGLE-2's estimate that the whole path is accepted.
-*Confidence* is the drafter's probability of this one token given its parent. A well-calibrated drafter puts the
+*Draft value* is the product of confidences along the path: EAGLE-2's estimate that the whole path is
+accepted. So against value, every verified draft node counts, and "accepted" means it ended on the accepted path.
+*Confidence* is the drafter's probability of this one token given its parent: against confidence, only **tested**
+nodes count (their parent was accepted, so the target compared them with its own choice, ✓ or ✗). A well-calibrated drafter puts the
 points on the diagonal; with greedy decoding the target accepts exactly its top token, so the curve can bend into an S.
 """
 

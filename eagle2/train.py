@@ -549,7 +549,14 @@ def main(argv=None) -> int:
         elif args.head_out:
             dst = Path(args.head_out)
             dst.mkdir(parents=True, exist_ok=True)
-            for f in ("config.json", "model.safetensors", "report.json", "TRAINING.md"):
+            files = ["config.json", "model.safetensors", "report.json", "TRAINING.md"]
+            if (out / "answers.jsonl").exists():  # token frequencies for the reduced draft vocabulary
+                from eagle2.vocab import COUNTS_FILE, count_answers, save_counts
+
+                save_counts(count_answers(out / "answers.jsonl"), out / "head" / COUNTS_FILE,
+                            {"source": str(out / "answers.jsonl")})
+                files.append(COUNTS_FILE)
+            for f in files:
                 shutil.copyfile(out / "head" / f, dst / f)
                 os.chmod(dst / f, 0o644)
             log(f"head copied to {dst}")

@@ -71,13 +71,6 @@ def shipped_taus():
 
 @pytest.mark.skipif(not HEAD_SHIPPED, reason="the trained head is not shipped yet")
 def test_shipped_head_accepts_drafts(shipped_taus):
-    """The shipped head really drafts: a random head gives τ ≈ 1.0; the current one ≈ 1.6–1.8."""
-    assert min(shipped_taus) > 1.4, shipped_taus
-
-
-@pytest.mark.skipif(not HEAD_SHIPPED, reason="the trained head is not shipped yet")
-@pytest.mark.xfail(strict=True, reason="issue 3 goal: τ > 2 on our own prompts; the shipped head (held-out "
-                                       "top-1 0.42) is not there yet. strict: a better head makes this XPASS "
-                                       "and fail, so the marker must then be removed")
-def test_shipped_head_reaches_the_goal(shipped_taus):
-    assert min(shipped_taus) > 2.0, shipped_taus
+    """The shipped head really drafts: a random head gives τ ≈ 1.0; the current one 2.4 and 1.9
+    (issue 3 asks for > 2 on both: not there yet). A weaker head or a broken drafter fails this."""
+    assert min(shipped_taus) > 1.6 and sum(shipped_taus) / len(shipped_taus) > 1.9, shipped_taus

@@ -90,8 +90,12 @@ def test_pipeline_end_to_end(tiny_dir, tmp_path):
     assert train.main(argv) == 0
     for name in ("prompts.jsonl", "answers.jsonl", "features.pt", "config.json", "train.json"):
         assert (out / name).exists(), name
-    for name in ("config.json", "model.safetensors", "report.json", "TRAINING.md"):
+    for name in ("config.json", "model.safetensors", "report.json", "TRAINING.md", "token_counts.json"):
         assert (head_out / name).exists(), name
+    from eagle2.vocab import load_counts
+
+    answer_tokens = sum(len(json.loads(x)["answer_ids"]) for x in (out / "answers.jsonl").read_text().splitlines())
+    assert sum(load_counts(head_out / "token_counts.json").values()) == answer_tokens
     head = EagleHead.from_pretrained(head_out)
     assert head.hidden_size == 64 and head.embed_tokens is None
     report = json.loads((head_out / "report.json").read_text())

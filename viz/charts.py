@@ -4,7 +4,8 @@
     time_split           draft / verify / update time per cycle, with tokens/s
     accepted_histogram   how many drafts each cycle accepted
     acceptance_by_depth  acceptance rate of tested nodes at each depth
-    calibration          draft value (or confidence) vs measured acceptance, with the diagonal
+    calibration          draft value (all verified nodes: on the accepted path?) or confidence
+                         (tested nodes: did the target agree?) vs measured acceptance, with the diagonal
     context_dependence   the same tested tokens grouped by tree position vs by draft value
 
 "Tested" nodes are those whose parent was accepted: the target compared them with its own
