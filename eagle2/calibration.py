@@ -14,6 +14,7 @@ A calibrated head puts every bin near the diagonal (rate ≈ mean value).
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from .trace import Observer, Verification
@@ -25,7 +26,6 @@ BINS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 class NodeOutcome:
     value: float  # product of draft confidences along the path
     confidence: float  # draft probability of this token given its parent
-    depth: int
     status: str  # "accepted", "rejected" (parent accepted, token not) or "unreached"
 
 
@@ -40,7 +40,7 @@ class AcceptanceTally(Observer):
         for n in nodes[1:]:
             parent_value = nodes[n.parent].draft_value if n.parent > 0 else 1.0
             conf = n.draft_value / parent_value if parent_value > 0 else 0.0
-            self.nodes.append(NodeOutcome(n.draft_value, min(conf, 1.0), n.depth, n.status))
+            self.nodes.append(NodeOutcome(n.draft_value, min(conf, 1.0), n.status))
 
     def table(self, by: str = "value", bins: tuple[float, ...] = BINS) -> list[dict]:
         return table(self.nodes, by, bins)
@@ -52,15 +52,18 @@ def table(nodes: list[NodeOutcome], by: str = "value", bins: tuple[float, ...] =
     if by not in ("value", "confidence"):
         raise ValueError(f"by must be 'value' or 'confidence', got {by!r}")
     pool = nodes if by == "value" else [n for n in nodes if n.status != "unreached"]
-    rows = []
-    for i, (lo, hi) in enumerate(zip(bins[:-1], bins[1:])):
-        last = i == len(bins) - 2
-        sel = [n for n in pool if lo <= getattr(n, by) < hi or (last and getattr(n, by) == hi)]
-        if sel:
-            rows.append({"lo": lo, "hi": hi, "n": len(sel),
-                         "mean": sum(getattr(n, by) for n in sel) / len(sel),
-                         "rate": sum(n.status == "accepted" for n in sel) / len(sel)})
-    return rows
+    return binned_rates([(getattr(n, by), n.status == "accepted") for n in pool], bins)
+
+
+def binned_rates(pairs: list[tuple[float, bool]], bins: tuple[float, ...] = BINS) -> list[dict]:
+    """(x, accepted) pairs binned by x (a bin holds lo <= x < hi; x outside the edges goes to the
+    nearest end bin): rows {lo, hi, n, mean, rate} for the non-empty bins."""
+    groups: dict[int, list[tuple[float, bool]]] = {}
+    for x, hit in pairs:
+        i = bisect.bisect_right(bins, x) - 1
+        groups.setdefault(min(max(i, 0), len(bins) - 2), []).append((x, hit))
+    return [{"lo": bins[i], "hi": bins[i + 1], "n": len(g), "mean": sum(x for x, _ in g) / len(g),
+             "rate": sum(hit for _, hit in g) / len(g)} for i, g in sorted(groups.items())]
 
 
 def format_table(rows: list[dict], by: str = "value") -> str:

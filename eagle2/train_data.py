@@ -311,10 +311,7 @@ def stage_answers(target, args, out: Path) -> dict:
     bar = tqdm(total=total, initial=len(done), desc="answers", unit="answer")
     new_tokens = 0
     with open(part, "a") as f:
-        for bi, (temp, batch) in enumerate(batches):
-            batch = [p for p in batch if p["id"] not in done]
-            if not batch:
-                continue
+        for bi, (temp, batch) in enumerate(batches):  # plan_answers left out the answered prompts
             if time.perf_counter() - t0 > budget:
                 tqdm.write(f"answers: time budget of {args.answer_minutes} min reached")
                 break

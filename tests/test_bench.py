@@ -179,9 +179,9 @@ def test_calibration_flag_tallies_every_drafted_node(tiny_dir, head_dir, questio
 def test_calibration_table_bins_and_rates():
     from eagle2.calibration import NodeOutcome, format_table, table
 
-    nodes = [NodeOutcome(0.95, 0.95, 1, "accepted"), NodeOutcome(0.92, 0.92, 1, "rejected"),
-             NodeOutcome(0.03, 0.6, 2, "unreached"), NodeOutcome(0.04, 0.04, 1, "rejected"),
-             NodeOutcome(1.0, 1.0, 1, "accepted")]
+    nodes = [NodeOutcome(0.95, 0.95, "accepted"), NodeOutcome(0.92, 0.92, "rejected"),
+             NodeOutcome(0.03, 0.6, "unreached"), NodeOutcome(0.04, 0.04, "rejected"),
+             NodeOutcome(1.0, 1.0, "accepted")]
     by_value = table(nodes, "value")
     assert [(r["lo"], r["n"], r["rate"]) for r in by_value] == [(0.02, 2, 0.0), (0.9, 3, pytest.approx(2 / 3))]
     by_conf = table(nodes, "confidence")  # the unreached node was never tested

@@ -20,12 +20,12 @@ from collections import Counter, defaultdict
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from eagle2.calibration import binned_rates
 from eagle2.trace import Trace
 
 from . import style
 from .data import Tested, per_cycle, policy_label, summary, tested_nodes
 
-VALUE_BINS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0000001)
 CALIBRATION_BY = ("value", "confidence")
 
 
@@ -146,24 +146,9 @@ def acceptance_by_depth(trace: Trace) -> go.Figure:
     return _layout(fig, title, subtitle="over tested nodes (their parent was accepted)", showlegend=False)
 
 
-def _bin_index(x: float, edges=VALUE_BINS) -> int:
-    for i in range(len(edges) - 1):
-        if edges[i] <= x < edges[i + 1]:
-            return i
-    return len(edges) - 2
-
-
-def binned(tested: list[Tested], by: str = "value", edges=VALUE_BINS) -> list[dict]:
-    """Tested nodes grouped by draft value (or confidence): mean x, acceptance rate, count."""
-    groups = defaultdict(list)
-    for t in tested:
-        groups[_bin_index(getattr(t, by), edges)].append(t)
-    out = []
-    for i in sorted(groups):
-        g = groups[i]
-        out.append({"lo": edges[i], "hi": min(1.0, edges[i + 1]), "x": sum(getattr(t, by) for t in g) / len(g),
-                    "rate": _rate(g), "n": len(g)})
-    return out
+def binned(tested: list[Tested], by: str = "value") -> list[dict]:
+    """Nodes grouped by draft value (or confidence): rows {lo, hi, x (bin mean), rate, n}."""
+    return [dict(r, x=r["mean"]) for r in binned_rates([(getattr(t, by), t.accepted) for t in tested])]
 
 
 def calibration(trace: Trace, by: str = "value") -> go.Figure:
