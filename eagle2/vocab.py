@@ -253,7 +253,12 @@ def main(argv=None) -> int:
                    help="with --from-answers: also report coverage on every N-th answer, counted without it")
     try:
         args = p.parse_args(argv)
-        if args.from_answers:
+        held = fit = None
+        if args.from_answers and args.holdout > 1:  # the two parts add up to all answers
+            fit = count_answers(args.from_answers, every=args.holdout, part="fit")
+            held = count_answers(args.from_answers, every=args.holdout, part="held")
+            counts, meta = fit + held, {"source": str(args.from_answers)}
+        elif args.from_answers:
             counts, meta = count_answers(args.from_answers), {"source": str(args.from_answers)}
         else:
             from .models import load_target
@@ -262,10 +267,6 @@ def main(argv=None) -> int:
             counts = count_generations(target)
             meta = {"source": "target answers to eagle2.vocab.PROMPTS", "model": target.name}
         save_counts(counts, args.out, meta)
-        held = fit = None
-        if args.from_answers and args.holdout > 1:
-            fit = count_answers(args.from_answers, every=args.holdout, part="fit")
-            held = count_answers(args.from_answers, every=args.holdout, part="held")
         vocab = max(counts) + 1 if args.from_answers else target.model.config.vocab_size
         if args.vocab_size:
             vocab = args.vocab_size
