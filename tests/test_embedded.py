@@ -71,6 +71,7 @@ def shipped_taus():
 
 @pytest.mark.skipif(not HEAD_SHIPPED, reason="the trained head is not shipped yet")
 def test_shipped_head_accepts_drafts(shipped_taus):
-    """The shipped head really drafts: a random head gives τ ≈ 1.0; the current one 2.4 and 1.9
-    (issue 3 asks for > 2 on both: not there yet). A weaker head or a broken drafter fails this."""
-    assert min(shipped_taus) > 1.6 and sum(shipped_taus) / len(shipped_taus) > 1.9, shipped_taus
+    """The shipped head really drafts (issue 3: τ > 2 on two prompts of ours): a random head gives
+    τ ≈ 1.0, the previous head 2.4 and 1.9, the current one 2.74 and 2.18. A weaker head or a
+    broken drafter fails this."""
+    assert min(shipped_taus) > 2.0, shipped_taus

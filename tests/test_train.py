@@ -113,9 +113,41 @@ def test_pipeline_end_to_end(tiny_dir, tmp_path):
     mtime = (out / "features.pt").stat().st_mtime
     assert train.main(argv) == 0
     assert (out / "features.pt").stat().st_mtime == mtime
-    assert train.main(argv + ["--force", "train", "--ttt-pilot-minutes", "0"]) == 0
+    assert train.main(argv + ["--force", "train", "--ttt-pilot-minutes", "0", "--train-vocab", "40"]) == 0
     assert (out / "features.pt").stat().st_mtime == mtime
-    assert json.loads((out / "train.json").read_text())["pilots"] == []
+    meta = json.loads((out / "train.json").read_text())
+    assert meta["pilots"] == [] and 40 <= meta["train_vocab"] <= 41  # + EOS when it is not frequent
+    assert len(meta["best"]["val"]["acc_train_vocab"]) == 3
+
+
+def test_train_vocab_rows_are_frequent_answer_tokens_and_ce_matches_a_sliced_lm_head():
+    data = train.FeatureData.__new__(train.FeatureData)
+    data.tokens = torch.tensor([5, 6, 7, 7, 8, 9, 8, 8, 5, 5, 9, 5], dtype=torch.int32)
+    data.offsets = torch.tensor([0, 6, 12])
+    data.answer_start = torch.tensor([2, 2])  # answers [7 7 8 9] and [5 5 9 5]; prompts are not counted
+    data.lengths = [6, 6]
+    ids = train.train_vocab_ids(data, [0, 1], 3, 20, always=[2])
+    assert ids.tolist() == [2, 5, 7, 9]  # sorted; EOS on top of the three most frequent answer tokens
+    assert train.train_vocab_ids(data, [0], 2, 20).tolist() == [7, 8]  # ties go to the lower id
+
+    torch.manual_seed(0)
+    lm_head = torch.nn.Linear(8, 20, bias=False)
+    rows = train.OutputRows(lm_head, ids)
+    x = torch.randn(3, 8)
+    assert torch.allclose(rows(x), lm_head(x)[:, ids], atol=1e-6)
+    preds = [torch.randn(1, 4, 8)]
+    feats = torch.randn(1, 5, 8)
+    tok = torch.tensor([[0, 1, 5, 9, 7, 3]])
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    (_, _, _, ce), = train.head_losses(preds, tok, feats, valid, rows, 1.0, 1.0, "target")[0]
+    q = torch.softmax(lm_head(feats[0, 1:])[:, ids], -1)
+    want = -(q * torch.log_softmax(lm_head(preds[0][0])[:, ids], -1)).sum(-1).mean()
+    assert torch.allclose(ce, want, atol=1e-5)
+    # data labels: tokens outside the rows (3) are skipped, the others index into the rows
+    (_, _, _, ce), = train.head_losses(preds, tok, feats, valid, rows, 1.0, 1.0, "data")[0]
+    logits = lm_head(preds[0][0])[:, ids][:3]
+    want = torch.nn.functional.cross_entropy(logits, torch.tensor([1, 3, 2]))
+    assert torch.allclose(ce, want, atol=1e-5)
 
 
 def test_features_match_target_hidden_states(tiny_dir, tmp_path):
