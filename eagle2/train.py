@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from eagle2 import train_data as td
+from eagle2.cli import int_at_least
 
 STAGES = ("prompts", "answers", "features", "train")
 OUTPUTS = {"prompts": "prompts.jsonl", "answers": "answers.jsonl", "features": "features.pt",
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--noise", type=float, default=0.2, help="width of the uniform noise on input features")
     g.add_argument("--ce-weight", type=float, default=0.1)
     g.add_argument("--ce-frac", type=float, default=0.25, help="share of loss positions that get the CE term")
-    g.add_argument("--train-vocab", type=int, default=8192,
+    g.add_argument("--train-vocab", type=int_at_least(0), default=8192,
                    help="CE over the lm_head rows of this many most frequent answer tokens (0 = all rows)")
     g.add_argument("--ce-labels", choices=("target", "data"), default="target",
                    help="CE against the target's distribution at that position, or the token in the data")
