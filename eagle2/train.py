@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from eagle2 import train_data as td
 from eagle2.cli import int_at_least
+from eagle2.vocab import ReducedLMHead, top_tokens
 
 STAGES = ("prompts", "answers", "features", "train")
 OUTPUTS = {"prompts": "prompts.jsonl", "answers": "answers.jsonl", "features": "features.pt",
@@ -234,25 +235,16 @@ def loss_positions(lengths: torch.Tensor, starts: torch.Tensor, L: int) -> torch
     return (i + 2 >= starts[:, None]) & (i + 2 < lengths[:, None])
 
 
-class OutputRows:
-    """The rows of the frozen lm_head that the CE term scores: all of them, or (--train-vocab N)
-    only the N most frequent answer tokens, as the reduced draft vocabulary does at decode time
-    (eagle2/vocab.py). The lm_head matmul is most of a training step; 8k rows make it 6x cheaper."""
-
-    def __init__(self, lm_head, ids: torch.Tensor | None = None):
-        w, b = lm_head.weight.detach(), getattr(lm_head, "bias", None)
-        self.ids = ids
-        self.weight = w if ids is None else w[ids.to(w.device)].contiguous()
-        self.bias = None if b is None else (b.detach() if ids is None else b.detach()[ids.to(b.device)])
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+def ce_logits(out_head, x: torch.Tensor) -> torch.Tensor:
+    """Logits over the rows the CE term scores: the whole frozen lm_head, or (--train-vocab N) a
+    ReducedLMHead's kept rows in token-id order, as the reduced draft vocabulary drafts from
+    them. The lm_head matmul is most of a training step; 8k rows make it 6x cheaper."""
+    x = x.to(out_head.weight.dtype)
+    return out_head.rows(x) if isinstance(out_head, ReducedLMHead) else out_head(x)
 
 
 def train_vocab_ids(data: "FeatureData", idx: list[int], n: int, vocab_size: int, always=()) -> torch.Tensor:
     """The n most frequent answer tokens of the training split (plus `always`, e.g. EOS)."""
-    from eagle2.vocab import top_tokens
-
     counts = torch.zeros(vocab_size, dtype=torch.long)
     for i in idx:
         a = int(data.offsets[i]) + int(data.answer_start[i])
@@ -262,8 +254,10 @@ def train_vocab_ids(data: "FeatureData", idx: list[int], n: int, vocab_size: int
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
-def head_losses(preds, tok, feats, valid, rows: OutputRows, ce_frac: float, decay: float,
+def head_losses(preds, tok, feats, valid, out_head, ce_frac: float, decay: float,
                 ce_labels: str = "target"):
+    """Per draft step (k, weight, SmoothL1, CE); out_head is the lm_head or a ReducedLMHead."""
+    ids = getattr(out_head, "token_ids", None)
     target_f = feats[:, 1:]
     labels = tok[:, 2:]
     wsum, parts = 0.0, []
@@ -277,16 +271,16 @@ def head_losses(preds, tok, feats, valid, rows: OutputRows, ce_frac: float, deca
         vloss = F.smooth_l1_loss(pm.float(), target_f[m])
         n_ce = max(1, int(round(n * ce_frac)))
         sel = torch.randperm(n)[:n_ce] if n_ce < n else torch.arange(n)
-        logits = rows(pm[sel]).float()
+        logits = ce_logits(out_head, pm[sel]).float()
         if ce_labels == "target":
             with torch.no_grad():
-                q = torch.softmax(rows(target_f[m][sel]).float(), dim=-1)
+                q = torch.softmax(ce_logits(out_head, target_f[m][sel]).float(), dim=-1)
             ploss = F.cross_entropy(logits, q)
         else:
             lab = labels[m][sel]
-            if rows.ids is not None:  # position of the label among the kept rows; others are skipped
-                pos = torch.searchsorted(rows.ids, lab).clamp(max=len(rows.ids) - 1)
-                keep = rows.ids[pos] == lab
+            if ids is not None:  # position of the label among the kept rows; others are skipped
+                pos = torch.searchsorted(ids, lab).clamp(max=len(ids) - 1)
+                keep = ids[pos] == lab
                 logits, lab = logits[keep], pos[keep]
             ploss = F.cross_entropy(logits, lab) if len(lab) else logits.sum() * 0
         w = decay ** (k - 1)
@@ -301,12 +295,12 @@ def combine(parts, wsum: float, ce_weight: float):
 
 @torch.no_grad()
 def evaluate(head, data: FeatureData, idx: list[int], target, args, ac: bool,
-             rows: OutputRows | None = None) -> dict:
+             out_head=None) -> dict:
     """Held-out top-1 agreement with the target by draft step, over the full vocabulary (what the
     default drafter proposes) and, when training used fewer rows, over those rows too."""
     head.eval()
     embed, lm_head = target.model.get_input_embeddings(), target.model.lm_head
-    reduced = rows is not None and rows.ids is not None
+    ids = getattr(out_head, "token_ids", None)  # set when training scored fewer rows
     steps = args.eval_steps
     correct, count, correct_rows = [0] * steps, [0] * steps, [0] * steps
     vl, cl, nl = 0.0, 0.0, 0
@@ -331,8 +325,8 @@ def evaluate(head, data: FeatureData, idx: list[int], target, args, ac: bool,
                 for c in range(0, pm.shape[0], 4096):
                     logits = lm_head(pm[c:c + 4096].to(lm_head.weight.dtype)).float()
                     correct[k - 1] += int((logits.argmax(-1) == lab[c:c + 4096]).sum())
-                    if reduced:
-                        top = rows.ids[rows(pm[c:c + 4096]).argmax(-1)]
+                    if ids is not None:
+                        top = ids[logits[:, ids].argmax(-1)]
                         correct_rows[k - 1] += int((top == lab[c:c + 4096]).sum())
                     if k == 1:
                         cl += float(F.cross_entropy(logits, lab[c:c + 4096], reduction="sum"))
@@ -348,13 +342,13 @@ def evaluate(head, data: FeatureData, idx: list[int], target, args, ac: bool,
         score += run
     out = {"acc": [round(a, 4) for a in acc], "score": round(score, 4), "positions": count[0],
            "vloss": round(vl / max(nl, 1), 5), "ce": round(cl / max(nl, 1), 4)}
-    if reduced:
+    if ids is not None:
         out["acc_train_vocab"] = [round(c / max(n, 1), 4) for c, n in zip(correct_rows, count)]
     return out
 
 
 def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: int, minutes: float,
-               epochs: int, desc: str, warmup: int | None = None, rows: OutputRows | None = None) -> dict:
+               epochs: int, desc: str, warmup: int | None = None, out_head=None) -> dict:
     from eagle2.head import EagleHead
 
     torch.manual_seed(args.seed)
@@ -363,7 +357,7 @@ def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: i
     else:
         head = EagleHead.for_target(target.config).to(target.device).float().train()
     embed, lm_head = target.model.get_input_embeddings(), target.model.lm_head
-    rows = rows or OutputRows(lm_head)
+    out_head = lm_head if out_head is None else out_head
     ac = use_autocast(args, target)
     mdt = torch.bfloat16 if ac else torch.float32
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
@@ -383,7 +377,7 @@ def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: i
 
     def do_eval(epoch_f):
         nonlocal best, best_state
-        ev = evaluate(head, data, val_idx, target, args, ac, rows)
+        ev = evaluate(head, data, val_idx, target, args, ac, out_head)
         rec = {"step": step, "epoch": round(epoch_f, 3), "minutes": round((time.perf_counter() - t0) / 60, 2),
                "tokens_seen": tokens_seen, "lr": opt.param_groups[0]["lr"],
                "train": {k: round(v / max(run_n, 1), 5) for k, v in run_loss.items()}, "val": ev}
@@ -418,7 +412,7 @@ def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: i
             valid = loss_positions(lengths, starts, L)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ac):
                 preds = unroll(head, embed, tok, feats, steps, args.noise, mdt)
-                parts, wsum = head_losses(preds, tok, feats, valid, rows, args.ce_frac, args.ttt_decay,
+                parts, wsum = head_losses(preds, tok, feats, valid, out_head, args.ce_frac, args.ttt_decay,
                                           args.ce_labels)
                 if not parts:
                     continue
@@ -458,23 +452,24 @@ def stage_train(target, args, out: Path) -> dict:
     tok_count = lambda ids: sum(data.lengths[i] for i in ids)  # noqa: E731
     meta = {"init_head": args.init_head, "train_sequences": len(train_idx), "val_sequences": len(val_idx),
             "train_tokens": tok_count(train_idx), "val_tokens": tok_count(val_idx)}
-    rows, vocab = OutputRows(target.model.lm_head), int(target.model.lm_head.weight.shape[0])
+    out_head, vocab = target.model.lm_head, int(target.model.lm_head.weight.shape[0])
     if 0 < args.train_vocab < vocab:
-        rows = OutputRows(target.model.lm_head,
-                          train_vocab_ids(data, train_idx, args.train_vocab, vocab, target.eos_token_ids))
-        meta["train_vocab"] = len(rows.ids)
+        out_head = ReducedLMHead(out_head, train_vocab_ids(data, train_idx, args.train_vocab, vocab,
+                                                           target.eos_token_ids))
+        meta["train_vocab"] = len(out_head.token_ids)
     ttt = args.ttt_steps
     pilots = []
     if args.ttt_steps > 0 and args.ttt_pilot_minutes > 0:
         for variant in (0, args.ttt_steps):
             r = train_head(target, data, train_idx, val_idx, args, variant, args.ttt_pilot_minutes,
-                           args.epochs, f"pilot ttt={variant}", warmup=args.pilot_warmup_steps, rows=rows)
+                           args.epochs, f"pilot ttt={variant}", warmup=args.pilot_warmup_steps,
+                           out_head=out_head)
             pilots.append({"ttt_steps": variant, "best": r["best"], "steps": r["steps"],
                            "tokens_seen": r["tokens_seen"], "minutes": r["minutes"]})
         ttt = max(pilots, key=lambda p: p["best"]["val"]["score"])["ttt_steps"]
         log(f"pilots: {[(p['ttt_steps'], p['best']['val']['score']) for p in pilots]} → ttt_steps={ttt}")
     r = train_head(target, data, train_idx, val_idx, args, ttt, args.train_minutes, args.epochs, f"train ttt={ttt}",
-                 rows=rows)
+                 out_head=out_head)
     head_dir = out / "head"
     r["head"].save_pretrained(head_dir, dtype=torch.bfloat16)
     meta.update({"ttt_steps_used": ttt, "pilots": pilots, "history": r["history"], "best": r["best"],

@@ -107,8 +107,12 @@ class ReducedLMHead(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach()[ids.to(bias.device)].clone(),
                                                            requires_grad=False)
 
+    def rows(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of the kept tokens only, in `token_ids` order (training scores these)."""
+        return nn.functional.linear(hidden, self.weight, self.bias)
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        small = nn.functional.linear(hidden, self.weight, self.bias)
+        small = self.rows(hidden)
         out = small.new_full((*small.shape[:-1], self.vocab_size), torch.finfo(small.dtype).min)
         return out.index_copy_(-1, self.token_ids, small)
 

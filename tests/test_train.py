@@ -10,6 +10,7 @@ import torch
 
 from eagle2 import train, train_data as td
 from eagle2.head import EagleHead
+from eagle2.vocab import ReducedLMHead
 
 
 def test_magpie_prefix_stops_at_user_turn(tiny_target):
@@ -132,9 +133,9 @@ def test_train_vocab_rows_are_frequent_answer_tokens_and_ce_matches_a_sliced_lm_
 
     torch.manual_seed(0)
     lm_head = torch.nn.Linear(8, 20, bias=False)
-    rows = train.OutputRows(lm_head, ids)
+    rows = ReducedLMHead(lm_head, ids)
     x = torch.randn(3, 8)
-    assert torch.allclose(rows(x), lm_head(x)[:, ids], atol=1e-6)
+    assert torch.allclose(train.ce_logits(rows, x), lm_head(x)[:, ids], atol=1e-6)
     preds = [torch.randn(1, 4, 8)]
     feats = torch.randn(1, 5, 8)
     tok = torch.tensor([[0, 1, 5, 9, 7, 3]])
