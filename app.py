@@ -57,6 +57,9 @@ LIMITS = {"top_k": (1, 12), "depth": (1, 10), "total_tokens": (1, 128), "tempera
 _EAGLE2_SIG = inspect.signature(Eagle2.__init__).parameters
 TREE_DEFAULTS = {k: _EAGLE2_SIG[k].default for k in ("top_k", "depth", "total_tokens")}  # CPU-sized
 AUTO = AutoEagle2.name  # "eagle2-auto": EAGLE-2 with the tree size chosen per cycle for this machine
+AUTO_LOOKUP = f"{AUTO}+lookup"  # the same, plus a prompt-lookup chain copied from the context (eagle2.lookup)
+LOOKUP_TOKENS = 10  # the longest copied chain (the benchmarked setting)
+AUTO_POLICIES = (AUTO, AUTO_LOOKUP)
 AUTO_DEFAULTS = {"top_k": inspect.signature(AutoEagle2.__init__).parameters["top_k"].default,
                  "depth": AUTO_DEFAULT_DEPTH, "total_tokens": TREE_DEFAULTS["total_tokens"]}
 SPECIAL_HEADS = {
@@ -65,7 +68,8 @@ SPECIAL_HEADS = {
     "random": "random: an untrained head (accepts ~nothing)",
 }
 DEFAULT_POLICY = AUTO  # like the CLI and the bench
-POLICY_INFO = "eagle2-auto sizes the tree for this machine each cycle; eagle2 keeps total_tokens"
+POLICY_INFO = ("eagle2-auto sizes the tree for this machine each cycle (+lookup: also copies from the context, "
+               "marked ↪); eagle2 keeps total_tokens")
 COMPARE_DEFAULT_A = ("eagle1", TREE_DEFAULTS["top_k"], TREE_DEFAULTS["depth"], TREE_DEFAULTS["total_tokens"])
 COMPARE_DEFAULT_B = ("eagle2", TREE_DEFAULTS["top_k"], TREE_DEFAULTS["depth"], TREE_DEFAULTS["total_tokens"])
 
@@ -96,20 +100,20 @@ USER_POLICIES = _load_user_policies()
 
 
 def policy_choices() -> list[str]:
-    names = [AUTO] + list(POLICIES)
+    names = [AUTO, AUTO_LOOKUP] + list(POLICIES)
     return names + [n for n in USER_POLICIES if n not in names]
 
 
 def policy_defaults(name: str) -> dict:
     """The sizes a policy starts from (shown when it is picked)."""
-    return dict(AUTO_DEFAULTS if name == AUTO else TREE_DEFAULTS)
+    return dict(AUTO_DEFAULTS if name in AUTO_POLICIES else TREE_DEFAULTS)
 
 
 def policy_sizes(name: str) -> tuple[str, ...]:
     """Which of top_k / depth / total_tokens a policy uses (the others are greyed out)."""
     if name == "eagle2":
         return ("top_k", "depth", "total_tokens")
-    if name == AUTO:  # total_tokens is chosen per cycle; depth is a ceiling
+    if name in AUTO_POLICIES:  # total_tokens is chosen per cycle; depth is a ceiling
         return ("top_k", "depth")
     if name == "chain":
         return ("depth",)
@@ -124,10 +128,11 @@ def policy_sizes(name: str) -> tuple[str, ...]:
 
 def build_policy(name: str, top_k: int, depth: int, total_tokens: int, target=None) -> Policy:
     """A policy from the UI's choices; eagle2-auto needs the target (its latency calibration)."""
-    if name == AUTO:
+    if name in AUTO_POLICIES:
         if target is None:
-            raise ValueError("eagle2-auto needs the target model to calibrate against")
-        return eagle2.make_policy("eagle2", top_k=top_k, depth=depth, total_tokens="auto", target=target)
+            raise ValueError(f"{name} needs the target model to calibrate against")
+        return eagle2.make_policy("eagle2", top_k=top_k, depth=depth, total_tokens="auto", target=target,
+                                  lookup=LOOKUP_TOKENS if name == AUTO_LOOKUP else 0)
     if name in ("eagle2", "eagle1", "chain", "vanilla"):
         return eagle2.make_policy(name, top_k=top_k, depth=depth, total_tokens=total_tokens)
     cls = USER_POLICIES.get(name) or POLICIES.get(name)
@@ -183,7 +188,7 @@ def validate(prompt, target, head, policy, top_k, depth, total_tokens, temperatu
          "top_p": _as_float(top_p, "top_p"), "max_new_tokens": _as_int(max_new_tokens, "max_new_tokens"),
          "seed": _as_int(seed, "seed")}
     try:
-        if policy == AUTO:  # built once the target is loaded; check the sizes now
+        if policy in AUTO_POLICIES:  # built once the target is loaded; check the sizes now
             check_size(p["top_k"], p["depth"], 1)
             p["policy_obj"] = None
         else:
@@ -196,7 +201,8 @@ def validate(prompt, target, head, policy, top_k, depth, total_tokens, temperatu
 def policy_description(p: dict) -> dict:
     if p["policy_obj"] is not None:
         return p["policy_obj"].describe()
-    return {"policy": AUTO, "top_k": p["top_k"], "depth": p["depth"], "total_tokens": "auto"}
+    return {"policy": AUTO, "top_k": p["top_k"], "depth": p["depth"], "total_tokens": "auto",
+            **({"lookup": LOOKUP_TOKENS} if p["policy"] == AUTO_LOOKUP else {})}
 
 
 # ---- models: loaded once, shared read-only ----------------------------------------------------------
@@ -243,10 +249,10 @@ class Models:
         Called under GEN_LOCK, so a kept policy is never used by two runs at once."""
         if p["policy_obj"] is not None:
             return p["policy_obj"]
-        key = (target.name, AUTO, p["top_k"], p["depth"])
+        key = (target.name, p["policy"], p["top_k"], p["depth"])
         with self._lock:
             if key not in self._policies:
-                self._policies[key] = build_policy(AUTO, p["top_k"], p["depth"], 0, target=target)
+                self._policies[key] = build_policy(p["policy"], p["top_k"], p["depth"], 0, target=target)
             return self._policies[key]
 
     def drafter(self, target: eagle2.Target, spec: str):

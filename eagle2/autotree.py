@@ -27,6 +27,10 @@ on prompts of our own, kept nodes promised 1.45 accepted drafts for every one th
 took), so `a` = accepted drafts / sum of the kept values over the recent cycles (learnt
 online when the policy also observes the decode; 1 until 8 cycles are seen).
 
+Prompt lookup (lookup=N, eagle2/lookup.py): chains of up to N tokens copied from the context
+join the candidates before the choice, with their measured acceptance rates as confidences, so
+the same rule decides how many copied and drafted tokens are worth verifying.
+
 Dynamic depth. Before each drafter step (cost c, learnt online) the frontier F holds the
 top_k nodes of the deepest level. The step creates their children, whose values sum to at
 most V_F = sum of v_f over F (a child's value is its parent's times a probability, and each
@@ -60,7 +64,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .policies import CandidatePool, Eagle2
-from .trace import Observer
+from .trace import ExpansionStep, Observer
 from .tree import max_candidates
 
 CALIBRATION_SIZES = (1, 2, 4, 8, 16, 32, 48, 64)
@@ -356,7 +360,8 @@ class AutoEagle2(Eagle2, Observer):
 
     def __init__(self, latency: LatencyModel, top_k: int = 4, depth: int = AUTO_DEFAULT_DEPTH,
                  max_nodes: int | None = None, dynamic_depth: bool = True, window: int = 64,
-                 explore_every: int = 32, calibrate_values: bool = True):
+                 explore_every: int = 32, calibrate_values: bool = True, lookup: int = 0, lookup_ngram: int = 3,
+                 lookup_anchors: int = 0):
         cap = max_candidates(top_k, depth) if isinstance(top_k, int) and isinstance(depth, int) else 1
         ceiling = latency.max_tokens - 1 if max_nodes is None else max_nodes
         super().__init__(top_k=top_k, depth=depth, total_tokens=max(1, min(cap, ceiling)))
@@ -374,6 +379,16 @@ class AutoEagle2(Eagle2, Observer):
         self.mass = Rolling(window, 1.0)  # share of the frontier's value its children carry (q)
         self.calibrate_values = calibrate_values
         self.accept = RatioOfSums(window)  # accepted drafts / sum of kept values (a)
+        # prompt lookup (eagle2.lookup): chains of up to `lookup` tokens copied from the context
+        if not isinstance(lookup, int) or isinstance(lookup, bool) or lookup < 0:
+            raise ValueError(f"lookup must be an int >= 0 (the longest copied chain; 0 = off), got {lookup!r}")
+        self.lookup = lookup
+        self.copier = None
+        if lookup:
+            from .lookup import PromptLookup
+
+            self.copier = PromptLookup(lookup, lookup_ngram, lookup_anchors)
+        self._copy_log_values: list[float] = []  # the root chain's values, for the stop rule
         # bookkeeping for the online estimates
         self._last_nodes = 0
         self._last_expand_s = 0.0
@@ -389,7 +404,8 @@ class AutoEagle2(Eagle2, Observer):
     def describe(self) -> dict:
         return {"policy": self.name, "top_k": self.top_k, "depth": self.depth, "total_tokens": "auto",
                 "max_nodes": self.max_nodes, "dynamic_depth": self.dynamic_depth,
-                "calibrate_values": self.calibrate_values}
+                "calibrate_values": self.calibrate_values,
+                **({"lookup": self.lookup, "lookup_anchors": self.copier.anchors} if self.copier else {})}
 
     def stats(self) -> dict:
         """Running averages of the choices and of what was learnt."""
@@ -446,7 +462,7 @@ class AutoEagle2(Eagle2, Observer):
         level = [v for v, d in zip(pool.log_value, pool.depth) if d == deepest]
         frontier = torch.topk(torch.tensor(level, dtype=torch.float64), min(self.top_k, len(level))).values
         gain = self.value_scale * self.step_mass * float(frontier.exp().sum())
-        best_rate = float(self.rates(pool.log_value, elapsed).max())
+        best_rate = float(self.rates(pool.log_value + self._copy_log_values, elapsed).max())
         return gain / self.step_s <= best_rate
 
     def _learn_step_mass(self, pool: CandidatePool) -> None:
@@ -468,12 +484,19 @@ class AutoEagle2(Eagle2, Observer):
         t0 = time.perf_counter()
         self._learn_from_gap(t0, cycle)
         self.cycles_since_step += 1
+        self._copy_log_values = self.copier.propose_root(self.value_scale) if self.copier else []
         try:
             super().expand(root_logprobs, _TimedDrafter(drafter, self, pool, t0), pool, observer, cycle)
         except _StopExpansion:
             pass
-        elapsed = time.perf_counter() - t0
         self._learn_step_mass(pool)
+        if self.copier:
+            before, steps = len(pool), max(pool.depth, default=0)
+            self.copier.merge(pool, self.value_scale)
+            if observer and len(pool) > before:  # the copied nodes, as one more step of the trace
+                anchors = sorted({c.anchor for c in self.copier.chains})
+                observer.on_expand(cycle, ExpansionStep(steps + 1, anchors, pool.records(range(before, len(pool))), []))
+        elapsed = time.perf_counter() - t0
         n = self.choose_nodes(pool.log_value, elapsed)
         self.total_tokens = n
         self._last_expected = sum(sorted((math.exp(v) for v in pool.log_value), reverse=True)[:n])
@@ -484,6 +507,8 @@ class AutoEagle2(Eagle2, Observer):
 
     def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0):
         tree = super().draft(root_token, root_logprobs, drafter, observer, cycle)
+        if self.copier:
+            self.copier.mark_kept(tree.candidate_ids)
         self._last_end = time.perf_counter()
         return tree
 
@@ -497,10 +522,19 @@ class AutoEagle2(Eagle2, Observer):
         predicted = float(self.verify_time(torch.tensor([float(self._last_nodes)]))[0])
         self.overhead.add(max(0.0, gap - predicted))
 
+    def on_start(self, meta, prompt_tokens, first_token) -> None:
+        if self.copier:
+            self.copier.start(prompt_tokens)
+
     def on_tokens(self, cycle, tokens, origins) -> None:
-        """Accepted drafts against what the kept values promised: learns a (module doc)."""
+        """Accepted drafts against what the kept values promised: learns a (module doc); and
+        the copied chains' acceptance by position (eagle2.lookup)."""
         if cycle == self._cycle and cycle >= 0:
             self.accept.add(sum(o == "draft" for o in origins), self._last_expected)
+            if self.copier:
+                self.copier.learn([t for t, o in zip(tokens, origins) if o == "draft"])
+        if self.copier:
+            self.copier.extend(tokens)
 
     def on_cycle_end(self, cycle, root_token, timings) -> None:
         """Exact timings from the decoder: learn the verify load factor and the overhead."""

@@ -18,8 +18,10 @@ Methods:
               machine (eagle2.autotree), an integer fixes it
 A method may carry options after '@' to compare variants in one interleaved run, e.g.
 `eagle2,eagle2@total=12,eagle2@vocab=8192` (keys: total, depth, topk, vocab = a reduced draft
-vocabulary of that many tokens (eagle2.vocab); with total=auto also dyn=0 (no dynamic depth)
-and cal=0 (trust the draft values, no acceptance calibration)).
+vocabulary of that many tokens (eagle2.vocab); with total=auto also dyn=0 (no dynamic depth),
+cal=0 (trust the draft values, no acceptance calibration), lookup=N (merge prompt-lookup chains
+of up to N copied tokens into the tree, eagle2.lookup) and anchors=A (with lookup: chains also
+continue the A most valuable drafted nodes; default 0)).
 
 Outputs in --out: answers.jsonl (one line per question and method: answers, per-turn stats and
 tokens), summary.json ({"methods": {...}, "by_category": {...}, "config": {...}, "machine": {...}}),
@@ -54,8 +56,8 @@ _nonneg = int_at_least(0)
 
 BASE_METHODS = ("hf", "vanilla", "pld", "chain", "eagle1", "eagle2")
 DRAFTING = ("chain", "eagle1", "eagle2")
-OPTION_KEYS = ("total", "depth", "topk", "vocab", "dyn", "cal")
-DEFAULT_METHODS = "hf,vanilla,pld,chain,eagle1,eagle2"
+OPTION_KEYS = ("total", "depth", "topk", "vocab", "dyn", "cal", "lookup", "anchors")
+DEFAULT_METHODS = "hf,vanilla,pld,chain,eagle1,eagle2,eagle2@lookup=10"
 WARMUP_PROMPT = "Write two sentences about the sea."
 SUMMARY_KEYS = ("tau", "tokens_per_s", "speedup_vs_hf", "speedup_vs_vanilla", "identical_to_vanilla",
                 "new_tokens", "seconds")
@@ -157,7 +159,7 @@ def parse_methods(text: str) -> list[MethodSpec]:
                 options[key] = int(value)
             except ValueError:
                 raise BenchError(f"method option {key} must be an integer, got {value!r}") from None
-            low = 0 if key in ("vocab", "dyn", "cal") else 1
+            low = 0 if key in ("vocab", "dyn", "cal", "lookup", "anchors") else 1
             if options[key] < low or (key in ("dyn", "cal") and options[key] > 1):
                 raise BenchError(f"method option {key} must be {'0 or 1' if key in ('dyn', 'cal') else f'>= {low}'}"
                                  f", got {value}")
@@ -208,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drafting methods: reduced draft vocabulary size (0 = full)")
     p.add_argument("--vocab-counts", default=None, metavar="FILE",
                    help="token counts for --draft-vocab (counts JSON or the head's answers.jsonl)")
+    p.add_argument("--lookup", type=_nonneg, default=0, metavar="N",
+                   help="eagle2 (auto): merge a prompt-lookup chain of up to N copied tokens into the tree "
+                        "(eagle2.lookup; 0 = off)")
     p.add_argument("--pld-tokens", type=positive_int, default=10, help="pld: prompt_lookup_num_tokens")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (question i, turn t: seed + 1000 i + t)")
     p.add_argument("--threads", type=_nonneg, default=0, help="torch threads (0 = torch's default)")
@@ -364,9 +369,11 @@ def build_methods(specs: list[MethodSpec], target, args, log) -> tuple[list[Meth
                                     "cached": latency.meta.get("cached")}
             kw = {k: v for k, v in (("top_k", top_k), ("depth", depth or AUTO_DEFAULT_DEPTH)) if v is not None}
             policy = AutoEagle2(latency, **kw, dynamic_depth=bool(spec.options.get("dyn", 1)),
-                                calibrate_values=bool(spec.options.get("cal", 1)))
-        elif "dyn" in spec.options or "cal" in spec.options:
-            raise BenchError(f"{spec.name}: dyn and cal apply to eagle2 with total=auto only")
+                                calibrate_values=bool(spec.options.get("cal", 1)),
+                                lookup=spec.options.get("lookup", args.lookup),
+                                **({"lookup_anchors": spec.options["anchors"]} if "anchors" in spec.options else {}))
+        elif {"dyn", "cal", "lookup", "anchors"} & set(spec.options):
+            raise BenchError(f"{spec.name}: dyn, cal, lookup and anchors apply to eagle2 with total=auto only")
         elif spec.base == "eagle2":
             policy = make_policy("eagle2", top_k=top_k, depth=depth, total_tokens=total)
         else:
@@ -703,7 +710,7 @@ def run(args) -> dict:
         "first_turn_only": args.first_turn_only, "methods": {m.name: m.describe() for m in methods},
         "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
         "seed": args.seed, "model": target.name, "head": args.head, "dtype": str(target.dtype).replace("torch.", ""),
-        "device": str(target.device), "pld_tokens": args.pld_tokens, "draft_vocab": args.draft_vocab,
+        "device": str(target.device), "pld_tokens": args.pld_tokens, "draft_vocab": args.draft_vocab, "lookup": args.lookup,
         "warmup": not args.no_warmup, "wall_s": time.time() - t_start, "autotree": autotree,
         "method_order": "rotated per question", **extra,
     }

@@ -67,6 +67,9 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--total-tokens", type=total_tokens_arg, default="auto",
                    help="tree: draft tokens kept by the rerank, or auto (default: sized each cycle for this "
                         "machine from a cached latency calibration)")
+    p.add_argument("--lookup", type=int_at_least(0), default=0, metavar="N",
+                   help="eagle2 with auto tree size: merge a prompt-lookup chain of up to N tokens copied from "
+                        "the context into each tree (0 = off; 10 is the benchmarked setting)")
     p.add_argument("--temperature", type=_float, default=0.0)
     p.add_argument("--top-p", type=_float, default=1.0)
     p.add_argument("--sample-top-k", type=int, default=0, help="sampling top-k filter (0 = off)")
@@ -107,12 +110,14 @@ def run_generate(argv: list[str]) -> int:
         raise UsageError(f"--trace: folder of {args.trace!r} does not exist")
     check_sampling(args.temperature, args.top_p, args.sample_top_k)
     total = None if args.total_tokens == "auto" and args.policy != "eagle2" else args.total_tokens
+    if args.lookup and total != "auto":
+        raise UsageError("--lookup needs --policy eagle2 with --total-tokens auto")
     if total != "auto":  # check the sizes before loading anything
         make_policy(args.policy, args.top_k, args.depth, total)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     target = eagle2.load_target(args.model, dtype=args.dtype, device=args.device)
-    policy = make_policy(args.policy, args.top_k, args.depth, total, target=target)
+    policy = make_policy(args.policy, args.top_k, args.depth, total, target=target, lookup=args.lookup)
     drafter = None
     if policy.needs_drafter:
         drafter = eagle2.load_drafter(target, head=args.head, draft_model=args.draft_model)

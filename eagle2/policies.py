@@ -31,11 +31,12 @@ class CandidatePool:
         self.log_value: list[float] = []
         self.depth: list[int] = []
         self.slot: list[int] = []  # drafter slot once the node was fed to the drafter
+        self.source: list[str] = []  # "draft" or "lookup" (eagle2.lookup)
 
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def add(self, parents: list[int], tokens: list[int], log_conf: list[float]) -> list[int]:
+    def add(self, parents: list[int], tokens: list[int], log_conf: list[float], source: str = "draft") -> list[int]:
         start = len(self.tokens)
         for p, t, lc in zip(parents, tokens, log_conf):
             self.tokens.append(t)
@@ -44,6 +45,7 @@ class CandidatePool:
             self.log_value.append((self.log_value[p] if p >= 0 else 0.0) + lc)
             self.depth.append((self.depth[p] if p >= 0 else 0) + 1)
             self.slot.append(-1)
+            self.source.append(source)
         return list(range(start, len(self.tokens)))
 
     def feed(self, drafter, ids: list[int]) -> torch.Tensor:
@@ -57,7 +59,7 @@ class CandidatePool:
 
     def records(self, ids: list[int]) -> list[Candidate]:
         return [Candidate(i, self.tokens[i], self.parents[i], self.depth[i], math.exp(self.log_conf[i]),
-                          math.exp(self.log_value[i])) for i in ids]
+                          math.exp(self.log_value[i]), self.source[i]) for i in ids]
 
     def tree(self, root_token: int, keep: list[int]) -> DraftTree:
         node = {-1: 0, **{c: n + 1 for n, c in enumerate(keep)}}
@@ -229,19 +231,25 @@ POLICIES = {"eagle2": Eagle2, "eagle1": Eagle1, "chain": Chain, "vanilla": Vanil
 
 
 def make_policy(name: str, top_k: int | None = None, depth: int | None = None,
-                total_tokens: int | str | None = None, target=None) -> Policy:
+                total_tokens: int | str | None = None, target=None, lookup: int = 0) -> Policy:
     """Build a named policy; unset sizes take the policy's CPU-sized defaults.
 
     total_tokens="auto" (eagle2 only) sizes each cycle's tree for this machine: it calibrates
     the target's verify latency once (cached) and keeps the nodes that maximise expected
-    tokens per second (see eagle2/autotree.py); it needs the `target`.
+    tokens per second (see eagle2/autotree.py); it needs the `target`. With it, lookup=N
+    merges a prompt-lookup chain of up to N copied tokens into each tree (eagle2/lookup.py).
     """
+    if not isinstance(lookup, int) or isinstance(lookup, bool) or lookup < 0:
+        raise ValueError(f"lookup must be an int >= 0 (the longest copied chain; 0 = off), got {lookup!r}")
+    if lookup and not (name == "eagle2" and total_tokens == "auto"):
+        raise ValueError("lookup needs the eagle2 policy with total_tokens='auto' (the tree size that "
+                         "weighs copied tokens against drafted ones)")
     if name == "eagle2" and total_tokens == "auto":
         if target is None:
             raise ValueError("total_tokens='auto' needs the target model to calibrate against")
         from .autotree import auto_policy
 
-        return auto_policy(target, top_k=top_k, depth=depth)
+        return auto_policy(target, top_k=top_k, depth=depth, lookup=lookup)
     if isinstance(total_tokens, str):
         raise ValueError(f"total_tokens must be an int or 'auto' (eagle2 only), got {total_tokens!r}")
     given = {k: v for k, v in (("top_k", top_k), ("depth", depth), ("total_tokens", total_tokens)) if v is not None}

@@ -29,6 +29,7 @@ class Candidate:
     depth: int
     confidence: float  # draft probability of this token given its parent
     value: float  # product of confidences along the path
+    source: str = "draft"  # "draft" (the drafter proposed it) or "lookup" (copied from the context)
 
 
 @dataclass

@@ -123,6 +123,17 @@ def test_run_auto_tree_size(tiny_models, monkeypatch, tmp_path):
         app.validate(*run_args(policy="eagle2-auto", top_k=0))
 
 
+def test_run_auto_tree_size_with_lookup(tiny_models, monkeypatch, tmp_path):
+    monkeypatch.setenv("EAGLE2_CACHE", str(tmp_path))
+    assert app.AUTO_LOOKUP in app.policy_choices() and app.policy_sizes(app.AUTO_LOOKUP) == ("top_k", "depth")
+    out = consume(app.run_handler(*run_args(policy=app.AUTO_LOOKUP, top_k=2, depth=3, max_new_tokens=12)))
+    final = out[-1]
+    assert "Done" in final["status"], final["status"]
+    trace = final["trace"]
+    assert trace.meta["policy"] == "eagle2-auto" and trace.meta["lookup"] == app.LOOKUP_TOKENS
+    assert "lookup=10" in final["status"]  # the label says which policy ran
+
+
 @pytest.mark.parametrize("policy", ["eagle1", "chain", "vanilla"])
 def test_run_other_policies(tiny_models, policy):
     final = consume(app.run_handler(*run_args(policy=policy, max_new_tokens=6)))[-1]

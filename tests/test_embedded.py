@@ -43,6 +43,18 @@ def test_greedy_lossless_on_embedded_target(target_fp32, drafter, policy):
         assert out.text == ref.text
 
 
+def test_prompt_lookup_is_lossless_and_copies_on_embedded_target(target_fp32, drafter):
+    """eagle2 + prompt lookup on a prompt whose answer repeats it: exact, and copies are accepted."""
+    from eagle2.autotree import AutoEagle2, LatencyModel
+
+    prompt = "Add type hints and a docstring to this function:\n\ndef area(width, height):\n    return width * height"
+    ref = eagle2.generate_text(target_fp32, prompt, policy=eagle2.Vanilla(), max_new_tokens=48)
+    policy = AutoEagle2(LatencyModel([1, 16, 64], [0.04, 0.05, 0.1]), lookup=10)  # a fixed CPU-like curve
+    out = eagle2.generate_text(target_fp32, prompt, drafter=drafter, policy=policy, max_new_tokens=48)
+    assert out.tokens == ref.tokens
+    assert sum(map(sum, policy.copier.rates.acc)) > 0  # copied tokens were accepted
+
+
 def test_vanilla_matches_hf_generate(target_fp32):
     ids = eagle2.encode_prompt(target_fp32.tokenizer, PROMPTS[0])
     ours = eagle2.generate(target_fp32.model, ids, eagle2.Vanilla(), max_new_tokens=30,

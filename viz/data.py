@@ -58,6 +58,7 @@ class CycleNode:
     chosen_step: int | None = None  # expansion step at which it was chosen to be expanded
     status: str = "unreached"
     node: int | None = None  # index in the draft tree (None when dropped / bonus)
+    source: str = "draft"  # "draft" (the drafter proposed it) or "lookup" (copied from the context)
     target_prob: float | None = None
     target_top_token: int | None = None
     target_top_text: str | None = None
@@ -119,7 +120,8 @@ def cycle_view(trace: Trace, index: int) -> CycleView:
         for cid in e.chosen:
             chosen_at.setdefault(cid, e.step)
         view.steps.append({"step": e.step, "new": [c.id for c in e.candidates], "chosen": list(e.chosen),
-                           "frontier": list(e.frontier)})
+                           "frontier": list(e.frontier),
+                           "lookup": bool(e.candidates) and all(c.source == "lookup" for c in e.candidates)})
     if rec.rerank:
         kept = set(rec.rerank.kept)
     elif rec.verification:  # a policy that reports no rerank: the tree's nodes are what it kept
@@ -145,7 +147,7 @@ def cycle_view(trace: Trace, index: int) -> CycleView:
         parent = c.parent if c.parent in cands else ROOT_KEY
         view.nodes[cid] = CycleNode(cid, c.token, text(c.token), parent, c.depth, c.confidence, c.value, step,
                                     sib_rank[cid], value_rank[cid], cid in kept, chosen_at.get(cid),
-                                    "unreached" if cid in kept else "dropped")
+                                    "unreached" if cid in kept else "dropped", source=c.source)
 
     # 2. the target's verdict on the tree nodes
     ver = rec.verification
@@ -283,7 +285,8 @@ def summary(trace: Trace) -> dict:
 
 def policy_label(meta: dict) -> str:
     p = meta.get("policy", "?")
-    sizes = [f"{k}={meta[k]}" for k in ("top_k", "depth", "total_tokens") if k in meta]
+    sizes = [f"{k}={meta[k]}" for k in ("top_k", "depth", "total_tokens", "lookup") if meta.get(k) is not None
+             and (k != "lookup" or meta[k])]
     return f"{p} ({', '.join(sizes)})" if sizes else str(p)
 
 

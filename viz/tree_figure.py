@@ -31,8 +31,9 @@ def default_max_dropped(view: CycleView) -> int:
 
 # ---- stages -------------------------------------------------------------------------------------
 def stage_names(view: CycleView) -> list[str]:
-    """Step-through stages of a cycle: 'Expand 1'..'Expand D', 'Rerank', 'Verify'."""
-    names = [f"Expand {s['step']}" for s in view.steps]
+    """Step-through stages of a cycle: 'Expand 1'..'Expand D' ('Copy' for a prompt-lookup chain),
+    'Rerank', 'Verify'."""
+    names = ["Copy" if s.get("lookup") else f"Expand {s['step']}" for s in view.steps]
     if view.steps:
         names.append("Rerank")
     names.append("Verify")
@@ -151,6 +152,8 @@ def hover_text(n: CycleNode, view: CycleView) -> str:
              f"depth {n.depth} · rank {n.sibling_rank} under its parent · value rank {n.value_rank}"
              f"/{view.total_candidates or '?'}",
              f"confidence {_fmt(n.confidence)} · value {_fmt(n.value)}"]
+    if n.source == "lookup":
+        lines.append("↪ copied from the context (prompt lookup); confidence = measured acceptance rate of copies")
     if n.status == "dropped":
         lines.append(f"dropped by the rerank (value below the cut-off {_fmt(view.cutoff_value)})")
     else:
@@ -167,6 +170,8 @@ def hover_text(n: CycleNode, view: CycleView) -> str:
 
 def _label(n: CycleNode, kind: str, limit: int) -> str:
     tok = display_token(n.text, limit)
+    if n.source == "lookup":
+        tok = f"↪{tok}"
     if kind == "verify":
         if n.status == "accepted":
             return f"✓ {tok}"
@@ -318,6 +323,8 @@ def tree_figure(trace: Trace | None = None, cycle: int = 0, *, view: CycleView |
             legend("★ target's bonus token", style.BONUS, "#b35806")
     elif kind == "expand":
         legend("chosen to expand next", mid, style.CHOSEN)
+    if any(view.nodes[k].source == "lookup" for k in shown):
+        legend("↪ copied from the context", mid, style.INK, width=1)
     if any(view.nodes[k].status == "dropped" for k in shown) and kind != "expand":
         legend("dropped by the rerank", "#eeeeee", style.DROPPED, width=1)
 
@@ -364,6 +371,8 @@ def tree_figure(trace: Trace | None = None, cycle: int = 0, *, view: CycleView |
 def cycle_title(view: CycleView, kind: str = "verify", step: int = 0) -> str:
     if kind == "expand":
         s = next(s for s in view.steps if s["step"] == step)
+        if s.get("lookup"):
+            return f"Cycle {view.index} · copy: {len(s['new'])} candidates from prompt lookup"
         return f"Cycle {view.index} · expansion step {step}: {len(s['new'])} new candidates"
     if kind == "rerank":
         return (f"Cycle {view.index} · rerank: keep {view.tree_size} of {view.total_candidates} candidates"
@@ -378,10 +387,17 @@ def stage_caption(view: CycleView, stage: int | None) -> str:
     kind, step = _stage_kind(view, stage)
     if kind == "expand":
         s = next(s for s in view.steps if s["step"] == step)
+        if s.get("lookup"):
+            return (f"**Copy (prompt lookup).** The newest tokens already occurred in the context, so the tokens "
+                    f"that followed them there join the tree as a chain from the root: **{len(s['new'])} copied "
+                    "candidates ↪** (where the drafter proposed the same token, its node is shared). A copied "
+                    "token's confidence is the measured acceptance rate of copies at its position, so the rerank "
+                    "weighs both sources alike.")
+        expansions = sum(1 for s in view.steps if not s.get("lookup"))
         who = "The root" if s["frontier"] == [-1] else f"The {len(s['frontier'])} frontier nodes"
         nxt = (f" The **{len(s['chosen'])} most valuable** (gold border) become the frontier for step {step + 1}."
-               if s["chosen"] and step < len(view.steps) else " This is the last step.")
-        return (f"**Expansion step {step} of {len(view.steps)}.** {who} ask the drafter for their most likely next "
+               if s["chosen"] and step < expansions else " This is the last step.")
+        return (f"**Expansion step {step} of {expansions}.** {who} ask the drafter for their most likely next "
                 f"tokens: **{len(s['new'])} new candidates** at depth {step}. Each candidate's *value* is the product "
                 f"of draft confidences along its path (its chance to be accepted).{nxt}")
     if kind == "rerank":

@@ -17,11 +17,14 @@ import eagle2
 
 HERE = Path(__file__).resolve().parent
 PROMPT = "Explain in three sentences how a rainbow forms."
+CODE_PROMPT = "Add type hints and a docstring to this function:\n\ndef area(width, height):\n    return width * height"
 RUNS = (
-    # file name, policy, sizes, max_new_tokens
-    ("01-cpu-eagle2", "eagle2", {}, 96),
-    ("02-gpu-eagle2-k10-d6-t60", "eagle2", {"top_k": 10, "depth": 6, "total_tokens": 60}, 64),
-    ("03-cpu-eagle1-static", "eagle1", {}, 96),
+    # file name, policy, sizes, max_new_tokens, prompt (None = --prompt)
+    ("01-cpu-eagle2", "eagle2", {}, 96, None),
+    ("02-gpu-eagle2-k10-d6-t60", "eagle2", {"top_k": 10, "depth": 6, "total_tokens": 60}, 64, None),
+    ("03-cpu-eagle1-static", "eagle1", {}, 96, None),
+    # the auto tree size with prompt lookup: copied chains (↪) next to the head's drafts
+    ("04-cpu-eagle2-auto-lookup", "eagle2", {"total_tokens": "auto", "lookup": 10}, 96, CODE_PROMPT),
 )
 
 
@@ -44,10 +47,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     target = eagle2.load_target("default")
-    for name, policy, sizes, n in RUNS:
+    for name, policy, sizes, n, prompt in RUNS:
         rec = eagle2.TraceRecorder()
-        out = eagle2.generate_text(target, args.prompt, drafter=drafter_for(target, args.head),
-                                   policy=eagle2.make_policy(policy, **sizes), max_new_tokens=n, observers=[rec])
+        pol = eagle2.make_policy(policy, **sizes, target=target)
+        out = eagle2.generate_text(target, prompt or args.prompt, drafter=drafter_for(target, args.head),
+                                   policy=pol, max_new_tokens=n, observers=[rec])
         rec.trace.meta.update(head=args.head, target_spec="default")
         path = Path(args.out) / f"{name}.json"
         rec.trace.save(path)

@@ -1,0 +1,187 @@
+"""Prompt lookup merged into the EAGLE-2 tree: the n-gram index, the merge, the rates, exactness."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import eagle2
+from eagle2.autotree import AutoEagle2, LatencyModel
+from eagle2.lookup import LookupRates, NgramIndex, PromptLookup, chain_log_confs, merge_chain
+from eagle2.policies import CandidatePool
+from eagle2.tree import rerank
+
+
+def test_index_takes_the_newest_earlier_occurrence_of_the_longest_suffix():
+    ix = NgramIndex(3)
+    ix.reset([5, 1, 2, 9, 1, 2, 3, 7, 1, 2])
+    # suffix (1, 2) occurred twice before; the newest one was followed by 3, 7, 1, 2
+    assert ix.propose(3) == (2, [3, 7, 1])
+    ix.extend([3])  # suffix (1, 2, 3) occurred once: followed by 7, 1, 2, 3
+    assert ix.propose(10) == (3, [7, 1, 2, 3])
+    ix.extend([8])  # 8 never occurred before
+    assert ix.propose(5) == (0, [])
+    with pytest.raises(ValueError):
+        NgramIndex(0)
+
+
+def test_index_falls_back_to_shorter_ngrams():
+    ix = NgramIndex(3)
+    ix.reset([4, 6, 1, 2, 5, 6])
+    assert ix.propose(2) == (1, [1, 2])  # (2, 5, 6) and (5, 6) are new; (6,) was followed by 1, 2
+
+
+def test_index_continues_drafted_tokens():
+    ix = NgramIndex(3)
+    ix.reset([10, 11, 12, 13, 14, 50, 60])
+    assert ix.propose(3) == (0, [])  # the context's own suffix (50, 60) never occurred before
+    assert ix.propose(3, tail=[11, 12]) == (2, [13, 14, 50])  # drafted 11, 12: the context goes on with 13
+    assert ix.propose(2, tail=[60, 10]) == (1, [11, 12])  # (50, 60, 10), (60, 10) are new; (10,) is not
+
+
+def test_anchored_chains_hang_below_drafted_nodes_and_learn_only_when_reached():
+    look = PromptLookup(max_len=4, max_n=3, anchors=2)
+    look.start([7, 1, 2, 3, 4, 9])
+    assert look.propose_root(1.0) == []  # 9 never occurred before
+    pool = CandidatePool()
+    pool.add([-1, -1], [1, 5], [math.log(0.6), math.log(0.3)])  # the head drafts 1 (and 5)
+    look.merge(pool, 1.0)
+    (chain,) = [c for c in look.chains if c.anchor == 0]  # 9, 1 -> nothing; (1,) was followed by 2, 3, 4, 9
+    assert chain.tokens == [2, 3, 4, 9] and [pool.parents[i] for i in chain.ids] == [0] + chain.ids[:-1]
+    assert all(pool.source[i] == "lookup" for i in chain.ids)
+    look.mark_kept([0, chain.ids[0], chain.ids[1]])
+    look.learn([5])  # the target took 5, not 1: the anchor was not reached, nothing is learnt
+    assert sum(map(sum, look.rates.tested)) == 0
+    look.merge(pool, 1.0)
+    look.mark_kept([0, chain.ids[0], chain.ids[1]])
+    look.learn([1, 2, 8])  # anchor 1 accepted, copied 2 accepted, copied 3 rejected
+    n = chain.n
+    assert look.rates.tested[n][:3] == [1, 1, 0] and look.rates.acc[n][:3] == [1, 0, 0]
+
+
+def test_merge_shares_nodes_and_lifts_their_subtrees():
+    pool = CandidatePool()
+    pool.add([-1, -1], [4, 8], [math.log(0.5), math.log(0.3)])
+    pool.add([0], [5], [math.log(0.2)])  # 4 -> 5, a child the head proposed too
+    pool.add([2], [6], [math.log(0.9)])  # 4 -> 5 -> 6, only the head
+    ids = merge_chain(pool, [4, 5, 9], [math.log(0.8), math.log(0.1), math.log(0.7)])
+    assert ids == [0, 2, 4]  # 4 and 5 shared, 9 new under 5
+    assert pool.tokens == [4, 8, 5, 6, 9] and pool.parents == [-1, -1, 0, 2, 2]
+    v = [math.exp(x) for x in pool.log_value]
+    assert v[0] == pytest.approx(0.8)  # max(0.5, 0.8)
+    assert v[2] == pytest.approx(0.8 * 0.2)  # max(0.2, 0.1) under the lifted parent
+    assert v[3] == pytest.approx(0.8 * 0.2 * 0.9)  # the head's grandchild is lifted too
+    assert v[4] == pytest.approx(0.8 * 0.2 * 0.7)
+    assert v[1] == pytest.approx(0.3)
+    for i, p in enumerate(pool.parents):  # still a tree whose values never grow along a path
+        assert p < i and (p < 0 or pool.log_value[i] <= pool.log_value[p] + 1e-12)
+    tree, kept = rerank(0, torch.tensor(pool.tokens), torch.tensor(pool.parents), torch.tensor(pool.log_conf),
+                        torch.tensor(pool.log_value), 3)
+    assert kept == [0, 1, 2] and tree.tokens.tolist() == [0, 4, 8, 5]
+
+
+def test_rates_count_only_tested_tokens():
+    r = LookupRates(max_n=2, max_len=4, initial=0.5, strength=4.0)
+    assert r.rate(1, 0) == pytest.approx(0.5)
+    r.record(1, [7, 8, 9], kept=[True, True, True], accepted=[7, 3])  # 7 accepted, 8 rejected, 9 untested
+    assert (r.tested[1][:3], r.acc[1][:3]) == ([1, 1, 0], [1, 0, 0])
+    r.record(1, [7, 8], kept=[True, False], accepted=[7, 8])  # 8 not in the tree: not tested
+    assert (r.tested[1][:2], r.acc[1][:2]) == ([2, 1], [2, 0])
+    assert r.rate(1, 0) == pytest.approx((2 + 4 * 0.5) / (2 + 4))
+    r.new_generation()  # this generation's counts become the prior
+    assert r.tested[1][0] == 0 and r.rate(1, 0) == pytest.approx((2 + 0.5) / (2 + 1))
+    confs = chain_log_confs(r, 1, 3, scale=0.5)
+    assert all(c <= 0 for c in confs) and confs[0] == 0.0  # rate / scale > 1 is capped at certainty
+
+
+def flat():
+    return LatencyModel([1, 64], [0.01, 0.01])
+
+
+@pytest.fixture(scope="module")
+def drafter(tiny_target):
+    from eagle2.draft import EagleDrafter
+    from eagle2.head import EagleHead
+
+    torch.manual_seed(3)
+    return EagleDrafter(EagleHead.for_target(tiny_target.model.config), tiny_target.model)
+
+
+def test_lookup_is_lossless_and_copies_repeats(tiny_target, drafter):
+    """A random tiny model loops, so copies get accepted; the output is vanilla's, token for token."""
+    ids = tiny_target.tokenizer("the cat and the dog and the cat and the dog")["input_ids"]
+    ref = eagle2.generate(tiny_target.model, ids, eagle2.Vanilla(), None, max_new_tokens=60)
+    plain = AutoEagle2(flat(), top_k=2, depth=3)
+    without = eagle2.generate(tiny_target.model, ids, plain, drafter, max_new_tokens=60)
+    p = AutoEagle2(flat(), top_k=2, depth=3, lookup=8)
+    rec = eagle2.TraceRecorder()
+    out = eagle2.generate(tiny_target.model, ids, p, drafter, max_new_tokens=60, observers=[rec])
+    assert out.tokens == ref.tokens == without.tokens
+    assert p.describe()["lookup"] == 8
+    assert sum(sum(row) for row in p.copier.rates.acc) > 0  # copied tokens were accepted
+    assert out.tau > without.tau
+    depths = [n.depth for c in rec.trace.cycles for n in c.verification.nodes]
+    assert max(depths) > 3  # deeper than the head drafts: a copied chain
+
+
+def test_lookup_sampling_runs_and_bad_values_are_refused(tiny_target, drafter):
+    ids = tiny_target.tokenizer("the cat and the dog")["input_ids"]
+    p = AutoEagle2(flat(), top_k=2, depth=3, lookup=6)
+    out = eagle2.generate(tiny_target.model, ids, p, drafter, max_new_tokens=30, temperature=1.0, seed=1)
+    assert len(out.tokens) == 30
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="lookup"):
+            AutoEagle2(flat(), lookup=bad)
+
+
+def test_copied_nodes_are_marked_in_the_trace_and_the_figure(tiny_target, drafter):
+    from viz.data import cycle_view
+    from viz.tree_figure import stage_caption, stage_names, tree_figure
+
+    ids = tiny_target.tokenizer("the cat and the dog and the cat and the dog")["input_ids"]
+    p = AutoEagle2(flat(), top_k=2, depth=3, lookup=8)
+    rec = eagle2.TraceRecorder()
+    eagle2.generate(tiny_target.model, ids, p, drafter, max_new_tokens=40, observers=[rec])
+    trace = eagle2.Trace.from_json(rec.trace.to_json())  # what the app loads
+    copies = [c for c in trace.cycles if any(e.candidates and e.candidates[0].source == "lookup" for e in c.expansions)]
+    assert copies, "no cycle copied from the context"
+    cyc = copies[0]
+    step = next(e for e in cyc.expansions if e.candidates[0].source == "lookup")
+    assert all(c.source == "lookup" for c in step.candidates) and step.chosen == []
+    assert all(c.source == "draft" for e in cyc.expansions if e is not step for c in e.candidates)
+    view = cycle_view(trace, cyc.index)
+    names = stage_names(view)
+    assert "Copy" in names and names[-2:] == ["Rerank", "Verify"]
+    assert "prompt lookup" in stage_caption(view, names.index("Copy"))
+    fig = tree_figure(trace, cyc.index)
+    copied = [a for a in fig.layout.annotations if a.name and a.name.startswith("node:") and "↪" in a.text]
+    kept_copies = [n for n in view.nodes.values() if n.source == "lookup" and n.kept]
+    assert len(copied) >= len(kept_copies) > 0
+    assert all("copied from the context" in a.hovertext for a in copied)
+    from viz.data import policy_label
+
+    assert trace.meta.get("lookup") == 8 and "lookup=8" in policy_label(trace.meta)
+
+
+def test_lookup_needs_the_auto_tree(tiny_target):
+    from eagle2.policies import make_policy
+
+    with pytest.raises(ValueError, match="total_tokens='auto'"):
+        make_policy("eagle2", total_tokens=12, lookup=10)
+    with pytest.raises(ValueError, match="lookup must be"):
+        make_policy("eagle2", total_tokens="auto", target=tiny_target, lookup=-2)
+
+
+def test_cli_and_bench_reject_lookup_without_auto(capsys):
+    from eagle2.bench import BenchError, parse_methods
+    from eagle2.cli import main
+
+    assert main(["generate", "--prompt", "hi", "--policy", "chain", "--lookup", "5"]) == 2
+    assert "--lookup needs" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "hi", "--lookup", "-1"]) == 2
+    spec = parse_methods("eagle2@lookup=10")[0]
+    assert spec.options == {"lookup": 10}
+    with pytest.raises(BenchError):
+        parse_methods("eagle2@lookup=x")
