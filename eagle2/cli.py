@@ -136,7 +136,8 @@ def run_generate(argv: list[str]) -> int:
     colour = not args.no_color and sys.stdout.isatty() or os.environ.get("FORCE_COLOR")
     print(render_tokens(target.tokenizer, result, colour))
     print()
-    print(f"[{summary['policy']}] {summary['new_tokens']} tokens in {summary['seconds']:.2f} s = "
+    name = summary["policy"] + (f"+lookup={summary['lookup']}" if summary.get("lookup") else "")
+    print(f"[{name}] {summary['new_tokens']} tokens in {summary['seconds']:.2f} s = "
           f"{summary['tokens_per_s']:.1f} tok/s | τ {summary['tau']:.2f} tokens/target forward, "
           f"{summary['mean_accepted']:.2f} per cycle over {summary['cycles']} cycles | "
           f"draft {summary['draft_s']:.2f} s, verify {summary['verify_s']:.2f} s | {target.name}, {summary['dtype']}")
