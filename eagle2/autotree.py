@@ -378,7 +378,7 @@ class AutoEagle2(Eagle2, Observer):
         self.load = Rolling(window, 1.0)  # actual / calibrated verify time
         self.mass = Rolling(window, 1.0)  # share of the frontier's value its children carry (q)
         self.calibrate_values = calibrate_values
-        self.accept = RatioOfSums(window)  # accepted drafts / sum of kept values (a)
+        self.accept = RatioOfSums(window)  # accepted drafts / sum of kept values (a), drafted nodes only
         # prompt lookup (eagle2.lookup): chains of up to `lookup` tokens copied from the context
         if not isinstance(lookup, int) or isinstance(lookup, bool) or lookup < 0:
             raise ValueError(f"lookup must be an int >= 0 (the longest copied chain; 0 = off), got {lookup!r}")
@@ -393,6 +393,9 @@ class AutoEagle2(Eagle2, Observer):
         self._last_nodes = 0
         self._last_expand_s = 0.0
         self._last_expected = 0.0
+        self._pool = CandidatePool()
+        self._kept_children: dict[tuple[int, int], int] = {}
+        self._kept_drafted: dict[int, bool] = {-1: True}
         self._last_end: float | None = None
         self._seen_cycle_end = -2
         self._cycle = -1
@@ -499,7 +502,7 @@ class AutoEagle2(Eagle2, Observer):
         elapsed = time.perf_counter() - t0
         n = self.choose_nodes(pool.log_value, elapsed)
         self.total_tokens = n
-        self._last_expected = sum(sorted((math.exp(v) for v in pool.log_value), reverse=True)[:n])
+        self._pool = pool
         self._last_nodes, self._last_expand_s, self._cycle = n, elapsed, cycle
         self.cycles += 1
         self.nodes_total += n
@@ -509,6 +512,7 @@ class AutoEagle2(Eagle2, Observer):
         tree = super().draft(root_token, root_logprobs, drafter, observer, cycle)
         if self.copier:
             self.copier.mark_kept(tree.candidate_ids)
+        self._remember_kept(tree.candidate_ids[1:])
         self._last_end = time.perf_counter()
         return tree
 
@@ -522,6 +526,28 @@ class AutoEagle2(Eagle2, Observer):
         predicted = float(self.verify_time(torch.tensor([float(self._last_nodes)]))[0])
         self.overhead.add(max(0.0, gap - predicted))
 
+    def _remember_kept(self, kept: list[int]) -> None:
+        """What the kept drafted nodes promise (their values' sum): `a` is learnt on nodes whose
+        whole path the drafter proposed, so copied tokens (whose confidences are divided by `a`)
+        cannot feed back into it."""
+        pool = self._pool
+        drafted: dict[int, bool] = {-1: True}
+        for i in kept:  # parents first
+            drafted[i] = pool.source[i] == "draft" and drafted[pool.parents[i]]
+        self._kept_children = {(pool.parents[i], pool.tokens[i]): i for i in kept}
+        self._kept_drafted = drafted
+        self._last_expected = sum(math.exp(pool.log_value[i]) for i in kept if drafted[i])
+
+    def _accepted_drafted(self, accepted: list[int]) -> int:
+        """How many of the accepted tokens are nodes with a drafted-only path."""
+        node, count = -1, 0
+        for tok in accepted:
+            node = self._kept_children.get((node, tok))
+            if node is None:
+                break
+            count += self._kept_drafted[node]
+        return count
+
     def on_start(self, meta, prompt_tokens, first_token) -> None:
         if self.copier:
             self.copier.start(prompt_tokens)
@@ -530,9 +556,10 @@ class AutoEagle2(Eagle2, Observer):
         """Accepted drafts against what the kept values promised: learns a (module doc); and
         the copied chains' acceptance by position (eagle2.lookup)."""
         if cycle == self._cycle and cycle >= 0:
-            self.accept.add(sum(o == "draft" for o in origins), self._last_expected)
+            accepted = [t for t, o in zip(tokens, origins) if o == "draft"]
+            self.accept.add(self._accepted_drafted(accepted), self._last_expected)
             if self.copier:
-                self.copier.learn([t for t, o in zip(tokens, origins) if o == "draft"])
+                self.copier.learn(accepted)
         if self.copier:
             self.copier.extend(tokens)
 

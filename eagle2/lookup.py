@@ -123,6 +123,7 @@ def merge_chain(pool: CandidatePool, chain: list[int], log_confs: list[float], a
             children[(parent, tok)] = node
         elif lc > pool.log_conf[node]:
             pool.log_conf[node] = lc
+            pool.source[node] = "both"  # drafted, but its confidence is now the copy's
             raised = True
         ids.append(node)
         parent = node

@@ -31,7 +31,7 @@ class CandidatePool:
         self.log_value: list[float] = []
         self.depth: list[int] = []
         self.slot: list[int] = []  # drafter slot once the node was fed to the drafter
-        self.source: list[str] = []  # "draft" or "lookup" (eagle2.lookup)
+        self.source: list[str] = []  # "draft", "lookup" or "both" (eagle2.lookup)
 
     def __len__(self) -> int:
         return len(self.tokens)

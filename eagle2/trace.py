@@ -30,6 +30,7 @@ class Candidate:
     confidence: float  # draft probability of this token given its parent
     value: float  # product of confidences along the path
     source: str = "draft"  # "draft" (the drafter proposed it) or "lookup" (copied from the context)
+    # ("both": proposed by the drafter and copied too; it is recorded with the drafter's step)
 
 
 @dataclass

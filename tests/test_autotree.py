@@ -109,6 +109,7 @@ def test_overconfident_drafts_shrink_the_tree():
     trusting = p.choose_nodes(log_values(), 0.005)
     for c in range(10):
         p._cycle, p._last_expected = c, 5.0
+        p._kept_children, p._kept_drafted = {(-1, 5): 0}, {-1: True, 0: True}  # a kept drafted node: token 5
         p.on_tokens(c, [5, 6], ["draft", "target"])  # one accepted draft per 5.0 promised
     assert p.value_scale == pytest.approx(0.2)
     assert p.choose_nodes(log_values(), 0.005) < trusting

@@ -71,6 +71,7 @@ def test_merge_shares_nodes_and_lifts_their_subtrees():
     assert pool.tokens == [4, 8, 5, 6, 9] and pool.parents == [-1, -1, 0, 2, 2]
     v = [math.exp(x) for x in pool.log_value]
     assert v[0] == pytest.approx(0.8)  # max(0.5, 0.8)
+    assert pool.source == ["both", "draft", "draft", "draft", "lookup"]  # 4 raised, 5 kept the head's confidence
     assert v[2] == pytest.approx(0.8 * 0.2)  # max(0.2, 0.1) under the lifted parent
     assert v[3] == pytest.approx(0.8 * 0.2 * 0.9)  # the head's grandchild is lifted too
     assert v[4] == pytest.approx(0.8 * 0.2 * 0.7)
@@ -122,6 +123,7 @@ def test_lookup_is_lossless_and_copies_repeats(tiny_target, drafter):
     assert p.describe()["lookup"] == 8
     assert sum(sum(row) for row in p.copier.rates.acc) > 0  # copied tokens were accepted
     assert out.tau > without.tau
+    assert 0.05 < p.value_scale <= 2.0 and len(p.accept) == len(out.cycles)
     depths = [n.depth for c in rec.trace.cycles for n in c.verification.nodes]
     assert max(depths) > 3  # deeper than the head drafts: a copied chain
 
