@@ -187,3 +187,16 @@ def test_cli_and_bench_reject_lookup_without_auto(capsys):
     assert spec.options == {"lookup": 10}
     with pytest.raises(BenchError):
         parse_methods("eagle2@lookup=x")
+
+
+def test_value_scale_is_learnt_on_drafted_nodes_only():
+    """Copied confidences are divided by the value scale a; were they counted when learning a,
+    a would feed on itself (it fell to 0.34 before this rule). Only drafted-only paths count."""
+    p = AutoEagle2(flat())
+    pool = CandidatePool()
+    pool.add([-1, -1], [4, 8], [math.log(0.5), math.log(0.2)])  # drafted
+    merge_chain(pool, [4, 5], [math.log(0.9), math.log(0.8)])  # 4 becomes shared ("both"), 5 is copied
+    p._pool = pool
+    p._remember_kept([0, 1, 2])
+    assert p._last_expected == pytest.approx(0.2)  # only node 8: node 4 and its child carry the copy's values
+    assert p._accepted_drafted([4, 5]) == 0 and p._accepted_drafted([8]) == 1 and p._accepted_drafted([7]) == 0
