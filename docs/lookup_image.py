@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench_images import ARGS  # the same headless chromium flags (this folder is on sys.path)
 from playwright.sync_api import sync_playwright
 
 from eagle2.trace import Trace
@@ -19,8 +20,6 @@ from viz.data import cycle_view
 from viz.tree_figure import tree_figure
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
 
 
 def copied_on_path(trace: Trace, i: int) -> tuple[int, int]:

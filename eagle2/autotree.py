@@ -63,7 +63,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .policies import CandidatePool, Eagle2
+from .policies import CandidatePool, Eagle2, check_lookup
 from .trace import ExpansionStep, Observer
 from .tree import max_candidates
 
@@ -380,9 +380,7 @@ class AutoEagle2(Eagle2, Observer):
         self.calibrate_values = calibrate_values
         self.accept = RatioOfSums(window)  # accepted drafts / sum of kept values (a), drafted nodes only
         # prompt lookup (eagle2.lookup): chains of up to `lookup` tokens copied from the context
-        if not isinstance(lookup, int) or isinstance(lookup, bool) or lookup < 0:
-            raise ValueError(f"lookup must be an int >= 0 (the longest copied chain; 0 = off), got {lookup!r}")
-        self.lookup = lookup
+        check_lookup(lookup)
         self.copier = None
         if lookup:
             from .lookup import PromptLookup
@@ -408,7 +406,7 @@ class AutoEagle2(Eagle2, Observer):
         return {"policy": self.name, "top_k": self.top_k, "depth": self.depth, "total_tokens": "auto",
                 "max_nodes": self.max_nodes, "dynamic_depth": self.dynamic_depth,
                 "calibrate_values": self.calibrate_values,
-                **({"lookup": self.lookup, "lookup_anchors": self.copier.anchors} if self.copier else {})}
+                **({"lookup": self.copier.max_len, "lookup_anchors": self.copier.anchors} if self.copier else {})}
 
     def stats(self) -> dict:
         """Running averages of the choices and of what was learnt."""

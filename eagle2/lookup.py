@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from .policies import CandidatePool
 
@@ -147,6 +148,7 @@ class Chain:
     anchor_tokens: list[int]  # the drafted tokens from the root down to the anchor
     n: int  # length of the n-gram match that found it
     tokens: list[int]
+    log_confs: list[float] = field(default_factory=list)  # from the rates, when it was proposed
     ids: list[int] = field(default_factory=list)  # pool ids once merged
     kept: list[bool] = field(default_factory=list)  # in the tree after the rerank
 
@@ -182,25 +184,25 @@ class PromptLookup:
         n, tokens = self.index.propose(self.max_len)
         if not tokens:
             return []
-        self.chains.append(Chain(-1, [], n, tokens))
         confs = chain_log_confs(self.rates, n, len(tokens), scale)
-        return [sum(confs[:i + 1]) for i in range(len(confs))]
+        self.chains.append(Chain(-1, [], n, tokens, confs))
+        return list(accumulate(confs))
 
     def merge(self, pool: CandidatePool, scale: float) -> None:
-        """Merge the root chain and the anchored chains into the drafted pool."""
-        drafted = [i for i in range(len(pool)) if pool.source[i] == "draft"]
-        best = sorted(drafted, key=lambda i: -pool.log_value[i])[: self.anchors]
-        for a in best:
-            path = []
-            i = a
-            while i >= 0:
-                path.append(pool.tokens[i])
-                i = pool.parents[i]
-            n, tokens = self.index.propose(self.max_len, tail=path[::-1])
-            if tokens:
-                self.chains.append(Chain(a, path[::-1], n, tokens))
+        """Merge the root chain (from propose_root) and the anchored chains into the drafted pool."""
+        if self.anchors:
+            drafted = [i for i in range(len(pool)) if pool.source[i] == "draft"]
+            for a in sorted(drafted, key=lambda i: -pool.log_value[i])[: self.anchors]:
+                path, i = [], a
+                while i >= 0:
+                    path.append(pool.tokens[i])
+                    i = pool.parents[i]
+                path.reverse()
+                n, tokens = self.index.propose(self.max_len, tail=path)
+                if tokens:
+                    self.chains.append(Chain(a, path, n, tokens, chain_log_confs(self.rates, n, len(tokens), scale)))
         for c in self.chains:
-            c.ids = merge_chain(pool, c.tokens, chain_log_confs(self.rates, c.n, len(c.tokens), scale), c.anchor)
+            c.ids = merge_chain(pool, c.tokens, c.log_confs, c.anchor)
 
     def mark_kept(self, candidate_ids) -> None:
         kept = set(candidate_ids)

@@ -104,6 +104,12 @@ def check_size(top_k: int, depth: int, total_tokens: int) -> None:
                          f"tree can hold ({cap})")
 
 
+def check_lookup(lookup: int) -> None:
+    """The longest copied chain of prompt lookup (eagle2.lookup); 0 = off."""
+    if not isinstance(lookup, int) or isinstance(lookup, bool) or lookup < 0:
+        raise ValueError(f"lookup must be an int >= 0 (the longest copied chain; 0 = off), got {lookup!r}")
+
+
 class Eagle2(Policy):
     """EAGLE-2's dynamic draft tree: expand by value, then rerank to total_tokens."""
 
@@ -239,8 +245,7 @@ def make_policy(name: str, top_k: int | None = None, depth: int | None = None,
     tokens per second (see eagle2/autotree.py); it needs the `target`. With it, lookup=N
     merges a prompt-lookup chain of up to N copied tokens into each tree (eagle2/lookup.py).
     """
-    if not isinstance(lookup, int) or isinstance(lookup, bool) or lookup < 0:
-        raise ValueError(f"lookup must be an int >= 0 (the longest copied chain; 0 = off), got {lookup!r}")
+    check_lookup(lookup)
     if lookup and not (name == "eagle2" and total_tokens == "auto"):
         raise ValueError("lookup needs the eagle2 policy with total_tokens='auto' (the tree size that "
                          "weighs copied tokens against drafted ones)")

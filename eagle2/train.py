@@ -250,8 +250,8 @@ def train_vocab_ids(data: "FeatureData", idx: list[int], n: int, vocab_size: int
         a = int(data.offsets[i]) + int(data.answer_start[i])
         counts += torch.bincount(data.tokens[a:int(data.offsets[i + 1])].long(), minlength=vocab_size)
     nz = counts.nonzero().flatten().tolist()
-    ids = top_tokens({t: int(counts[t]) for t in nz}, n, always=always, vocab_size=vocab_size)
-    return torch.tensor(sorted(ids), dtype=torch.long)
+    return torch.tensor(top_tokens({t: int(counts[t]) for t in nz}, n, always=always, vocab_size=vocab_size),
+                        dtype=torch.long)  # sorted ids
 
 
 def head_losses(preds, tok, feats, valid, out_head, ce_frac: float, decay: float,

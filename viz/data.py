@@ -58,7 +58,7 @@ class CycleNode:
     chosen_step: int | None = None  # expansion step at which it was chosen to be expanded
     status: str = "unreached"
     node: int | None = None  # index in the draft tree (None when dropped / bonus)
-    source: str = "draft"  # "draft" (the drafter proposed it) or "lookup" (copied from the context)
+    source: str = "draft"  # "draft" (the drafter proposed it; "both" when a copy shared it) or "lookup"
     target_prob: float | None = None
     target_top_token: int | None = None
     target_top_text: str | None = None
@@ -285,8 +285,9 @@ def summary(trace: Trace) -> dict:
 
 def policy_label(meta: dict) -> str:
     p = meta.get("policy", "?")
-    sizes = [f"{k}={meta[k]}" for k in ("top_k", "depth", "total_tokens", "lookup") if meta.get(k) is not None
-             and (k != "lookup" or meta[k])]
+    sizes = [f"{k}={meta[k]}" for k in ("top_k", "depth", "total_tokens") if k in meta]
+    if meta.get("lookup"):
+        sizes.append(f"lookup={meta['lookup']}")
     return f"{p} ({', '.join(sizes)})" if sizes else str(p)
 
 
