@@ -56,11 +56,19 @@ class EagleHead(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, h) if with_embeddings else None
 
     @classmethod
-    def for_target(cls, target_config, bias: bool = True) -> "EagleHead":
-        """A fresh head shaped for a target model's config (Llama, Qwen2, Mistral)."""
+    def for_target(cls, target_config, bias: bool = True, intermediate_size: int | None = None) -> "EagleHead":
+        """A fresh head shaped for a target model's config (Llama, Qwen2, Mistral).
+
+        intermediate_size widens (or narrows) the layer's MLP; None keeps the target's. The
+        width is recorded in config.json, so the head stays in the official EAGLE format.
+        """
         cfg = target_config.to_dict()
         keep = {k: cfg[k] for k in HEAD_CONFIG_KEYS if k in cfg and cfg[k] is not None}
         keep.setdefault("head_dim", target_config.hidden_size // target_config.num_attention_heads)
+        if intermediate_size is not None:
+            if not isinstance(intermediate_size, int) or intermediate_size < 1:
+                raise ValueError(f"intermediate_size must be a positive int, got {intermediate_size!r}")
+            keep["intermediate_size"] = intermediate_size
         return cls(LlamaConfig(**keep), bias=bias)
 
     @property

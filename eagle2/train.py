@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=40, help="upper bound; --train-minutes usually ends it")
     g.add_argument("--train-minutes", type=float, default=55.0, help="time budget of the main run (0 = none)")
     g.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per optimizer step")
-    g.add_argument("--lr", type=float, default=6e-4)
+    g.add_argument("--lr", type=float, default=1.2e-3)
     g.add_argument("--min-lr-frac", type=float, default=0.05)
     g.add_argument("--warmup-steps", type=int, default=30)
     g.add_argument("--weight-decay", type=float, default=0.0)
@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ttt-decay", type=float, default=0.8, help="loss weight of step k is decay**(k-1)")
     g.add_argument("--ttt-pilot-minutes", type=float, default=0.0,
                    help="train plain and TTT variants this long each and keep the better (0 = trust --ttt-steps)")
+    g.add_argument("--head-intermediate", type=int_at_least(0), default=0,
+                   help="MLP width of the head's decoder layer (0 = the target's)")
     g.add_argument("--init-head", default=None,
                    help="start from this head folder instead of a fresh one (continue training)")
     g.add_argument("--keep-better", action="store_true",
@@ -355,7 +357,8 @@ def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: i
     if args.init_head:
         head = EagleHead.from_pretrained(args.init_head).to(target.device).float().train()
     else:
-        head = EagleHead.for_target(target.config).to(target.device).float().train()
+        head = EagleHead.for_target(target.config, intermediate_size=args.head_intermediate or None)
+        head = head.to(target.device).float().train()
     embed, lm_head = target.model.get_input_embeddings(), target.model.lm_head
     out_head = lm_head if out_head is None else out_head
     ac = use_autocast(args, target)

@@ -83,6 +83,17 @@ def test_save_and_reload_round_trip(tmp_path):
     assert cfg["bias"] is True and cfg["hidden_size"] == HID
 
 
+def test_wider_head_keeps_the_official_format(tmp_path):
+    target = make_tiny_llama(VOCAB, hidden=HID)
+    head = EagleHead.for_target(target.config, intermediate_size=3 * HID)
+    head.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["intermediate_size"] == 3 * HID
+    again = EagleHead.from_pretrained(tmp_path)
+    assert again.layers[0].mlp.gate_proj.weight.shape == (3 * HID, HID)
+    with pytest.raises(ValueError, match="intermediate_size"):
+        EagleHead.for_target(target.config, intermediate_size=0)
+
+
 def test_head_that_does_not_fit(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(official_config(hidden_size=32, intermediate_size=64)))
     st = {k: v for k, v in official_state(embeddings=False).items()}

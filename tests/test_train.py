@@ -114,8 +114,10 @@ def test_pipeline_end_to_end(tiny_dir, tmp_path):
     mtime = (out / "features.pt").stat().st_mtime
     assert train.main(argv) == 0
     assert (out / "features.pt").stat().st_mtime == mtime
-    assert train.main(argv + ["--force", "train", "--ttt-pilot-minutes", "0", "--train-vocab", "40"]) == 0
+    assert train.main(argv + ["--force", "train", "--ttt-pilot-minutes", "0", "--train-vocab", "40",
+                              "--head-intermediate", "96"]) == 0
     assert (out / "features.pt").stat().st_mtime == mtime
+    assert EagleHead.from_pretrained(head_out).layers[0].mlp.up_proj.out_features == 96
     meta = json.loads((out / "train.json").read_text())
     assert meta["pilots"] == [] and 40 <= meta["train_vocab"] <= 41  # + EOS when it is not frequent
     assert len(meta["best"]["val"]["acc_train_vocab"]) == 3
