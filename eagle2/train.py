@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ttt-pilot-minutes", type=float, default=0.0,
                    help="train plain and TTT variants this long each and keep the better (0 = trust --ttt-steps)")
     g.add_argument("--head-intermediate", type=int_at_least(0), default=0,
-                   help="MLP width of the head's decoder layer (0 = the target's)")
+                   help="MLP width of a fresh head's decoder layer (0 = the target's; --init-head keeps its own)")
     g.add_argument("--init-head", default=None,
                    help="start from this head folder instead of a fresh one (continue training)")
     g.add_argument("--keep-better", action="store_true",
