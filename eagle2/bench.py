@@ -371,7 +371,7 @@ def build_methods(specs: list[MethodSpec], target, args, log) -> tuple[list[Meth
             policy = AutoEagle2(latency, **kw, dynamic_depth=bool(spec.options.get("dyn", 1)),
                                 calibrate_values=bool(spec.options.get("cal", 1)),
                                 lookup=spec.options.get("lookup", args.lookup),
-                                **({"lookup_anchors": spec.options["anchors"]} if "anchors" in spec.options else {}))
+                                lookup_anchors=spec.options.get("anchors", 0))
         elif {"dyn", "cal", "lookup", "anchors"} & set(spec.options):
             raise BenchError(f"{spec.name}: dyn, cal, lookup and anchors apply to eagle2 with total=auto only")
         elif spec.base == "eagle2":

@@ -97,8 +97,8 @@ class LookupRates:
 
     def record(self, n: int, chain: list[int], kept: list[bool], accepted: list[int]) -> None:
         """Count one verification: chain tokens in the tree (`kept`) against the accepted drafts."""
-        for i, tok in enumerate(chain):
-            if not kept[i] or accepted[:i] != chain[:i]:
+        for i, tok in enumerate(chain):  # reaching i means tokens 1..i-1 were accepted
+            if not kept[i]:
                 break
             self.tested[n][i] += 1
             if i < len(accepted) and accepted[i] == tok:

@@ -11,6 +11,7 @@ from eagle2 import train_data as td
 torch.set_num_threads(2)
 t = load_target("default", dtype="bfloat16")
 stops = td.stop_ids(t)
+stop_set = set(stops)
 prompts = [json.loads(line)["prompt"] for line in open(f"{sys.argv[1]}/prompts.jsonl")][:256]
 pids_all = [td.encode(t.tokenizer, td.chat_prompt(t.tokenizer, p)) for p in prompts]
 for bs, nb in [(32, 3), (64, 2), (128, 1)]:
@@ -18,6 +19,6 @@ for bs, nb in [(32, 3), (64, 2), (128, 1)]:
     for b in range(nb):
         ids, mask = td.left_pad(pids_all[b * bs:(b + 1) * bs], td.pad_id(t))
         new = td._generate(t, ids, mask, max_new_tokens=320, do_sample=False, stops=stops, stop_frac=0.7)
-        n_tok += sum(len(td.cut_at_stop(r, set(stops))[0]) for r in new.tolist())
+        n_tok += sum(len(td.cut_at_stop(r, stop_set)[0]) for r in new.tolist())
     dt = time.perf_counter() - t0
     print(f"batch {bs}: {n_tok} answer tokens in {dt:.1f}s = {n_tok / dt:.0f} tok/s", flush=True)
