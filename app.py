@@ -35,6 +35,7 @@ import gradio as gr
 
 import eagle2
 from eagle2.autotree import AUTO_DEFAULT_DEPTH, AutoEagle2
+from eagle2.head import HEAD_KIND_LABELS, head_kind
 from eagle2.policies import POLICIES, Eagle2, Policy, check_size
 from eagle2.trace import MAX_TRACE_BYTES, Observer, Trace, TraceRecorder, token_texts
 from eagle2.tree import max_candidates
@@ -62,8 +63,23 @@ LOOKUP_TOKENS = 10  # the longest copied chain (the benchmarked setting)
 AUTO_POLICIES = (AUTO, AUTO_LOOKUP)
 AUTO_DEFAULTS = {"top_k": inspect.signature(AutoEagle2.__init__).parameters["top_k"].default,
                  "depth": AUTO_DEFAULT_DEPTH, "total_tokens": TREE_DEFAULTS["total_tokens"]}
+def _shipped_head_choices() -> dict[str, str]:
+    """The heads shipped for the embedded target, labelled by kind (EAGLE-1/2 or EAGLE-3)."""
+    from eagle2.draft import shipped_heads
+
+    out = {}
+    for name, folder in shipped_heads(eagle2.models.DEFAULT_NAME).items():
+        try:
+            kind = HEAD_KIND_LABELS[head_kind(folder)]
+        except ValueError:
+            continue
+        out[name] = f"{name}: the trained {kind}" + (" (earlier head kind, for comparison)" if name != "default" else "")
+    return out
+
+
 SPECIAL_HEADS = {
-    "default": "default: the trained EAGLE head",
+    "default": "default: the trained head",
+    **_shipped_head_choices(),
     "self": "self: the target drafts for itself (accepts all)",
     "random": "random: an untrained head (accepts ~nothing)",
 }
@@ -258,8 +274,10 @@ class Models:
     def drafter(self, target: eagle2.Target, spec: str):
         if spec == "self":
             return eagle2.ModelDrafter(target.model, name="self (the target drafts)")
-        label = {"default": "EAGLE head (default)", "random": "random head (untrained)"}.get(spec, spec)
-        return eagle2.EagleDrafter(self._head(target, spec), target.model, name=label)
+        head = self._head(target, spec)
+        kind = HEAD_KIND_LABELS[head.kind]
+        label = {"default": f"{kind} (default)", "random": f"random {kind} (untrained)"}.get(spec, f"{kind} {spec}")
+        return eagle2.EagleDrafter(head, target.model, name=label)
 
     def loaded(self) -> list[str]:
         return list(self._targets)

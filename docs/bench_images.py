@@ -17,6 +17,22 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 SHOTS = {0: "bench-speedup.png", 2: "bench-tau-by-category.png"}  # figure index in report.html
 
 
+def figure_png(fig, out: Path, width: int, height: int) -> None:
+    """Screenshot a Plotly figure as the browser draws it (the same HTML the app and reports use)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        html = Path(tmp) / "fig.html"
+        fig.write_html(html, include_plotlyjs=True, full_html=True)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(html.as_uri())
+            page.wait_for_selector(".plotly-graph-div .main-svg")
+            page.locator(".plotly-graph-div").first.screenshot(path=str(out))
+            browser.close()
+
+
 def main(report: str) -> None:
     out = Path(__file__).parent
     with sync_playwright() as p:

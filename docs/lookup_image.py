@@ -9,11 +9,9 @@ figure code (viz.tree_figure) and screenshots it in headless chromium: docs/tree
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
-from bench_images import ARGS  # the same headless chromium flags (this folder is on sys.path)
-from playwright.sync_api import sync_playwright
+from bench_images import figure_png  # the same headless chromium screenshot (this folder is on sys.path)
 
 from eagle2.trace import Trace
 from viz.data import cycle_view
@@ -35,16 +33,7 @@ def main(path: str) -> None:
     fig = tree_figure(trace, best, width=1100, height=520,
                       title=f"Cycle {best}: {accepted} accepted, {copied} of them copied from the prompt (↪)")
     out = ROOT / "docs" / "tree-lab-lookup.png"
-    with tempfile.TemporaryDirectory() as tmp:
-        html = Path(tmp) / "fig.html"
-        fig.write_html(html, include_plotlyjs=True, full_html=True)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-            page = browser.new_page(viewport={"width": 1140, "height": 560})
-            page.goto(html.as_uri())
-            page.wait_for_selector(".plotly-graph-div .main-svg")
-            page.locator(".plotly-graph-div").first.screenshot(path=str(out))
-            browser.close()
+    figure_png(fig, out, 1140, 560)
     print(f"wrote {out.relative_to(ROOT)} (cycle {best}: {copied}/{accepted} accepted tokens copied)")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .decode import GenerationResult, generate, hf_generate
 from .draft import Drafter, EagleDrafter, ModelDrafter, load_drafter, load_head
-from .head import EagleHead
+from .head import Eagle3Head, EagleHead
 from .models import Target, load_target
 from .policies import Chain, Eagle1, Eagle2, Policy, Vanilla, make_policy
 from .trace import Observer, Trace, TraceRecorder
@@ -20,7 +20,7 @@ from .tree import DraftTree, Node
 
 __all__ = [
     "load_target", "load_drafter", "load_head", "generate", "generate_text", "hf_generate", "encode_prompt",
-    "Target", "Drafter", "EagleDrafter", "ModelDrafter", "EagleHead", "Policy", "Eagle2", "Eagle1", "Chain",
+    "Target", "Drafter", "EagleDrafter", "ModelDrafter", "EagleHead", "Eagle3Head", "Policy", "Eagle2", "Eagle1", "Chain",
     "Vanilla", "make_policy", "Observer", "Trace", "TraceRecorder", "DraftTree", "Node", "GenerationResult",
 ]
 __version__ = "0.1.0"
@@ -44,7 +44,8 @@ def generate_text(target: Target, prompt: str, drafter: Drafter | None = None, p
     """Generate from a text prompt with a loaded target; fills `result.text`."""
     policy = policy or (make_policy("eagle2") if drafter is not None else Vanilla())
     ids = encode_prompt(target.tokenizer, prompt, chat=chat)
-    meta = {"model": target.name, "drafter": getattr(drafter, "name", None), "prompt": prompt, "chat": chat,
+    meta = {"model": target.name, "drafter": getattr(drafter, "name", None),
+            "head_kind": getattr(drafter, "kind", None) if drafter is not None else None, "prompt": prompt, "chat": chat,
             **{k: v for k, v in kwargs.items() if k in ("max_new_tokens", "temperature", "top_p", "seed")}}
     for o in observers:
         if isinstance(o, TraceRecorder) and o.tokenizer is None:

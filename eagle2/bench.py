@@ -253,7 +253,8 @@ class Method:
             d.update(self.policy.describe())
         if self.drafter is not None:
             d["drafter"] = getattr(self.drafter, "name", None)
-            if hasattr(self.drafter, "draft_vocab"):
+            d["head_kind"] = getattr(self.drafter, "kind", None)
+            if getattr(self.drafter, "draft_vocab", None):
                 d["draft_vocab"] = self.drafter.draft_vocab
         return d
 

@@ -1,4 +1,4 @@
-"""Command line: python -m eagle2 {generate,bench,train} ...
+"""Command line: python -m eagle2 {generate,bench,train,serve-config} ...
 
 Bad input exits with code 2 and one line on stderr, never a traceback.
 """
@@ -159,6 +159,43 @@ def render_tokens(tokenizer, result, colour: bool) -> str:
     return "".join(out)
 
 
+def serve_config_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m eagle2 serve-config",
+                      description="Print the command that serves a target + EAGLE head + tree on SGLang or vLLM, "
+                                  "with notes on what maps (eagle2/serve.py).")
+    p.add_argument("--engine", required=True, choices=["sglang", "vllm"])
+    p.add_argument("--model", default="default", help="default (served as its hub id) | hub id | local folder")
+    p.add_argument("--head", default="default", help="EAGLE head: default | hub id | local folder")
+    p.add_argument("--head-kind", default="auto", choices=["auto", "eagle1", "eagle3"],
+                   help="head checkpoint format (auto: from the folder's config.json)")
+    p.add_argument("--top-k", type=positive_int, default=None, help="tree: children per expanded node")
+    p.add_argument("--depth", type=positive_int, default=None, help="tree: depth of the deepest draft token")
+    p.add_argument("--total-tokens", type=total_tokens_arg, default="auto",
+                   help="tree: draft tokens kept (not counting the root), or auto (a fixed GPU tree)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    p.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel size")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=positive_int, default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object: command, argv, notes, settings")
+    return p
+
+
+def run_serve_config(argv: list[str]) -> int:
+    args = serve_config_parser().parse_args(argv)
+    from eagle2.serve import ServeSettings, serve_command
+
+    cmd = serve_command(ServeSettings(model=args.model, head=args.head, head_kind=args.head_kind, top_k=args.top_k,
+                                      depth=args.depth, total_tokens=args.total_tokens, dtype=args.dtype,
+                                      tp=args.tp, host=args.host, port=args.port), args.engine)
+    if args.json:
+        print(json.dumps(cmd.to_dict(), ensure_ascii=False))
+    else:
+        print(cmd.shell)
+        for note in cmd.notes:
+            print(f"# {note}")
+    return 0
+
+
 def _delegate(module: str, argv: list[str]) -> int:
     import importlib
 
@@ -173,13 +210,14 @@ COMMANDS = {
     "generate": run_generate,
     "bench": lambda argv: _delegate("eagle2.bench", argv),
     "train": lambda argv: _delegate("eagle2.train", argv),
+    "serve-config": run_serve_config,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: python -m eagle2 {generate,bench,train} [options]   (each takes --help)",
+        print("usage: python -m eagle2 {generate,bench,train,serve-config} [options]   (each takes --help)",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         if argv and argv[0] not in ("-h", "--help"):
             print(f"error: unknown command {argv[0]!r}", file=sys.stderr)

@@ -115,12 +115,18 @@ class Observers(Observer):
             o.on_finish(*a)
 
 
-def target_forward(model, tokens: torch.Tensor, cache, position_ids=None, attention_mask=None):
-    """One forward of the unmodified HF model: returns (last hidden states, logits), both (T, ·)."""
+def target_forward(model, tokens: torch.Tensor, cache, position_ids=None, attention_mask=None,
+                   feature_layers: tuple[int, ...] | None = None):
+    """One forward of the unmodified HF model: returns (features, logits), both (T, ·). Features
+    are the last hidden states or, with feature_layers (EAGLE-3), the concatenated
+    `hidden_states[i]` (the inputs of those layers)."""
     out = model.model(input_ids=tokens[None], position_ids=position_ids, attention_mask=attention_mask,
-                      cache=cache, use_cache=True)
+                      cache=cache, use_cache=True, output_hidden_states=feature_layers is not None)
     hidden = out.last_hidden_state[0]
-    return hidden, model.lm_head(hidden)
+    if feature_layers is None:
+        return hidden, model.lm_head(hidden)
+    feats = torch.cat([out.hidden_states[i][0] for i in feature_layers], dim=-1)
+    return feats, model.lm_head(hidden)
 
 
 def context_limit(model) -> int:
@@ -179,7 +185,8 @@ def generate(
 
     t_start = time.perf_counter()
     cache = DynamicCache()
-    hidden, logits = target_forward(model, ids, cache)
+    layers = drafter.feature_layers if drafter is not None and policy.needs_drafter else None
+    hidden, logits = target_forward(model, ids, cache, feature_layers=layers)
     first = choose(logits[-1])
     prefill_s = time.perf_counter() - t_start
     result = GenerationResult(ids.tolist(), [first], ["target"], [-1], prefill_s=prefill_s,
@@ -207,7 +214,7 @@ def generate(
         t1 = time.perf_counter()
         mask = tree.attention_mask(prefix, dtype, device) if len(tree) > 1 else None
         hidden, logits = target_forward(model, tree.tokens.to(device), cache,
-                                        tree.position_ids(prefix, device), mask)
+                                        tree.position_ids(prefix, device), mask, layers)
         t2 = time.perf_counter()
         if sampling:
             probs = target_probs(logits, temperature, top_p, sample_top_k)

@@ -9,7 +9,8 @@ A drafter keeps its own KV cache of the accepted prefix. Per cycle:
                          own ancestors (a tree mask), at position prefix + depth.
 
 Two drafters share this bookkeeping: the EAGLE head (feature-level, fed the target's hidden
-states) and any small causal LM with the target's tokenizer (classic speculative decoding).
+states: its last one for EAGLE-1/2 heads, three fused layers for EAGLE-3 heads) and any small
+causal LM with the target's tokenizer (classic speculative decoding).
 """
 
 from __future__ import annotations
@@ -18,19 +19,29 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import DynamicCache
 
 from . import cache as kv
-from .head import EagleHead
+from .head import Eagle3Head, EagleHead, load_head_folder
 
 HEADS_DIR = Path(__file__).parent / "heads"
-DEFAULT_HEADS = {"SmolLM2-135M-Instruct": HEADS_DIR / "smollm2-135m-instruct"}
+# heads shipped with the package, by target and name ("default"; others can sit beside it for comparison)
+SHIPPED_HEADS = {"SmolLM2-135M-Instruct": {"default": HEADS_DIR / "smollm2-135m-instruct"}}
+DEFAULT_HEADS = {name: heads["default"] for name, heads in SHIPPED_HEADS.items()}
+
+
+def shipped_heads(target_name: str) -> dict[str, Path]:
+    """The shipped heads for a target that are present on disk, by name."""
+    return {n: f for n, f in SHIPPED_HEADS.get(target_name, {}).items() if (f / "config.json").exists()}
 
 
 class Drafter:
     """Shared tree bookkeeping: draft slots after the committed prefix, their depths/ancestry."""
 
     needs_features = False
+    feature_layers: tuple[int, ...] | None = None  # target hidden_states to fuse; None = the last one
+    kind = "model"
 
     def __init__(self, device: torch.device, dtype: torch.dtype):
         self.device, self.dtype = device, dtype
@@ -79,21 +90,46 @@ class Drafter:
         raise NotImplementedError
 
 
+class DraftVocabLogits(nn.Module):
+    """An EAGLE-3 head's draft-vocabulary logits scattered into the target's vocabulary (tokens
+    outside the draft vocabulary get the dtype's lowest value: probability 0), so draft token
+    ids are ordinary ids and every policy works unchanged."""
+
+    def __init__(self, head: Eagle3Head, vocab_size: int):
+        super().__init__()
+        self.head, self.vocab_size = head, vocab_size
+        self.register_buffer("token_ids", head.draft_ids.clone(), persistent=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        small = self.head.draft_logits(hidden)
+        out = small.new_full((*small.shape[:-1], self.vocab_size), torch.finfo(small.dtype).min)
+        return out.index_copy_(-1, self.token_ids, small)
+
+
 class EagleDrafter(Drafter):
-    """EAGLE head + the target's embedding and lm_head; drafts at the feature level."""
+    """An EAGLE head (EAGLE-1/2 or EAGLE-3) + the target's embedding; drafts at the feature level.
+    EAGLE-1/2 heads score with the target's lm_head, EAGLE-3 heads with their own."""
 
     needs_features = True
 
-    def __init__(self, head: EagleHead, target_model, name: str = "eagle-head"):
+    def __init__(self, head: EagleHead | Eagle3Head, target_model, name: str = "eagle-head"):
         params = next(target_model.parameters())
         super().__init__(params.device, params.dtype)
         check_head_fits(head, target_model)
         self.head = head.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.kind = head.kind
+        self.feature_layers = head.feature_layers(target_model.config.num_hidden_layers)
         self.embed = head.embed_tokens if head.embed_tokens is not None else target_model.get_input_embeddings()
-        self.lm_head = target_model.lm_head
+        vocab = target_model.lm_head.weight.shape[0]
+        self.lm_head = DraftVocabLogits(self.head, vocab) if head.kind == "eagle3" else target_model.lm_head
         self.name = name
         self._root_feature: torch.Tensor | None = None
         self._slot_features: list[torch.Tensor] = []
+
+    @property
+    def draft_vocab(self) -> int | None:
+        """How many tokens it can propose (None: the whole vocabulary)."""
+        return self.head.draft_vocab_size if self.kind == "eagle3" else None
 
     def reset(self) -> None:
         super().reset()
@@ -158,37 +194,49 @@ class ModelDrafter(Drafter):
         return self._forward(tokens, pos, mask)
 
 
-def check_head_fits(head: EagleHead, target_model) -> None:
+def check_head_fits(head: EagleHead | Eagle3Head, target_model) -> None:
     tcfg = target_model.config
+    vocab = target_model.lm_head.weight.shape[0]
+    if head.kind == "eagle3":
+        if head.target_hidden_size != tcfg.hidden_size:
+            raise ValueError(f"EAGLE-3 head reads target hidden size {head.target_hidden_size}; the target's is {tcfg.hidden_size}")
+        if head.config.vocab_size != vocab:
+            raise ValueError(f"EAGLE-3 head vocab {head.config.vocab_size} does not fit the target's {vocab}")
+        if tcfg.num_hidden_layers < 4:
+            raise ValueError(f"EAGLE-3 heads fuse layers 2, n/2 and n-3; the target has only {tcfg.num_hidden_layers}")
+        if int(head.draft_ids.min()) < 0 or int(head.draft_ids.max()) >= vocab:
+            raise ValueError("EAGLE-3 head's d2t maps draft tokens outside the target's vocabulary")
+        return
     if head.config.hidden_size != tcfg.hidden_size:
         raise ValueError(f"draft head hidden size {head.config.hidden_size} does not fit the target's {tcfg.hidden_size}")
-    vocab = target_model.lm_head.weight.shape[0]
     if head.config.vocab_size != vocab and head.embed_tokens is None:
         raise ValueError(f"draft head vocab {head.config.vocab_size} does not fit the target's {vocab}")
     if head.embed_tokens is not None and head.embed_tokens.weight.shape[0] != vocab:
         raise ValueError(f"draft head vocab {head.embed_tokens.weight.shape[0]} does not fit the target's {vocab}")
 
 
-def load_head(spec: str | os.PathLike, target) -> EagleHead:
-    """`default` (the head shipped for the default target), a folder, or a hub id."""
+def load_head(spec: str | os.PathLike, target) -> EagleHead | Eagle3Head:
+    """`default` (the head shipped for the target) or another shipped name (SHIPPED_HEADS), a
+    folder, or a hub id; the format (EAGLE-1/2 or EAGLE-3) is read from config.json."""
     spec = str(spec)
-    if spec == "default":
-        folder = DEFAULT_HEADS.get(target.name)
+    shipped = SHIPPED_HEADS.get(getattr(target, "name", None), {})
+    if spec == "default" or spec in shipped:
+        folder = shipped.get(spec)
         if folder is None:
-            raise ValueError(f"no draft head is shipped for {target.name!r}: pass --head PATH or a hub id")
+            raise ValueError(f"no draft head is shipped for {getattr(target, 'name', None)!r}: pass --head PATH or a hub id")
         if not (folder / "config.json").exists():
-            raise ValueError(f"the default head for {target.name} is not shipped yet ({folder} is missing)")
-        return EagleHead.from_pretrained(folder)
+            raise ValueError(f"the {spec} head for {target.name} is not shipped ({folder} is missing)")
+        return load_head_folder(folder)
     local = Path(spec).expanduser()
     if local.exists():
-        return EagleHead.from_pretrained(local)
+        return load_head_folder(local)
     try:
         from huggingface_hub import snapshot_download
 
         folder = snapshot_download(spec, allow_patterns=["config.json", "*.safetensors", "pytorch_model.bin"])
     except Exception as e:  # network / unknown repo
         raise ValueError(f"cannot fetch draft head {spec!r} (offline or unknown id?): {type(e).__name__}") from None
-    return EagleHead.from_pretrained(folder)
+    return load_head_folder(folder)
 
 
 def load_drafter(target, head: str | None = "default", draft_model: str | None = None) -> Drafter:

@@ -7,9 +7,16 @@ Stages (each writes its output into --out and is skipped when that output exists
 
 1. prompts   → prompts.jsonl   Magpie-style user prompts sampled from the target (train_data.py)
 2. answers   → answers.jsonl   the target's answers: mostly greedy, a sampled share for T>0
-3. features  → features.pt     last hidden states (after the final norm), bf16, + answer offsets
-4. train     → head/           the draft head (official EAGLE format, bf16) + train.json
-5. report    → report.json and TRAINING.md beside the head, copied to --head-out
+3. tasks     → tasks.jsonl     task prompts (given texts to summarise/translate/extract from/answer
+                               about, code, arithmetic; train_tasks.py) and the target's answers
+4. features  → features.pt     last hidden states (after the final norm), bf16, + answer offsets;
+                               with --arch eagle3 also the inputs of layers 2, n/2, n-3
+5. train     → head/           the draft head (official EAGLE format, bf16) + train.json
+6. report    → report.json, TRAINING.md and train_tokens.npz (the written data as token ids; --data
+                               starts a later run from it) beside the head, copied to --head-out
+
+Two head kinds (--arch). eagle1 (EAGLE-1/2, the default: ahead at equal CPU time, see the head's
+TRAINING.md) is described first; eagle3 below.
 
 Training objective (EAGLE): at position i the head reads (embed(t_{i+1}), f_i) and predicts
 f_{i+1}; loss = SmoothL1(pred, f_{i+1}) + 0.1 · CE(lm_head(pred), q_{i+1}), on positions whose
@@ -32,6 +39,12 @@ for each step j in 2..k, the single step-j key at position r+j-1. The keys come 
 DynamicCache, so the masks are over the concatenation [step 1 | step 2 | ... | step k].
 With --ttt-pilot-minutes, both variants (plain and TTT) are first trained for that long on the
 same data and the one with the better held-out multi-step score is used for the full run.
+
+EAGLE-3 (--arch eagle3): step 1 reads the fused layers instead of f_i, every later step its own
+output; no feature loss: CE of its own draft-vocabulary lm_head (the --train-vocab most frequent
+answer tokens; initialised from the target's rows and final norm) against the target's
+distribution renormalised over that vocabulary, at every unrolled step (default 4 steps: the
+official recipe unrolls 7, too dear on a CPU).
 
 Held-out score = Σ_k Π_{j≤k} acc_j over the evaluated draft steps: the expected number of
 accepted tokens of a single drafted chain, if step accuracies were independent.
@@ -58,11 +71,16 @@ from eagle2 import train_data as td
 from eagle2.cli import int_at_least
 from eagle2.vocab import ReducedLMHead, top_tokens
 
-STAGES = ("prompts", "answers", "features", "train")
-OUTPUTS = {"prompts": "prompts.jsonl", "answers": "answers.jsonl", "features": "features.pt",
+STAGES = ("prompts", "answers", "tasks", "features", "train")
+OUTPUTS = {"prompts": "prompts.jsonl", "answers": "answers.jsonl", "tasks": "tasks.jsonl", "features": "features.pt",
            "train": "head/model.safetensors"}
 PARTIALS = {"prompts": ["prompts.partial.jsonl"], "answers": ["answers.partial.jsonl"],
-            "features": [], "train": ["head/config.json", "train.json"]}
+            "tasks": ["tasks.partial.jsonl"], "features": [], "train": ["head/config.json", "train.json"]}
+TOKENS_FILE = "train_tokens.npz"  # the run's prompts + answers as token ids, shipped beside the head
+ARCH_DEFAULTS = {  # what each head kind trains with unless told otherwise
+    "eagle1": {"noise": 0.2, "ce_frac": 0.25, "ttt_steps": 1},
+    "eagle3": {"noise": 0.0, "ce_frac": 0.5, "ttt_steps": 3},
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,11 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=0,
                    help="torch threads (0 = all cores, fewer while other processes compete for them)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--arch", choices=tuple(ARCH_DEFAULTS), default="eagle1",
+                   help="head kind: eagle1 (the EAGLE-1/2 head: last hidden state, feature regression + CE; "
+                        "ahead at CPU budgets, see the head's TRAINING.md) or eagle3 (three fused target layers, "
+                        "own draft vocabulary, CE only, multi-step training-time test)")
     g.add_argument("--until", choices=STAGES, default="train", help="stop after this stage")
+    g.add_argument("--data", default=None,
+                   help="start from the token ids of an earlier run (its train_tokens.npz, shipped beside the "
+                        "head): the prompts, answers and tasks stages are skipped, features are recomputed")
     g.add_argument("--force", nargs="*", choices=STAGES, default=None,
                    help="re-run these stages (and every later one); no names = all")
     g = p.add_argument_group("prompts")
-    g.add_argument("--n-prompts", type=int, default=2700)
+    g.add_argument("--n-prompts", type=int, default=1500)
     g.add_argument("--prompt-batch", type=int, default=48)
     g.add_argument("--prompt-max-tokens", type=int, default=72)
     g.add_argument("--prompt-temperature", type=float, default=1.0)
@@ -92,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-stop-frac", type=float, default=0.95,
                    help="end a batch once this share of rows finished (the rest are dropped)")
     g.add_argument("--prompt-filter", choices=("strict", "loose"), default="strict")
-    g.add_argument("--prompt-minutes", type=float, default=16.0, help="time budget (0 = none)")
+    g.add_argument("--prompt-minutes", type=float, default=8.0, help="time budget (0 = none)")
     g = p.add_argument_group("answers")
     g.add_argument("--answer-batch", type=int, default=32)
     g.add_argument("--answer-max-tokens", type=int, default=320)
@@ -100,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end a batch once this share of rows finished; the rest are kept truncated")
     g.add_argument("--sampled-frac", type=float, default=0.2, help="share of sampled (T>0) answers")
     g.add_argument("--sample-temperatures", default="0.7,0.85,1.0")
-    g.add_argument("--answer-minutes", type=float, default=30.0, help="time budget (0 = none)")
+    g.add_argument("--answer-minutes", type=float, default=14.0, help="time budget (0 = none)")
+    g = p.add_argument_group("tasks")
+    g.add_argument("--n-tasks", type=int, default=2400,
+                   help="task prompts (long texts to summarise/translate/extract/answer from, code, arithmetic)")
+    g.add_argument("--task-minutes", type=float, default=22.0, help="time budget for answering them (0 = none)")
     g = p.add_argument_group("features")
     g.add_argument("--max-seq-len", type=int, default=1024)
     g.add_argument("--feature-batch-tokens", type=int, default=4096)
@@ -113,14 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-steps", type=int, default=30)
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--grad-clip", type=float, default=0.5)
-    g.add_argument("--noise", type=float, default=0.2, help="width of the uniform noise on input features")
-    g.add_argument("--ce-weight", type=float, default=0.1)
-    g.add_argument("--ce-frac", type=float, default=0.25, help="share of loss positions that get the CE term")
+    g.add_argument("--noise", type=float, default=None,
+                   help="width of the uniform noise on input features (default: 0.2 eagle1, 0 eagle3)")
+    g.add_argument("--ce-weight", type=float, default=0.1, help="eagle1: weight of CE next to the feature loss")
+    g.add_argument("--ce-frac", type=float, default=None,
+                   help="share of loss positions that get the CE term (default: 0.25 eagle1, 0.5 eagle3)")
     g.add_argument("--train-vocab", type=int_at_least(0), default=8192,
-                   help="CE over the lm_head rows of this many most frequent answer tokens (0 = all rows)")
+                   help="the this many most frequent answer tokens: eagle1 scores its CE over their lm_head "
+                        "rows; eagle3 heads draft from them (their draft vocabulary). 0 = all tokens")
     g.add_argument("--ce-labels", choices=("target", "data"), default="target",
                    help="CE against the target's distribution at that position, or the token in the data")
-    g.add_argument("--ttt-steps", type=int, default=1, help="extra unrolled steps on own predictions (0 = off)")
+    g.add_argument("--ttt-steps", type=int, default=None,
+                   help="extra unrolled steps on own predictions (0 = off; default: 1 eagle1, 3 eagle3)")
     g.add_argument("--ttt-decay", type=float, default=0.8, help="loss weight of step k is decay**(k-1)")
     g.add_argument("--ttt-pilot-minutes", type=float, default=0.0,
                    help="train plain and TTT variants this long each and keep the better (0 = trust --ttt-steps)")
@@ -166,25 +199,30 @@ class FeatureData:
     def __init__(self, path: Path):
         d = torch.load(path, weights_only=False)
         self.tokens, self.feats, self.offsets = d["tokens"], d["feats"], d["offsets"]
+        self.aux = d.get("aux")  # EAGLE-3 inputs: the fused three target layers, or None
         self.answer_start, self.temperature = d["answer_start"], d["temperature"]
         self.lengths = (self.offsets[1:] - self.offsets[:-1]).tolist()
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def batch(self, idx: list[int]):
-        """Right-padded (tokens [B,T+1], feats [B,T,H] fp32, lengths [B], answer starts [B])."""
+    def batch(self, idx: list[int], with_aux: bool = False):
+        """Right-padded (tokens [B,T+1], feats [B,T,H] fp32, lengths [B], answer starts [B],
+        and with_aux the fused layers [B,T,3H] fp32 or None)."""
         T = max(self.lengths[i] for i in idx)
         H = self.feats.shape[1]
         tok = torch.zeros((len(idx), T + 1), dtype=torch.long)
         feats = torch.zeros((len(idx), T, H), dtype=torch.float32)
+        aux = torch.zeros((len(idx), T, self.aux.shape[1]), dtype=torch.float32) if with_aux else None
         for j, i in enumerate(idx):
             a, b = int(self.offsets[i]), int(self.offsets[i + 1])
             tok[j, : b - a] = self.tokens[a:b].long()
             feats[j, : b - a] = self.feats[a:b].float()
+            if aux is not None:
+                aux[j, : b - a] = self.aux[a:b].float()
         lengths = torch.tensor([self.lengths[i] for i in idx])
         starts = self.answer_start[idx]
-        return tok, feats, lengths, starts
+        return tok, feats, lengths, starts, aux
 
 
 def split(n: int, val_frac: float, seed: int) -> tuple[list[int], list[int]]:
@@ -195,45 +233,46 @@ def split(n: int, val_frac: float, seed: int) -> tuple[list[int], list[int]]:
 
 
 # ---- the unrolled head --------------------------------------------------------------------
-def ttt_mask(L: int, k: int, dtype: torch.dtype) -> torch.Tensor:
+def ttt_mask(L: int, k: int, dtype: torch.dtype, device=None) -> torch.Tensor:
     """Additive (1, 1, L, k·L) mask for draft step k (1-based) over keys [step 1 | ... | step k].
 
     Query i (real context ends at r = i-k+1) sees step-1 keys at positions ≤ r and, for each
     step j ≥ 2, only the step-j key at position r+j-1 = i-(k-j).
     """
-    q = torch.arange(L)[:, None]
-    p = torch.arange(L)[None, :]
+    q = torch.arange(L, device=device)[:, None]
+    p = torch.arange(L, device=device)[None, :]
     blocks = [p <= q - (k - 1)] + [p == q - (k - j) for j in range(2, k + 1)]
     allowed = torch.cat(blocks, dim=1)
-    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[None, None]
 
 
 def unroll(head, embed, tok, feats, steps: int, noise: float, mask_dtype: torch.dtype) -> list[torch.Tensor]:
-    """Predictions of draft steps 1..steps, each (B, L, H) with L = T-1 (see module docstring)."""
+    """Predictions of draft steps 1..steps, each (B, L, H) with L = T-1 (see module docstring).
+    feats are what step 1 reads: the last hidden states (EAGLE-1) or the fused layers (EAGLE-3)."""
     from transformers import DynamicCache
 
-    B, T, H = feats.shape
+    B, T, _ = feats.shape
     L = T - 1
     e = embed(tok[:, 1:T]).float()
     f_in = feats[:, :-1]
     if noise > 0:
         f_in = f_in + (torch.rand_like(f_in) - 0.5) * noise
-    pos = torch.arange(L)[None].expand(B, L)
+    pos = torch.arange(L, device=feats.device)[None].expand(B, L)
     cache = DynamicCache()
     preds = []
     for k in range(1, steps + 1):
         if k > 1:
             prev = preds[-1]
             f_in = torch.cat((torch.zeros_like(prev[:, :1]), prev[:, :-1]), dim=1)
-        preds.append(head(e, f_in, pos, attention_mask=ttt_mask(L, k, mask_dtype), cache=cache))
+        preds.append(head(e, f_in, pos, attention_mask=ttt_mask(L, k, mask_dtype, feats.device), cache=cache))
     return preds
 
 
 def loss_positions(lengths: torch.Tensor, starts: torch.Tensor, L: int) -> torch.Tensor:
     """(B, L) bool: position i is trained/evaluated when its predicted token t_{i+2} is an answer token."""
-    i = torch.arange(L)[None]
+    i = torch.arange(L, device=lengths.device)[None]
     return (i + 2 >= starts[:, None]) & (i + 2 < lengths[:, None])
 
 
@@ -265,14 +304,14 @@ def head_losses(preds, tok, feats, valid, out_head, ce_frac: float, decay: float
     wsum, parts = 0.0, []
     L = valid.shape[1]
     for k, p in enumerate(preds, start=1):
-        m = valid & (torch.arange(L)[None] >= k - 1)
+        m = valid & (torch.arange(L, device=valid.device)[None] >= k - 1)
         n = int(m.sum())
         if n == 0:
             continue
         pm = p[m]
         vloss = F.smooth_l1_loss(pm.float(), target_f[m])
         n_ce = max(1, int(round(n * ce_frac)))
-        sel = torch.randperm(n)[:n_ce] if n_ce < n else torch.arange(n)
+        sel = torch.randperm(n, device=p.device)[:n_ce] if n_ce < n else torch.arange(n, device=p.device)
         logits = ce_logits(out_head, pm[sel]).float()
         if ce_labels == "target":
             with torch.no_grad():
@@ -291,6 +330,37 @@ def head_losses(preds, tok, feats, valid, out_head, ce_frac: float, decay: float
     return parts, wsum
 
 
+def eagle3_losses(preds, feats, valid, head, rows: ReducedLMHead, ce_frac: float, decay: float):
+    """Per draft step (k, weight, 0, CE): EAGLE-3 drops the feature loss; its CE is against the
+    target's next-token distribution over the draft vocabulary (`rows` = the target's lm_head rows
+    of the draft tokens, in draft-id order: a softmax over them is that distribution renormalised)."""
+    target_f = feats[:, 1:]
+    wsum, parts = 0.0, []
+    L = valid.shape[1]
+    zero = feats.new_zeros(())
+    for k, p in enumerate(preds, start=1):
+        m = valid & (torch.arange(L, device=valid.device)[None] >= k - 1)
+        n = int(m.sum())
+        if n == 0:
+            continue
+        n_ce = max(1, int(round(n * ce_frac)))
+        sel = torch.randperm(n, device=p.device)[:n_ce] if n_ce < n else torch.arange(n, device=p.device)
+        logits = head.draft_logits(p[m][sel]).float()
+        with torch.no_grad():
+            q = torch.softmax(ce_logits(rows, target_f[m][sel]).float(), dim=-1)
+        w = decay ** (k - 1)
+        parts.append((k, w, zero, F.cross_entropy(logits, q)))
+        wsum += w
+    return parts, wsum
+
+
+def draft_top1(head, hidden: torch.Tensor, lm_head) -> torch.Tensor:
+    """The target token id each predicted hidden state would draft first."""
+    if head.kind == "eagle3":
+        return head.draft_ids[head.draft_logits(hidden.to(head.lm_head.weight.dtype)).argmax(-1)]
+    return lm_head(hidden.to(lm_head.weight.dtype)).argmax(-1)
+
+
 def combine(parts, wsum: float, ce_weight: float):
     return sum(w * (v + ce_weight * c) for _, w, v, c in parts) / wsum
 
@@ -298,43 +368,57 @@ def combine(parts, wsum: float, ce_weight: float):
 @torch.no_grad()
 def evaluate(head, data: FeatureData, idx: list[int], target, args, ac: bool,
              out_head=None) -> dict:
-    """Held-out top-1 agreement with the target by draft step, over the full vocabulary (what the
-    default drafter proposes) and, when training used fewer rows, over those rows too."""
+    """Held-out top-1 agreement with the target by draft step: over the full vocabulary (what the
+    default drafter proposes) and, for an EAGLE-1 head trained on fewer rows, over those rows too."""
     head.eval()
     embed, lm_head = target.model.get_input_embeddings(), target.model.lm_head
-    ids = getattr(out_head, "token_ids", None)  # set when training scored fewer rows
+    eagle3 = head.kind == "eagle3"
+    ids = None if eagle3 else getattr(out_head, "token_ids", None)  # set when training scored fewer rows
     steps = args.eval_steps
     correct, count, correct_rows = [0] * steps, [0] * steps, [0] * steps
-    vl, cl, nl = 0.0, 0.0, 0
+    vl, cl, nl, ncl = 0.0, 0.0, 0, 0
     mdt = torch.bfloat16 if ac else torch.float32
+    dev = target.device
     for g in td.length_batches([data.lengths[i] for i in idx], args.batch_tokens * 2):
-        tok, feats, lengths, starts = data.batch([idx[j] for j in g])
+        tok, feats, lengths, starts, aux = (x.to(dev) if x is not None else None
+                                            for x in data.batch([idx[j] for j in g], with_aux=eagle3))
         L = feats.shape[1] - 1
         if L < 1:
             continue
         valid = loss_positions(lengths, starts, L)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ac):
-            preds = unroll(head, embed, tok, feats, steps, 0.0, mdt)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=ac):
+            preds = unroll(head, embed, tok, aux if eagle3 else feats, steps, 0.0, mdt)
             # the label is the target's own top-1 at that position (what greedy verification checks)
-            labels = torch.zeros(tok[:, 2:].shape, dtype=torch.long)
-            labels[valid] = torch.cat([lm_head(c.to(lm_head.weight.dtype)).argmax(-1)
-                                       for c in feats[:, 1:][valid].split(4096)])
+            target_f = feats[:, 1:][valid]
+            labels = torch.zeros(tok[:, 2:].shape, dtype=torch.long, device=dev)
+            labels[valid] = torch.cat([lm_head(c.to(lm_head.weight.dtype)).argmax(-1) for c in target_f.split(4096)])
             for k, p in enumerate(preds, start=1):
-                m = valid & (torch.arange(L)[None] >= k - 1)
+                m = valid & (torch.arange(L, device=dev)[None] >= k - 1)
                 if not m.any():
                     continue
                 pm, lab = p[m], labels[m]
                 for c in range(0, pm.shape[0], 4096):
-                    logits = lm_head(pm[c:c + 4096].to(lm_head.weight.dtype)).float()
-                    correct[k - 1] += int((logits.argmax(-1) == lab[c:c + 4096]).sum())
+                    chunk, lab_c = pm[c:c + 4096], lab[c:c + 4096]
+                    correct[k - 1] += int((draft_top1(head, chunk, lm_head) == lab_c).sum())
                     if ids is not None:
-                        top = ids[logits[:, ids].argmax(-1)]
-                        correct_rows[k - 1] += int((top == lab[c:c + 4096]).sum())
-                    if k == 1:
-                        cl += float(F.cross_entropy(logits, lab[c:c + 4096], reduction="sum"))
+                        logits = lm_head(chunk.to(lm_head.weight.dtype)).float()
+                        correct_rows[k - 1] += int((ids[logits[:, ids].argmax(-1)] == lab_c).sum())
                 count[k - 1] += int(m.sum())
-                if k == 1:
-                    vl += float(F.smooth_l1_loss(pm.float(), feats[:, 1:][m], reduction="sum")) / feats.shape[-1]
+                if k == 1:  # step-1 losses: CE against the target's top-1, feature loss (EAGLE-1)
+                    for c in range(0, pm.shape[0], 4096):
+                        chunk, lab_c = pm[c:c + 4096], lab[c:c + 4096]
+                        if eagle3:
+                            lp = torch.log_softmax(head.draft_logits(chunk.to(head.lm_head.weight.dtype)).float(), -1)
+                            pos = torch.searchsorted(head.draft_ids, lab_c).clamp(max=head.draft_vocab_size - 1)
+                            hit = head.draft_ids[pos] == lab_c
+                            cl += float(-lp[hit].gather(1, pos[hit][:, None]).sum())  # labels it can draft
+                            ncl += int(hit.sum())
+                        else:
+                            logits = lm_head(chunk.to(lm_head.weight.dtype)).float()
+                            cl += float(F.cross_entropy(logits, lab_c, reduction="sum"))
+                            ncl += lab_c.numel()
+                    if not eagle3:
+                        vl += float(F.smooth_l1_loss(pm.float(), target_f, reduction="sum")) / feats.shape[-1]
                     nl += int(m.sum())
     head.train()
     acc = [c / max(n, 1) for c, n in zip(correct, count)]
@@ -343,7 +427,7 @@ def evaluate(head, data: FeatureData, idx: list[int], target, args, ac: bool,
         run *= a
         score += run
     out = {"acc": [round(a, 4) for a in acc], "score": round(score, 4), "positions": count[0],
-           "vloss": round(vl / max(nl, 1), 5), "ce": round(cl / max(nl, 1), 4)}
+           "vloss": round(vl / max(nl, 1), 5), "ce": round(cl / max(ncl, 1), 4)}
     if ids is not None:
         out["acc_train_vocab"] = [round(c / max(n, 1), 4) for c, n in zip(correct_rows, count)]
     return out
@@ -351,16 +435,26 @@ def evaluate(head, data: FeatureData, idx: list[int], target, args, ac: bool,
 
 def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: int, minutes: float,
                epochs: int, desc: str, warmup: int | None = None, out_head=None) -> dict:
-    from eagle2.head import EagleHead
+    from eagle2.head import Eagle3Head, EagleHead, load_head_folder
 
     torch.manual_seed(args.seed)
-    if args.init_head:
-        head = EagleHead.from_pretrained(args.init_head).to(target.device).float().train()
-    else:
-        head = EagleHead.for_target(target.config, intermediate_size=args.head_intermediate or None)
-        head = head.to(target.device).float().train()
     embed, lm_head = target.model.get_input_embeddings(), target.model.lm_head
     out_head = lm_head if out_head is None else out_head
+    if args.init_head:
+        head = load_head_folder(args.init_head)
+        if head.kind != args.arch:
+            raise ValueError(f"--init-head {args.init_head} is an {head.kind} head, --arch is {args.arch}")
+    elif args.arch == "eagle3":  # draft vocabulary = the rows the CE scores; norm + lm_head start as the target's
+        ids = out_head.token_ids if isinstance(out_head, ReducedLMHead) else torch.arange(lm_head.weight.shape[0])
+        head = Eagle3Head.for_target(target.config, ids.cpu(), target_model=target.model)
+    else:
+        head = EagleHead.for_target(target.config, intermediate_size=args.head_intermediate or None)
+    head = head.to(target.device).float().train()
+    eagle3 = head.kind == "eagle3"
+    if eagle3:  # its CE is over its own draft vocabulary (a continued head keeps the one it has)
+        out_head = ReducedLMHead(lm_head, head.draft_ids)
+    if eagle3 and data.aux is None:
+        raise ValueError("features.pt has no EAGLE-3 layer features: re-run the features stage with --arch eagle3")
     ac = use_autocast(args, target)
     mdt = torch.bfloat16 if ac else torch.float32
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
@@ -374,14 +468,18 @@ def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: i
     warmup = args.warmup_steps if warmup is None else warmup
     history, best, best_state = [], None, None
     t0 = time.perf_counter()
+    eval_s = 0.0  # held-out evaluation does not count against the training budget
     step, tokens_seen, run_loss, run_n = 0, 0, {}, 0
     bar = tqdm(total=total_steps, desc=desc, unit="step")
     stop = False
 
     def do_eval(epoch_f):
-        nonlocal best, best_state
+        nonlocal best, best_state, eval_s
+        t_eval = time.perf_counter()
         ev = evaluate(head, data, val_idx, target, args, ac, out_head)
-        rec = {"step": step, "epoch": round(epoch_f, 3), "minutes": round((time.perf_counter() - t0) / 60, 2),
+        eval_s += time.perf_counter() - t_eval
+        rec = {"step": step, "epoch": round(epoch_f, 3),
+               "minutes": round((time.perf_counter() - t0 - eval_s) / 60, 2),
                "tokens_seen": tokens_seen, "lr": opt.param_groups[0]["lr"],
                "train": {k: round(v / max(run_n, 1), 5) for k, v in run_loss.items()}, "val": ev}
         history.append(rec)
@@ -395,7 +493,7 @@ def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: i
         order = list(range(len(groups)))
         rng.shuffle(order)
         for gi in order:
-            elapsed = time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0 - eval_s
             if elapsed > budget:
                 stop = True
                 break
@@ -408,18 +506,22 @@ def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: i
                 pg["lr"] = args.lr * lr_f
             if step % 20 == 0:
                 td.adapt_threads(args)
-            tok, feats, lengths, starts = data.batch(groups[gi])
+            tok, feats, lengths, starts, aux = (x.to(target.device) if x is not None else None
+                                                for x in data.batch(groups[gi], with_aux=eagle3))
             L = feats.shape[1] - 1
             if L < 1:
                 continue
             valid = loss_positions(lengths, starts, L)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ac):
-                preds = unroll(head, embed, tok, feats, steps, args.noise, mdt)
-                parts, wsum = head_losses(preds, tok, feats, valid, out_head, args.ce_frac, args.ttt_decay,
-                                          args.ce_labels)
+            with torch.autocast(target.device.type, dtype=torch.bfloat16, enabled=ac):
+                preds = unroll(head, embed, tok, aux if eagle3 else feats, steps, args.noise, mdt)
+                if eagle3:
+                    parts, wsum = eagle3_losses(preds, feats, valid, head, out_head, args.ce_frac, args.ttt_decay)
+                else:
+                    parts, wsum = head_losses(preds, tok, feats, valid, out_head, args.ce_frac, args.ttt_decay,
+                                              args.ce_labels)
                 if not parts:
                     continue
-                loss = combine(parts, wsum, args.ce_weight)
+                loss = combine(parts, wsum, 1.0 if eagle3 else args.ce_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if args.grad_clip:
@@ -453,7 +555,7 @@ def stage_train(target, args, out: Path) -> dict:
     if not train_idx:
         train_idx = val_idx
     tok_count = lambda ids: sum(data.lengths[i] for i in ids)  # noqa: E731
-    meta = {"init_head": args.init_head, "train_sequences": len(train_idx), "val_sequences": len(val_idx),
+    meta = {"arch": args.arch, "init_head": args.init_head, "train_sequences": len(train_idx), "val_sequences": len(val_idx),
             "train_tokens": tok_count(train_idx), "val_tokens": tok_count(val_idx)}
     out_head, vocab = target.model.lm_head, int(target.model.lm_head.weight.shape[0])
     if 0 < args.train_vocab < vocab:
@@ -480,13 +582,15 @@ def stage_train(target, args, out: Path) -> dict:
                  "train_minutes": r["minutes"], "autocast_bf16": r["autocast_bf16"],
                  "head_bytes": (head_dir / "model.safetensors").stat().st_size,
                  "head_params": sum(p.numel() for p in r["head"].parameters())})
+    if r["head"].kind == "eagle3":
+        meta["draft_vocab"] = r["head"].draft_vocab_size
     write_json(out / "train.json", meta)
     return {k: v for k, v in meta.items() if k not in ("history", "pilots")}
 
 
 # ---- report -------------------------------------------------------------------------------
 def write_report(out: Path, args, target_name: str) -> dict:
-    stages = {s: json.loads((out / f"stage_{s}.json").read_text()) for s in STAGES
+    stages = {s: json.loads((out / f"stage_{s}.json").read_text()) for s in ("data",) + STAGES
               if (out / f"stage_{s}.json").exists()}
     train = json.loads((out / "train.json").read_text()) if (out / "train.json").exists() else {}
     config = json.loads((out / "config.json").read_text())
@@ -503,12 +607,13 @@ def training_md(r: dict) -> str:
     st, tr = r["stages"], r["training"]
     best = tr.get("best") or {}
     val = best.get("val", {})
-    p, a, f = st.get("prompts", {}), st.get("answers", {}), st.get("features", {})
+    p, a, f, tk = st.get("prompts", {}), st.get("answers", {}), st.get("features", {}), st.get("tasks", {})
     lines = [
         f"# EAGLE draft head for {r['target']}",
         "",
-        "Trained by `eagle2/train.py` on data written by the target itself (Magpie-style prompts, "
-        "the target's own answers); no external data set or benchmark was used.",
+        "Trained by `eagle2/train.py` on data written by the target itself (Magpie-style chat prompts and "
+        "task prompts over text shipped with CPython, the target's own answers); no external data set or "
+        "benchmark was used." + (f" The written data came from `{st['data']['source']}` (--data)." if st.get("data") else ""),
         "",
         f"Command: `{r.get('command')}`",
         "",
@@ -517,7 +622,10 @@ def training_md(r: dict) -> str:
         f"| prompts | {p.get('seconds', 0) / 60:.1f} | {p.get('kept', '?')} kept of {p.get('raw', '?')} sampled |",
         f"| answers | {a.get('seconds', 0) / 60:.1f} | {a.get('answers', '?')} answers ({a.get('greedy', '?')} greedy, "
         f"{a.get('sampled', '?')} sampled), {a.get('answer_tokens', '?')} answer tokens |",
-        f"| features | {f.get('seconds', 0) / 60:.1f} | {f.get('tokens', '?')} tokens (bf16 last hidden states) |",
+        f"| tasks | {tk.get('seconds', 0) / 60:.1f} | {tk.get('answers', '?')} task answers ({tk.get('answer_tokens', '?')} "
+        f"answer tokens; planned {tk.get('kinds', '?')}) |",
+        f"| features | {f.get('seconds', 0) / 60:.1f} | {f.get('tokens', '?')} tokens (bf16 hidden states"
+        f"{', layers ' + str(f.get('eagle3_layers')) if f.get('eagle3_layers') else ''}) |",
         f"| train | {st.get('train', {}).get('seconds', 0) / 60:.1f} | {tr.get('steps', '?')} steps, "
         f"{tr.get('tokens_seen', '?')} tokens seen, TTT steps {tr.get('ttt_steps_used', '?')} |",
         "",
@@ -544,16 +652,34 @@ def training_md(r: dict) -> str:
         r["config"].get("ce_labels", "data")]
     rows = (f"the lm_head rows of the {tr['train_vocab']} most frequent answer tokens" if tr.get("train_vocab")
             else "the frozen lm_head")
-    lines += ["", f"Objective: SmoothL1 on the next feature + 0.1 × CE through {rows} against "
-              f"{ce_to} (on a {r['config'].get('ce_frac')} random share of positions), uniform input-feature noise "
-              f"{r['config'].get('noise')}, AdamW lr {r['config'].get('lr')} cosine, bf16 autocast; best "
-              "checkpoint by held-out chain score. See report.json for everything.", ""]
+    cfg = r["config"]
+    if cfg.get("arch") == "eagle3":
+        lines += ["", f"Objective (EAGLE-3): CE of the head's own draft-vocabulary logits ({tr.get('draft_vocab', 'all')} "
+                  f"tokens) against the target's next-token distribution renormalised over them, at every unrolled "
+                  f"step (training-time test, {1 + int(tr.get('ttt_steps_used') or 0)} steps, step k weighted "
+                  f"{cfg.get('ttt_decay')}^(k-1), on a {cfg.get('ce_frac')} random share of positions); inputs: the "
+                  f"target's hidden_states {f.get('eagle3_layers')} (the inputs of those layers) fused by fc; "
+                  f"AdamW lr {cfg.get('lr')} cosine, bf16 autocast; best checkpoint by held-out chain score. "
+                  "See report.json for everything.", ""]
+    else:
+        lines += ["", f"Objective: SmoothL1 on the next feature + 0.1 × CE through {rows} against "
+                  f"{ce_to} (on a {cfg.get('ce_frac')} random share of positions), uniform input-feature noise "
+                  f"{cfg.get('noise')}, AdamW lr {cfg.get('lr')} cosine, bf16 autocast; best "
+                  "checkpoint by held-out chain score. See report.json for everything.", ""]
     return "\n".join(lines)
 
 
 # ---- driver -------------------------------------------------------------------------------
+def resolve_arch_defaults(args) -> argparse.Namespace:
+    """Options left unset take the head kind's defaults (ARCH_DEFAULTS)."""
+    for k, v in ARCH_DEFAULTS[args.arch].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = resolve_arch_defaults(build_parser().parse_args(argv))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -570,14 +696,21 @@ def main(argv=None) -> int:
         "transformers": transformers.__version__, "python": platform.python_version(),
         "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()})
     todo = [s for s in STAGES[: STAGES.index(args.until) + 1]]
+    if args.data:  # the written data comes from the file: only features and training run
+        todo = [s for s in todo if s in ("features", "train")]
     run = [s for s in todo if s in forced or not (out / OUTPUTS[s]).exists()]
     target = None
-    if run:
+    if run or (args.data and not (out / "answers.jsonl").exists()):
         from eagle2.models import load_target
 
         target = load_target(args.model, dtype=args.dtype, device=args.device)
         log(f"target {target.name}: {target.dtype} on {target.device}, loaded in {target.load_seconds:.1f}s")
-    funcs = {"prompts": td.stage_prompts, "answers": td.stage_answers, "features": td.stage_features,
+    if args.data and not (out / "answers.jsonl").exists():
+        meta = td.import_tokens(Path(args.data), out, target.tokenizer)
+        write_json(out / "stage_data.json", meta)
+        log(f"data: {meta}")
+    funcs = {"prompts": td.stage_prompts, "answers": td.stage_answers, "tasks": td.stage_tasks,
+             "features": td.stage_features,
              "train": stage_train}
     for s in todo:
         if s not in run:
@@ -595,6 +728,7 @@ def main(argv=None) -> int:
     if args.until == "train":
         name = target.name if target is not None else str(args.model)
         report = write_report(out, args, "SmolLM2-135M-Instruct" if name == "default" else name)
+        td.export_tokens(out, out / "head" / TOKENS_FILE)  # what a later run resumes from (--data)
         new_score = ((report["training"].get("best") or {}).get("val") or {}).get("score", 0.0)
         old = Path(args.head_out) / "report.json" if args.head_out else None
         old_score = None
@@ -606,7 +740,7 @@ def main(argv=None) -> int:
         elif args.head_out:
             dst = Path(args.head_out)
             dst.mkdir(parents=True, exist_ok=True)
-            files = ["config.json", "model.safetensors", "report.json", "TRAINING.md"]
+            files = ["config.json", "model.safetensors", "report.json", "TRAINING.md", TOKENS_FILE]
             if (out / "answers.jsonl").exists():  # token frequencies for the reduced draft vocabulary
                 from eagle2.vocab import COUNTS_FILE, count_answers, save_counts
 

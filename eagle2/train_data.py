@@ -298,22 +298,42 @@ def plan_answers(prompts: list[dict], args, done: set | frozenset = frozenset())
 
 
 def stage_answers(target, args, out: Path) -> dict:
+    """The target answers the chat prompts."""
+    return answer_prompts(target, args, read_jsonl(out / "prompts.jsonl"), out / "answers.partial.jsonl",
+                          out / "answers.jsonl", args.answer_minutes)
+
+
+def stage_tasks(target, args, out: Path) -> dict:
+    """Task prompts (long texts to summarise, translate, extract from or answer about; code;
+    arithmetic; see train_tasks.py) and the target's answers to them, in the answers format."""
+    from .train_tasks import task_prompts
+
+    chat = [r["answer"] for r in read_jsonl(out / "answers.jsonl") if r.get("temperature") == 0]
+    prompts = task_prompts(args.n_tasks, answers=chat, seed=args.seed)
+    meta = answer_prompts(target, args, prompts, out / "tasks.partial.jsonl", out / "tasks.jsonl", args.task_minutes)
+    kinds: dict[str, int] = {}
+    for p in prompts:
+        kinds[p["kind"]] = kinds.get(p["kind"], 0) + 1
+    return {"planned": len(prompts), "kinds": kinds, **meta}
+
+
+def answer_prompts(target, args, prompts: list[dict], part: Path, final: Path, minutes: float) -> dict:
+    """Answer `prompts` ({"id", "prompt"}) in batches, appending to `part` (so a stopped run
+    resumes), within `minutes`; the answered rows go to `final`."""
     tok = target.tokenizer
-    prompts = read_jsonl(out / "prompts.jsonl")
-    part, final = out / "answers.partial.jsonl", out / "answers.jsonl"
     done = {r["id"]: r for r in read_jsonl(part)}
     stops = stop_ids(target)
     stop_set = set(stops)
     batches = plan_answers(prompts, args, set(done))
     t0 = time.perf_counter()
-    budget = args.answer_minutes * 60 if args.answer_minutes else float("inf")
+    budget = minutes * 60 if minutes else float("inf")
     total = len(done) + sum(len(b) for _, b in batches)
-    bar = tqdm(total=total, initial=len(done), desc="answers", unit="answer")
+    bar = tqdm(total=total, initial=len(done), desc=final.stem, unit="answer")
     new_tokens = 0
     with open(part, "a") as f:
         for bi, (temp, batch) in enumerate(batches):  # plan_answers left out the answered prompts
             if time.perf_counter() - t0 > budget:
-                tqdm.write(f"answers: time budget of {args.answer_minutes} min reached")
+                tqdm.write(f"{final.stem}: time budget of {minutes} min reached")
                 break
             adapt_threads(args)
             torch.manual_seed(args.seed * 100003 + 7919 * bi)
@@ -363,7 +383,12 @@ def length_batches(lengths: list[int], max_tokens: int, max_rows: int = 64) -> l
 
 
 def stage_features(target, args, out: Path) -> dict:
-    rows = read_jsonl(out / "answers.jsonl")
+    """One target forward over every prompt + answer (chat answers and task answers): the last
+    hidden states (EAGLE-1/2 heads regress them; the target's next-token distribution is
+    lm_head of them) and, for EAGLE-3 heads, the inputs of layers 2, n/2 and n-3."""
+    from .head import eagle3_feature_layers
+
+    rows = read_jsonl(out / "answers.jsonl") + [dict(r, id=f"task-{r['id']}") for r in read_jsonl(out / "tasks.jsonl")]
     seqs, starts = [], []
     for r in rows:
         ids = (r["prompt_ids"] + r["answer_ids"])[: args.max_seq_len]
@@ -374,7 +399,9 @@ def stage_features(target, args, out: Path) -> dict:
     for n in lengths:
         offsets.append(offsets[-1] + n)
     hidden = target.config.hidden_size
+    layers = eagle3_feature_layers(target.config.num_hidden_layers) if args.arch == "eagle3" else None
     feats = torch.empty((offsets[-1], hidden), dtype=torch.bfloat16)
+    aux = torch.empty((offsets[-1], 3 * hidden), dtype=torch.bfloat16) if layers else None
     pad = pad_id(target)
     groups = length_batches(lengths, args.feature_batch_tokens)
     bar = tqdm(total=offsets[-1], desc="features", unit="tok", unit_scale=True)
@@ -389,20 +416,77 @@ def stage_features(target, args, out: Path) -> dict:
             for j, i in enumerate(g):
                 ids[j, : lengths[i]] = torch.tensor(seqs[i])
                 mask[j, : lengths[i]] = 1
-            h = base(input_ids=ids.to(target.device), attention_mask=mask.to(target.device)).last_hidden_state
-            h = h.to("cpu", torch.bfloat16)
+            o = base(input_ids=ids.to(target.device), attention_mask=mask.to(target.device),
+                     output_hidden_states=layers is not None)
+            h = o.last_hidden_state.to("cpu", torch.bfloat16)
+            a = torch.cat([o.hidden_states[k] for k in layers], -1).to("cpu", torch.bfloat16) if layers else None
             for j, i in enumerate(g):
                 feats[offsets[i]: offsets[i + 1]] = h[j, : lengths[i]]
+                if a is not None:
+                    aux[offsets[i]: offsets[i + 1]] = a[j, : lengths[i]]
             bar.update(sum(lengths[i] for i in g))
     bar.close()
     data = {"tokens": torch.tensor([t for s in seqs for t in s], dtype=torch.int32),
             "feats": feats, "offsets": torch.tensor(offsets, dtype=torch.int64),
             "answer_start": torch.tensor(starts, dtype=torch.int64),
             "temperature": torch.tensor([r["temperature"] for r in rows], dtype=torch.float32),
-            "ids": [r["id"] for r in rows], "hidden_size": hidden}
+            "ids": [r["id"] for r in rows], "hidden_size": hidden, "aux": aux, "aux_layers": layers}
     tmp = out / "features.pt.tmp"
     torch.save(data, tmp)
     tmp.replace(out / "features.pt")
-    return {"sequences": len(seqs), "tokens": offsets[-1],
+    return {"sequences": len(seqs), "tokens": offsets[-1], "task_sequences": sum(str(r["id"]).startswith("task-") for r in rows),
+            "eagle3_layers": layers,
             "answer_tokens": sum(n - s for n, s in zip(lengths, starts)),
             "bytes": (out / "features.pt").stat().st_size}
+
+
+# ---- the data as token ids: what a later run resumes from ------------------------------------
+TOKENS_SCHEMA = "eagle2-train-tokens/1"
+
+
+def export_tokens(out: Path, dest: Path) -> dict:
+    """Write the answered chat and task prompts of a run as token ids (compressed npz, a few MB):
+    enough to recompute features and train again without writing the data anew."""
+    import numpy as np
+
+    rows = [(r, 0) for r in read_jsonl(out / "answers.jsonl")] + [(r, 1) for r in read_jsonl(out / "tasks.jsonl")]
+    if not rows:
+        raise ValueError(f"{out}: no answers.jsonl / tasks.jsonl rows to export")
+    seqs = [r["prompt_ids"] + r["answer_ids"] for r, _ in rows]
+    ids = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs])
+    dtype = np.uint16 if ids.max() < 2 ** 16 else np.int32
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        dest, schema=np.array(TOKENS_SCHEMA), ids=ids.astype(dtype),
+        offsets=np.cumsum([0] + [len(s) for s in seqs]).astype(np.int64),
+        answer_start=np.array([len(r["prompt_ids"]) for r, _ in rows], dtype=np.int64),
+        temperature=np.array([r["temperature"] for r, _ in rows], dtype=np.float32),
+        finished=np.array([bool(r.get("finished")) for r, _ in rows]),
+        task=np.array([src for _, src in rows], dtype=np.int8))
+    return {"rows": len(rows), "tokens": int(ids.size), "bytes": dest.stat().st_size, "path": str(dest)}
+
+
+def import_tokens(src: Path, out: Path, tokenizer) -> dict:
+    """Recreate answers.jsonl and tasks.jsonl of a run from an export_tokens file."""
+    import numpy as np
+
+    try:
+        d = np.load(src, allow_pickle=False)
+        if str(d["schema"]) != TOKENS_SCHEMA:
+            raise ValueError(f"schema {d['schema']!r}")
+        ids, offsets, starts = d["ids"].astype(np.int64), d["offsets"], d["answer_start"]
+        temps, finished, task = d["temperature"], d["finished"], d["task"]
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"{src}: not a training-token file ({e})") from None
+    chat, tasks = [], []
+    for i in range(len(starts)):
+        seq = ids[offsets[i]:offsets[i + 1]].tolist()
+        p, a = seq[: starts[i]], seq[starts[i]:]
+        rows = tasks if task[i] else chat
+        rows.append({"id": len(rows), "prompt": tokenizer.decode(p), "temperature": float(temps[i]),
+                     "finished": bool(finished[i]), "prompt_ids": p, "answer_ids": a,
+                     "answer": tokenizer.decode(a, skip_special_tokens=True)})
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "answers.jsonl", chat)
+    write_jsonl(out / "tasks.jsonl", tasks)
+    return {"chat": len(chat), "tasks": len(tasks), "tokens": int(ids.size), "source": str(src)}

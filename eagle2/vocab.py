@@ -121,6 +121,8 @@ class ReducedVocabDrafter(EagleDrafter):
     """EagleDrafter whose output layer covers only `token_ids` (ids stay full-vocabulary ids)."""
 
     def __init__(self, head, target_model, token_ids, name: str = "eagle-head"):
+        if head.kind == "eagle3":
+            raise ValueError("an EAGLE-3 head has its own draft vocabulary: a reduced vocabulary does not apply")
         super().__init__(head, target_model, name=f"{name}+vocab{len(set(token_ids))}")
         self.lm_head = ReducedLMHead(target_model.lm_head, token_ids)
 
