@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PIP_QUIET = 2>&1 | grep -v "^WARNING: Location" || true
 
-.PHONY: setup demo cli-demo test test-fast browser bench train train-continue clean
+.PHONY: setup demo cli-demo test test-fast browser bench train clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,12 +40,6 @@ bench: $(STAMP)
 
 train: $(STAMP)
 	PYTHONPATH=. $(PY) -m eagle2 train --out runs/smollm2-head --head-out eagle2/heads/smollm2-135m-instruct --keep-better
-
-# Continue the shipped head on its own shipped data (token ids beside it): no data is written again
-HEAD_DIR := eagle2/heads/smollm2-135m-instruct
-train-continue: $(STAMP)
-	PYTHONPATH=. $(PY) -m eagle2 train --out runs/smollm2-head-continue --data $(HEAD_DIR)/train_tokens.npz \
-	    --init-head $(HEAD_DIR) --head-out $(HEAD_DIR) --keep-better
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis artifacts
