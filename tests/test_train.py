@@ -186,8 +186,8 @@ def test_parser_defaults():
               + 2 * args.ttt_pilot_minutes)
     assert budget <= 105, budget
     assert args.arch == "eagle1"  # ahead of eagle3 at equal CPU time (the head's TRAINING.md)
-    e3 = train.resolve_arch_defaults(train.build_parser().parse_args(["--out", "x"]))
-    e1 = train.resolve_arch_defaults(train.build_parser().parse_args(["--out", "x", "--arch", "eagle1"]))
+    e3 = train.resolve_arch_defaults(train.build_parser().parse_args(["--out", "x", "--arch", "eagle3"]))
+    e1 = train.resolve_arch_defaults(train.build_parser().parse_args(["--out", "x"]))
     assert (e3.noise, e3.ce_frac, e3.ttt_steps) == (0.0, 0.5, 3) and (e1.noise, e1.ce_frac, e1.ttt_steps) == (0.2, 0.25, 1)
     assert train.resolve_arch_defaults(train.build_parser().parse_args(["--out", "x", "--noise", "0.1"])).noise == 0.1
 
@@ -246,7 +246,7 @@ def test_eagle3_pipeline_writes_layer_features_and_an_official_head(tiny6_dir, t
             "--head-out", str(head_out), "--n-prompts", "4", "--prompt-batch", "4", "--prompt-max-tokens", "8",
             "--prompt-filter", "loose", "--answer-batch", "4", "--answer-max-tokens", "10", "--n-tasks", "2",
             "--epochs", "2", "--batch-tokens", "256", "--eval-steps", "3", "--warmup-steps", "1",
-            "--threads", "1", "--autocast", "off", "--ttt-steps", "2", "--train-vocab", "30"]
+            "--threads", "1", "--autocast", "off", "--ttt-steps", "2", "--train-vocab", "30", "--arch", "eagle3"]
     assert train.main(argv) == 0
     data = torch.load(out / "features.pt", weights_only=False)
     assert data["aux"].shape == (data["feats"].shape[0], 3 * 64) and data["aux_layers"] == eagle3_feature_layers(6)
