@@ -140,7 +140,7 @@ class EagleHead(nn.Module):
     def from_pretrained(cls, folder: str | os.PathLike) -> "EagleHead":
         """Load config.json + model.safetensors (or pytorch_model.bin, weights only)."""
         folder = Path(folder)
-        raw = _read_config(folder)
+        raw = read_head_config(folder)
         bias = bool(raw.pop("bias", True))
         state = _load_state(folder)
         if "fc.weight" not in state:
@@ -277,7 +277,7 @@ class Eagle3Head(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "Eagle3Head":
         folder = Path(folder)
-        raw = _read_config(folder)
+        raw = read_head_config(folder)
         state = _load_state(folder)
         if "draft_vocab_size" not in raw:
             raise ValueError(f"draft head {folder}: config.json has no draft_vocab_size (not an EAGLE-3 head?)")
@@ -300,7 +300,9 @@ class Eagle3Head(nn.Module):
         return head
 
 
-def _read_config(folder: Path) -> dict:
+def read_head_config(folder: str | os.PathLike) -> dict:
+    """A head folder's config.json as a dict, or a one-line ValueError."""
+    folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
         raise ValueError(f"draft head {folder}: config.json is missing")
@@ -334,7 +336,7 @@ def config_head_kind(raw: dict) -> str:
 
 def head_kind(folder: str | os.PathLike) -> str:
     """The checkpoint format of a head folder: "eagle1" (EAGLE-1/2) or "eagle3"."""
-    return config_head_kind(_read_config(Path(folder)))
+    return config_head_kind(read_head_config(Path(folder)))
 
 
 def load_head_folder(folder: str | os.PathLike) -> "EagleHead | Eagle3Head":

@@ -34,7 +34,7 @@ import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .head import config_head_kind
+from .head import config_head_kind, read_head_config
 
 ENGINES = ("sglang", "vllm")
 HEAD_KINDS = ("eagle1", "eagle3")  # EAGLE-1/2 checkpoint format, EAGLE-3 checkpoint format (eagle2.head)
@@ -113,19 +113,6 @@ def eagle_repo_settings(top_k: int, depth: int, total_tokens: int) -> dict:
     """The official EAGLE code's EaModel.from_pretrained(total_token, depth, top_k) for our sizes."""
     check_tree(top_k, depth, total_tokens)
     return {"total_token": total_tokens + 1, "depth": depth - 1, "top_k": top_k}
-
-
-def read_head_config(folder: str | Path) -> dict:
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise ValueError(f"head folder {str(folder)!r} has no config.json")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"head config {str(path)!r} is not readable JSON ({type(e).__name__})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"head config {str(path)!r} is not a JSON object")
-    return raw
 
 
 def detect_head_kind(folder: str | Path) -> str:

@@ -227,7 +227,7 @@ def test_bad_input_is_one_line_value_error(settings, engine, match):
 
 def test_head_folder_without_config(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no config.json"):
+    with pytest.raises(ValueError, match="config.json is missing"):
         serve_command(ServeSettings(head=str(tmp_path / "empty")), "sglang")
 
 
