@@ -14,7 +14,8 @@ from .decode import GenerationResult, generate, hf_generate
 from .draft import Drafter, EagleDrafter, ModelDrafter, load_drafter, load_head
 from .head import Eagle3Head, EagleHead
 from .models import Target, load_target
-from .policies import Chain, Eagle1, Eagle2, Policy, Vanilla, make_policy
+from .policies import Chain, Eagle1, Eagle2, Policy, Vanilla
+from .registry import make_policy
 from .trace import Observer, Trace, TraceRecorder
 from .tree import DraftTree, Node
 

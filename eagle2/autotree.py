@@ -22,10 +22,10 @@ acceptance, cache compaction), s a load factor (actual / calibrated verify time,
 machine shifts the choice); O, s and c below are rolling medians learnt online. n = 0 (verify
 the root alone) is allowed: when drafts are worthless, the cycle degenerates to plain decoding.
 
-Draft probabilities are over-confident as acceptance estimates (for the shipped SmolLM2 head,
-on prompts of our own, kept nodes promised 1.45 accepted drafts for every one the target
-took), so `a` = accepted drafts / sum of the kept values over the recent cycles (learnt
-online when the policy also observes the decode; 1 until 8 cycles are seen).
+Draft probabilities are usually over-confident as acceptance estimates (the calibration plot of
+the app shows by how much), so `a` = accepted drafts / sum of the kept values over the recent
+cycles (learnt from what the decode loop tells the policy after each verification; 1 until 8
+cycles are seen).
 
 Prompt lookup (lookup=N, eagle2/lookup.py): chains of up to N tokens copied from the context
 join the candidates before the choice, with their measured acceptance rates as confidences, so
@@ -50,6 +50,7 @@ could pay, by the draft's own estimates).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -63,9 +64,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .policies import CandidatePool, Eagle2, check_lookup
-from .trace import ExpansionStep, Observer
-from .tree import max_candidates
+from .models import clock, output_device
+from .policies import Eagle2, check_lookup
+from .trace import ExpansionStep, Timings
+from .tree import SOURCES, CandidatePool, DraftTree, chase, max_candidates
+from .verify import Verdict
 
 CALIBRATION_SIZES = (1, 2, 4, 8, 16, 32, 48, 64)
 CALIBRATION_SCHEMA = "eagle2-latency/1"
@@ -93,6 +96,7 @@ class LatencyModel:
             raise ValueError(f"latency sizes must be distinct and >= 1, got {self.sizes}")
         if any(not (s > 0) or math.isinf(s) for s in self.seconds):
             raise ValueError(f"latency times must be positive, got {self.seconds}")
+        self._knots: tuple[torch.Tensor, torch.Tensor] | None = None  # the knots as tensors, made once
 
     @classmethod
     def fit(cls, samples: dict[int, list[float]], meta: dict | None = None) -> "LatencyModel":
@@ -113,12 +117,19 @@ class LatencyModel:
         return cls(sizes, fitted, dict(meta or {}), {str(s): list(map(float, samples[s])) for s in sizes})
 
     def __call__(self, tokens: int | float) -> float:
-        return float(self.curve(torch.tensor([float(tokens)]))[0])
+        """T at one size, in plain Python (the same line as `curve`)."""
+        xs, ys, t = self.sizes, self.seconds, float(tokens)
+        if len(xs) == 1:
+            return ys[0]
+        i = min(max(bisect.bisect_left(xs, t), 1), len(xs) - 1)
+        y = ys[i - 1] + (t - xs[i - 1]) * (ys[i] - ys[i - 1]) / (xs[i] - xs[i - 1])
+        return max(y, ys[0] * 0.5)
 
     def curve(self, tokens: torch.Tensor) -> torch.Tensor:
         """T at each of `tokens` (float tensor): linear between knots, the end slopes beyond."""
-        xs = torch.tensor(self.sizes, dtype=torch.float64)
-        ys = torch.tensor(self.seconds, dtype=torch.float64)
+        if self._knots is None:
+            self._knots = (torch.tensor(self.sizes, dtype=torch.float64), torch.tensor(self.seconds, dtype=torch.float64))
+        xs, ys = self._knots
         t = tokens.to(torch.float64)
         if len(xs) == 1:
             return ys.expand_as(t).clone()
@@ -143,30 +154,24 @@ class LatencyModel:
 
 # ---- calibration -------------------------------------------------------------------------
 def machine_info() -> dict:
-    """What decides a forward's speed: processor, threads, accelerator, library versions."""
+    """What decides a forward's speed, from the Python and torch APIs: host, processor and its
+    vector capability, threads, accelerator, library versions (tools add the CPU's model name)."""
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__,
+    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    return info
 
 
 def calibration_key(model, device: torch.device, dtype: torch.dtype, prefix_len: int, sizes) -> str:
     m = machine_info()
     cfg = model.config
     ident = {
-        "cpu": m["cpu"], "cpu_count": m["cpu_count"], "threads": m["torch_threads"], "torch": m["torch"],
+        "host": m["host"], "cpu": m["cpu"], "cpu_capability": m["cpu_capability"], "cpu_count": m["cpu_count"],
+        "threads": m["torch_threads"], "torch": m["torch"],
+        "device_map": sorted(set(map(str, (getattr(model, "hf_device_map", None) or {}).values()))),
         "transformers": m["transformers"], "device": str(device.type),
         "gpu": m["gpu"] if device.type == "cuda" else None,
         "model": getattr(cfg, "_name_or_path", "") or "", "model_type": getattr(cfg, "model_type", ""),
@@ -194,7 +199,7 @@ def calibrate(model, sizes=CALIBRATION_SIZES, prefix_len: int = DEFAULT_PREFIX, 
     from transformers import DynamicCache
 
     from . import cache as kv
-    from .decode import target_forward
+    from .models import target_forward
 
     sizes = sorted({int(s) for s in sizes})
     if not sizes or sizes[0] < 1:
@@ -213,16 +218,14 @@ def calibrate(model, sizes=CALIBRATION_SIZES, prefix_len: int = DEFAULT_PREFIX, 
     trees = {n: _calibration_tree(n) for n in sizes}
     tokens = {n: torch.randint(0, vocab, (n,), generator=gen).to(device) for n in sizes}
 
+    out_dev = output_device(model)  # the last stage: when it is done, every stage is
+
     def one(n: int) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = clock(out_dev)
         tree = trees[n]
         mask = tree.attention_mask(prefix_len, dtype, device) if n > 1 else None
         target_forward(model, tokens[n], cache, tree.position_ids(prefix_len, device), mask)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
+        dt = clock(out_dev) - t0
         kv.truncate(cache, prefix_len)
         return dt
 
@@ -281,16 +284,22 @@ class Rolling:
         self.samples: deque[float] = deque(maxlen=window)
         self.initial = initial
         self.skip = skip  # the first calls of a shape allocate and compile: not typical
+        self._median: float | None = None  # cached until the next sample
 
     def add(self, x: float) -> None:
         if self.skip > 0:
             self.skip -= 1
             return
         self.samples.append(float(x))
+        self._median = None
 
     @property
     def value(self) -> float | None:
-        return statistics.median(self.samples) if self.samples else self.initial
+        if not self.samples:
+            return self.initial
+        if self._median is None:
+            self._median = statistics.median(self.samples)
+        return self._median
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -318,45 +327,15 @@ class RatioOfSums:
         return len(self.pairs)
 
 
-class _StopExpansion(Exception):
-    """Raised by the timing drafter proxy to end Eagle2.expand early (dynamic depth)."""
-
-
-class _TimedDrafter:
-    """Wraps the drafter during one expansion: times each step and, before a step, decides
-    whether it can still pay for itself (if not, raises _StopExpansion; nothing is fed then,
-    so the pool and the drafter stay consistent)."""
-
-    def __init__(self, drafter, policy: "AutoEagle2", pool: CandidatePool, t0: float):
-        self._drafter, self._policy, self._pool, self._t0 = drafter, policy, pool, t0
-        self._last_start: float | None = None
-
-    def __getattr__(self, name):
-        return getattr(self._drafter, name)
-
-    def step(self, tokens, parents):
-        now = time.perf_counter()
-        pol = self._policy
-        if self._last_start is not None:  # one whole expansion step: drafter + top-k + bookkeeping
-            pol.step.add(now - self._last_start)
-        if (pol.dynamic_depth and pol.step_s is not None and pol.cycles_since_step < pol.explore_every
-                and pol.should_stop(self._pool, now - self._t0)):
-            raise _StopExpansion
-        self._last_start = now
-        out = self._drafter.step(tokens, parents)
-        pol.cycles_since_step = 0
-        return out
-
-
-class AutoEagle2(Eagle2, Observer):
+class AutoEagle2(Eagle2):
     """EAGLE-2 whose tree size (and depth) maximise expected tokens per second on this machine.
 
-    Pass the policy also as an observer to `generate` (the bench does) so it learns the exact
-    cycle timings; without that it estimates them from the gaps between its own calls.
+    It steers through Eagle2's hooks (`keep_expanding` before each drafter step, `tree_size`
+    before the rerank) and learns from what the decode loop tells every policy (`learn`:
+    the verified tree, the accepted path, the cycle's timings).
     """
 
     name = "eagle2-auto"
-    wants_records = False  # as an observer it only needs timings: the decoder builds no records
 
     def __init__(self, latency: LatencyModel, top_k: int = 4, depth: int = AUTO_DEFAULT_DEPTH,
                  max_nodes: int | None = None, dynamic_depth: bool = True, window: int = 64,
@@ -387,16 +366,12 @@ class AutoEagle2(Eagle2, Observer):
 
             self.copier = PromptLookup(lookup, lookup_ngram, lookup_anchors)
         self._copy_log_values: list[float] = []  # the root chain's values, for the stop rule
-        # bookkeeping for the online estimates
-        self._last_nodes = 0
-        self._last_expand_s = 0.0
-        self._last_expected = 0.0
+        # this cycle's expansion (set by expand, read by the hooks and by learn)
         self._pool = CandidatePool()
-        self._kept_children: dict[tuple[int, int], int] = {}
-        self._kept_drafted: dict[int, bool] = {-1: True}
-        self._last_end: float | None = None
-        self._seen_cycle_end = -2
-        self._cycle = -1
+        self._t0 = 0.0
+        self._step_start: float | None = None
+        self._expand_s = 0.0
+        self._nodes = 0
         # what was chosen (for reports)
         self.cycles = 0
         self.nodes_total = 0
@@ -443,7 +418,7 @@ class AutoEagle2(Eagle2, Observer):
 
     def rates(self, log_values, draft_s: float) -> torch.Tensor:
         """Expected tokens per second for keeping n = 0, 1, ..., max_nodes of the candidates."""
-        lv = torch.as_tensor(log_values, dtype=torch.float64).reshape(-1)
+        lv = torch.as_tensor(log_values, dtype=torch.float64).reshape(-1).cpu()
         k = min(self.max_nodes, lv.numel())
         best = torch.topk(lv, k).values.exp() if k else lv[:0]
         expected = torch.cat([torch.ones(1, dtype=torch.float64), 1 + self.value_scale * best.cumsum(0)])
@@ -455,121 +430,104 @@ class AutoEagle2(Eagle2, Observer):
         """n* = argmax_n (1 + a * sum of the n largest values) / (draft + overhead + verify(n))."""
         return int(torch.argmax(self.rates(log_values, draft_s)))  # first maximum: the smaller tree
 
-    def should_stop(self, pool: CandidatePool, elapsed: float) -> bool:
-        """Before a drafter step: can the next level still raise the best rate? (module doc)"""
-        if not pool.depth:
-            return False
-        deepest = max(pool.depth)
-        level = [v for v, d in zip(pool.log_value, pool.depth) if d == deepest]
-        frontier = torch.topk(torch.tensor(level, dtype=torch.float64), min(self.top_k, len(level))).values
-        gain = self.value_scale * self.step_mass * float(frontier.exp().sum())
-        best_rate = float(self.rates(pool.log_value + self._copy_log_values, elapsed).max())
-        return gain / self.step_s <= best_rate
+    def should_stop(self, pool: CandidatePool, frontier: torch.Tensor, elapsed: float) -> bool:
+        """Before a drafter step: can the next level, born of `frontier`, still raise the best
+        rate? (module doc)"""
+        values = torch.cat([pool.log_value.double().cpu(), torch.tensor(self._copy_log_values, dtype=torch.float64)])
+        gain = self.value_scale * self.step_mass * float(pool.log_value[frontier].double().exp().sum())
+        return gain / self.step_s <= float(self.rates(values, elapsed).max())
 
     def _learn_step_mass(self, pool: CandidatePool) -> None:
         """q: per level, (value of the new children) / (value of the frontier that bore them)."""
-        if not pool.depth:
+        if pool.max_depth < 2:
             return
-        by_depth: dict[int, list[float]] = {}
-        for v, d in zip(pool.log_value, pool.depth):
-            by_depth.setdefault(d, []).append(math.exp(v))
-        for d in range(2, max(by_depth) + 1):
-            parents = sorted(by_depth[d - 1], reverse=True)[: self.top_k]
-            if sum(parents) > 0:
-                self.mass.add(min(1.0, sum(by_depth[d]) / sum(parents)))
+        v = pool.log_value.double().exp()
+        level = [v[pool.depth == d] for d in range(1, pool.max_depth + 1)]
+        parents = torch.stack([torch.topk(x, min(self.top_k, x.numel())).values.sum() for x in level[:-1]])
+        children = torch.stack([x.sum() for x in level[1:]])
+        for p, c in zip(parents.tolist(), children.tolist()):
+            if p > 0:
+                self.mass.add(min(1.0, c / p))
 
     # ---- Eagle2 hooks ----------------------------------------------------------------------
     def expand(self, root_logprobs, drafter, pool: CandidatePool, observer, cycle) -> None:
-        """Eagle2.expand (unchanged, through a timing proxy that can end it early), then set
-        total_tokens to this cycle's best size; Eagle2.draft reranks to it."""
-        t0 = time.perf_counter()
-        self._learn_from_gap(t0, cycle)
+        """Eagle2.expand (ended early by keep_expanding), then the copied chains of prompt lookup."""
+        self._t0 = clock(root_logprobs.device)
+        self._step_start = None
         self.cycles_since_step += 1
         self._copy_log_values = self.copier.propose_root(self.value_scale) if self.copier else []
-        try:
-            super().expand(root_logprobs, _TimedDrafter(drafter, self, pool, t0), pool, observer, cycle)
-        except _StopExpansion:
-            pass
+        super().expand(root_logprobs, drafter, pool, observer, cycle)
         self._learn_step_mass(pool)
         if self.copier:
-            before, steps = len(pool), max(pool.depth, default=0)
+            before, steps = len(pool), pool.max_depth
             self.copier.merge(pool, self.value_scale)
             if observer and len(pool) > before:  # the copied nodes, as one more step of the trace
                 anchors = sorted({c.anchor for c in self.copier.chains})
                 observer.on_expand(cycle, ExpansionStep(steps + 1, anchors, pool.records(range(before, len(pool))), []))
-        elapsed = time.perf_counter() - t0
-        n = self.choose_nodes(pool.log_value, elapsed)
-        self.total_tokens = n
-        self._pool = pool
-        self._last_nodes, self._last_expand_s, self._cycle = n, elapsed, cycle
+
+    def keep_expanding(self, pool: CandidatePool, frontier: torch.Tensor, step: int) -> bool:
+        """Times each expansion step and stops when the next one cannot pay for itself."""
+        now = clock(pool.device)
+        if self._step_start is not None:  # one whole expansion step: drafter + top-k + bookkeeping
+            self.step.add(now - self._step_start)
+        if (self.dynamic_depth and self.step_s is not None and self.cycles_since_step < self.explore_every
+                and self.should_stop(pool, frontier, now - self._t0)):
+            return False
+        self._step_start = now
+        self.cycles_since_step = 0
+        return True
+
+    def tree_size(self, pool: CandidatePool) -> int:
+        self._expand_s = clock(pool.device) - self._t0
+        n = self.choose_nodes(pool.log_value, self._expand_s)
+        self._pool, self._nodes = pool, n
         self.cycles += 1
         self.nodes_total += n
-        self.depth_total += max(pool.depth) if pool.depth else 0
+        self.depth_total += pool.max_depth
+        return n
 
-    def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0):
+    def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
         tree = super().draft(root_token, root_logprobs, drafter, observer, cycle)
         if self.copier:
             self.copier.mark_kept(tree.candidate_ids)
-        self._remember_kept(tree.candidate_ids[1:])
-        self._last_end = time.perf_counter()
         return tree
 
-    # ---- learning the rest of a cycle ------------------------------------------------------
-    def _learn_from_gap(self, now: float, cycle: int) -> None:
-        """Without observer timings: the time since the last tree was handed over is the last
-        verify + update + this commit; subtract the predicted verify to get the overhead."""
-        if cycle == 0 or self._last_end is None or self._seen_cycle_end == cycle - 1 or self._cycle != cycle - 1:
-            return
-        gap = now - self._last_end
-        predicted = float(self.verify_time(torch.tensor([float(self._last_nodes)]))[0])
-        self.overhead.add(max(0.0, gap - predicted))
-
-    def _remember_kept(self, kept: list[int]) -> None:
-        """What the kept drafted nodes promise (their values' sum): `a` is learnt on nodes whose
-        whole path the drafter proposed, so copied tokens (whose confidences are divided by `a`)
-        cannot feed back into it."""
-        pool = self._pool
-        drafted: dict[int, bool] = {-1: True}
-        for i in kept:  # parents first
-            drafted[i] = pool.source[i] == "draft" and drafted[pool.parents[i]]
-        self._kept_children = {(pool.parents[i], pool.tokens[i]): i for i in kept}
-        self._kept_drafted = drafted
-        self._last_expected = sum(math.exp(pool.log_value[i]) for i in kept if drafted[i])
-
-    def _accepted_drafted(self, accepted: list[int]) -> int:
-        """How many of the accepted tokens are nodes with a drafted-only path."""
-        node, count = -1, 0
-        for tok in accepted:
-            node = self._kept_children.get((node, tok))
-            if node is None:
-                break
-            count += self._kept_drafted[node]
-        return count
-
-    def on_start(self, meta, prompt_tokens, first_token) -> None:
+    # ---- learning from the decode loop -----------------------------------------------------
+    def start(self, context: list[int]) -> None:
         if self.copier:
-            self.copier.start(prompt_tokens)
+            self.copier.start(context)
 
-    def on_tokens(self, cycle, tokens, origins) -> None:
-        """Accepted drafts against what the kept values promised: learns a (module doc); and
-        the copied chains' acceptance by position (eagle2.lookup)."""
-        if cycle == self._cycle and cycle >= 0:
-            accepted = [t for t, o in zip(tokens, origins) if o == "draft"]
-            self.accept.add(self._accepted_drafted(accepted), self._last_expected)
-            if self.copier:
-                self.copier.learn(accepted)
+    def learn(self, cycle: int, tree: DraftTree, verdict: Verdict, tokens: list[int], timings: Timings) -> None:
+        """The value scale a (accepted drafts against the values the kept nodes promised, on
+        drafted-only paths), the copied chains' acceptance, the verify load factor and the
+        rest of the cycle's time."""
+        self.accept.add(*drafted_outcome(tree, self._pool, verdict.path))
         if self.copier:
+            self.copier.learn(verdict.accepted)
             self.copier.extend(tokens)
-
-    def on_cycle_end(self, cycle, root_token, timings) -> None:
-        """Exact timings from the decoder: learn the verify load factor and the overhead."""
-        if cycle != self._cycle:
-            return
-        self._seen_cycle_end = cycle
-        predicted = self.latency((self._last_nodes + 1))
+        predicted = self.latency(self._nodes + 1)
         if predicted > 0:
             self.load.add(min(5.0, max(0.2, timings.verify_s / predicted)))
-        self.overhead.add(max(0.0, timings.draft_s - self._last_expand_s) + timings.update_s)
+        self.overhead.add(max(0.0, timings.draft_s - self._expand_s) + timings.update_s)
+
+
+def drafted_outcome(tree: DraftTree, pool: CandidatePool, path: list[int]) -> tuple[int, float]:
+    """(accepted nodes, sum of kept values) over the nodes whose whole path the drafter
+    proposed: copied tokens (whose confidences are divided by the value scale) must not feed
+    back into it."""
+    if not tree.size:
+        return 0, 0.0
+    copied = pool.source[tree.candidates.clamp_min(0)] != SOURCES.index("draft")
+    copied[0] = False
+    tainted = copied.clone()
+    for up in chase(tree.parents, tree.depth_bound):
+        tainted |= torch.where(up >= 0, copied[up.clamp_min(0)], False)
+    drafted = ~tainted
+    on_path = torch.zeros_like(drafted)
+    on_path[path] = True
+    both = torch.stack([(drafted & on_path)[1:].sum().double(), (tree.log_values.double().exp() * drafted)[1:].sum()])
+    accepted, expected = both.tolist()
+    return int(accepted), expected
 
 
 def auto_policy(model, top_k: int | None = None, depth: int | None = None, refresh: bool = False,

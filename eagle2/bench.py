@@ -16,12 +16,15 @@ Methods:
     eagle1    EAGLE-1's static tree
     eagle2    EAGLE-2's dynamic tree; --total-tokens auto (default) sizes it per cycle for this
               machine (eagle2.autotree), an integer fixes it
-A method may carry options after '@' to compare variants in one interleaved run, e.g.
-`eagle2,eagle2@total=12,eagle2@vocab=8192` (keys: total, depth, topk, vocab = a reduced draft
-vocabulary of that many tokens (eagle2.vocab); with total=auto also dyn=0 (no dynamic depth),
-cal=0 (trust the draft values, no acceptance calibration), lookup=N (merge prompt-lookup chains
-of up to N copied tokens into the tree, eagle2.lookup) and anchors=A (with lookup: chains also
-continue the A most valuable drafted nodes; default 0)).
+    others    any other registered policy (eagle2-auto, eagle2-auto+lookup, plug-ins)
+
+Every method but hf and pld is a policy spec of eagle2.registry (its module doc has the
+syntax and keys), so variants compare in one interleaved run, e.g.
+`eagle2,eagle2@total=12,eagle2@vocab=8192,eagle2@lookup=10`: total, depth, topk; vocab = a
+reduced draft vocabulary of that many tokens (eagle2.vocab); with total=auto also dyn=0 (no
+dynamic depth), cal=0 (no acceptance calibration), lookup=N (prompt-lookup chains of up to N
+copied tokens, eagle2.lookup) and anchors=A. The flags --top-k, --depth, --total-tokens,
+--lookup and --draft-vocab fill what a method's options leave unset.
 
 Outputs in --out: answers.jsonl (one line per question and method: answers, per-turn stats and
 tokens), summary.json ({"methods": {...}, "by_category": {...}, "config": {...}, "machine": {...}}),
@@ -49,14 +52,16 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .cli import int_at_least, positive_int, total_tokens_arg
+from .cli import device_map_arg, draft_vocab_arg, int_at_least, positive_int, total_tokens_arg
+
+if TYPE_CHECKING:
+    from .registry import PolicySpec
 
 _nonneg = int_at_least(0)
 
-BASE_METHODS = ("hf", "vanilla", "pld", "chain", "eagle1", "eagle2")
-DRAFTING = ("chain", "eagle1", "eagle2")
-OPTION_KEYS = ("total", "depth", "topk", "vocab", "dyn", "cal", "lookup", "anchors")
+HF_METHODS = ("hf", "pld")  # HF generate; every other method is a policy of eagle2.registry
 DEFAULT_METHODS = "hf,vanilla,pld,chain,eagle1,eagle2,eagle2@lookup=10"
 WARMUP_PROMPT = "Write two sentences about the sea."
 SUMMARY_KEYS = ("tau", "tokens_per_s", "speedup_vs_hf", "speedup_vs_vanilla", "identical_to_vanilla",
@@ -127,51 +132,65 @@ def load_questions(path: str | os.PathLike, limit: int | None = None, category: 
 
 
 # ---- methods ---------------------------------------------------------------------------------
+def method_names() -> list[str]:
+    from . import registry
+
+    return [*HF_METHODS, *registry.names()]
+
+
 @dataclass
 class MethodSpec:
     name: str  # as given, the key in every output
     base: str
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # as written after the name (keys of eagle2.registry)
+    policy: PolicySpec | None = None  # the parsed spec (eagle2.registry); None for hf and pld
 
     @property
     def drafting(self) -> bool:
-        return self.base in DRAFTING
+        from . import registry
+
+        return self.policy is not None and registry.policy_info(self.base).needs_drafter
 
 
 def parse_methods(text: str) -> list[MethodSpec]:
+    """Comma-separated methods: hf, pld, or policy specs (eagle2.registry.split_specs / parse_spec)."""
+    from . import registry
+
     specs, seen = [], set()
-    for item in (s.strip() for s in text.split(",")):
-        if not item:
-            continue
-        base, *opts = item.split("@")
-        if base not in BASE_METHODS:
-            raise BenchError(f"unknown method {base!r}: choose from {', '.join(BASE_METHODS)}")
-        options = {}
-        for o in opts:
-            key, eq, value = o.partition("=")
-            if not eq or key not in OPTION_KEYS:
-                raise BenchError(f"bad method option {o!r} in {item!r}: use key=value with key in "
-                                 f"{', '.join(OPTION_KEYS)}")
-            if key == "total" and value == "auto":
-                options[key] = "auto"
-                continue
-            try:
-                options[key] = int(value)
-            except ValueError:
-                raise BenchError(f"method option {key} must be an integer, got {value!r}") from None
-            low = 0 if key in ("vocab", "dyn", "cal", "lookup", "anchors") else 1
-            if options[key] < low or (key in ("dyn", "cal") and options[key] > 1):
-                raise BenchError(f"method option {key} must be {'0 or 1' if key in ('dyn', 'cal') else f'>= {low}'}"
-                                 f", got {value}")
-        if opts and base not in DRAFTING:
+    for item in registry.split_specs(text):
+        base = registry.spec_name(item)
+        if base not in method_names():
+            raise BenchError(f"unknown method {base!r}: choose from {', '.join(method_names())}")
+        policy = None
+        if base in HF_METHODS and item != base:
             raise BenchError(f"method {base!r} takes no options")
+        if base not in HF_METHODS:
+            try:
+                policy = registry.parse_spec(item)
+            except (ValueError, TypeError) as e:
+                raise BenchError(str(e)) from None
         if item in seen:
             raise BenchError(f"method {item!r} is given twice")
         seen.add(item)
-        specs.append(MethodSpec(item, base, options))
+        specs.append(MethodSpec(item, base, dict(policy.options) if policy else {}, policy))
     if not specs:
         raise BenchError("no methods given")
     return specs
+
+
+def method_policy(spec: MethodSpec, args):
+    """A method's checked policy (registry.PolicyChoice; None for hf and pld): the size, lookup
+    and vocabulary flags fill what its options leave unset."""
+    if spec.policy is None:
+        return None
+    from . import registry
+
+    try:
+        return registry.resolve_policy(spec.policy, defaults={
+            "top_k": args.top_k, "depth": args.depth, "total_tokens": args.total_tokens, "lookup": args.lookup,
+            "draft_vocab": args.draft_vocab})
+    except (ValueError, TypeError) as e:
+        raise BenchError(f"{spec.name}: {e}") from None
 
 
 def _temperature(text: str) -> float:
@@ -191,13 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, default=None, help="first N questions (after --category)")
     p.add_argument("--category", default=None, help="only questions of this category")
     p.add_argument("--methods", default=DEFAULT_METHODS,
-                   help=f"comma-separated, from {', '.join(BASE_METHODS)}; options after '@' (see module doc)")
+                   help="comma-separated: hf, pld or policies of eagle2.registry (" + ", ".join(method_names()[2:])
+                        + "), with options after '@' (see the module doc)")
     p.add_argument("--max-new-tokens", type=positive_int, default=256, help="per answer")
     p.add_argument("--temperature", type=_temperature, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="sampling nucleus (with --temperature > 0)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                    help="auto = bf16 on GPUs and CPUs with native bf16, else fp32")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    where.add_argument("--device-map", type=device_map_arg, default=None, metavar="auto|balanced|FILE.json",
+                       help="spread a target too big for one device over several (accelerate; FILE.json = "
+                            "{module name: device}); the EAGLE head sits with the last layers")
     p.add_argument("--model", default="default", help="target: default | hub id | folder")
     p.add_argument("--head", default="default", help="EAGLE head: default | hub id | folder")
     p.add_argument("--first-turn-only", action="store_true", help="skip second turns")
@@ -206,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=positive_int, default=None,
                    help="chain/eagle2: draft depth (with --total-tokens auto: the ceiling)")
     p.add_argument("--total-tokens", type=total_tokens_arg, default="auto", help="eagle2: kept draft tokens, or auto")
-    p.add_argument("--draft-vocab", type=_nonneg, default=0,
-                   help="drafting methods: reduced draft vocabulary size (0 = full)")
+    p.add_argument("--draft-vocab", type=draft_vocab_arg, default="auto",
+                   help="drafting methods: reduced draft vocabulary size (0 = full; auto = the head's token "
+                        "counts where that makes a draft step cheaper here, eagle2.vocab)")
     p.add_argument("--vocab-counts", default=None, metavar="FILE",
                    help="token counts for --draft-vocab (counts JSON or the head's answers.jsonl)")
     p.add_argument("--lookup", type=_nonneg, default=0, metavar="N",
@@ -318,77 +343,73 @@ def _is_observer(policy) -> bool:
     return isinstance(policy, Observer)
 
 
-def build_methods(specs: list[MethodSpec], target, args, log) -> tuple[list[Method], dict]:
-    """Policies and drafters for each method (the head, vocabulary counts and latency curve are
-    loaded once and shared). Returns the methods and extra config to record."""
-    from .autotree import AUTO_DEFAULT_DEPTH, AutoEagle2, load_or_calibrate
-    from .policies import make_policy
+class _Shared:
+    """What the methods share, loaded on first use: the head, the token counts, one drafter
+    per draft vocabulary size, the latency curve; `extra` is config to record."""
 
-    extra: dict = {}
-    drafters: dict[int, object] = {}
-    head = head_dir = latency = counts = None
+    def __init__(self, target, args, log):
+        self.target, self.args, self.log = target, args, log
+        self.extra: dict = {}
+        self.head = self.head_dir = self.counts = self.latency_curve = None
+        self.drafters: dict[int, object] = {}
+
+    def drafter(self, vocab: int | str):
+        target, args = self.target, self.args
+        if self.head is None:
+            from .draft import load_head, resolve_head
+
+            self.head_dir = resolve_head(args.head, target)
+            self.head = load_head(self.head_dir, target)
+        if vocab in self.drafters:
+            return self.drafters[vocab]
+        from .draft import EagleDrafter
+        from .draft import reduce_drafter
+        from .vocab import coverage
+
+        drafter = EagleDrafter(self.head, target.model, name=str(args.head))
+        if vocab == "auto" and not args.vocab_counts:
+            drafter = reduce_drafter(drafter, target, self.head_dir, "auto")
+        elif vocab:
+            if self.counts is None:
+                from .vocab import counts_for
+
+                self.log("counting token frequencies for the reduced draft vocabulary ...")
+                self.counts, source = counts_for(target, self.head_dir, args.vocab_counts)
+                self.extra["vocab_counts"] = source
+            size = 8192 if vocab == "auto" else vocab
+            drafter = reduce_drafter(drafter, target, self.head_dir, size, counts=self.counts)
+            ids = drafter.token_ids  # None: the size covers the whole vocabulary
+            if ids is not None:
+                self.extra.setdefault("vocab_coverage_of_counts", {})[str(size)] = round(
+                    coverage(self.counts, ids.tolist()), 5)
+        self.drafters[vocab] = drafter
+        return drafter
+
+    def latency(self):
+        if self.latency_curve is None:
+            from .autotree import load_or_calibrate
+
+            self.log("verify latency against tree size (calibrated once per machine + model + dtype) ...")
+            lat = self.latency_curve = load_or_calibrate(self.target.model, refresh=self.args.recalibrate)
+            self.extra["latency"] = {"sizes": lat.sizes, "seconds": lat.seconds,
+                                     "cache_file": lat.meta.get("cache_file"), "cached": lat.meta.get("cached")}
+        return self.latency_curve
+
+
+def build_methods(specs: list[MethodSpec], choices: list, target, args, log) -> tuple[list[Method], dict]:
+    """Policies (from each method's checked registry.PolicyChoice) and drafters for each method;
+    the head, vocabulary counts and latency curve are loaded once and shared. Returns the
+    methods and extra config to record."""
+    shared = _Shared(target, args, log)
     methods = []
-    for spec in specs:
-        if spec.base in ("hf", "pld"):
+    for spec, choice in zip(specs, choices):
+        if choice is None:  # hf, pld
             methods.append(Method(spec))
             continue
-        if spec.base == "vanilla":
-            methods.append(Method(spec, make_policy("vanilla")))
-            continue
-        if head is None:
-            from .draft import load_head
-
-            head = load_head(args.head, target)
-            head_dir = _head_folder(args.head, target)
-        vocab = spec.options.get("vocab", args.draft_vocab)
-        if vocab not in drafters:
-            from .draft import EagleDrafter
-
-            if vocab:
-                from .vocab import ReducedVocabDrafter, counts_for, coverage, top_tokens
-
-                if counts is None:
-                    log("counting token frequencies for the reduced draft vocabulary ...")
-                    counts, source = counts_for(target, head_dir, args.vocab_counts)
-                    extra["vocab_counts"] = source
-                ids = top_tokens(counts, vocab, always=target.eos_token_ids,
-                                 vocab_size=int(target.model.lm_head.weight.shape[0]))
-                drafters[vocab] = ReducedVocabDrafter(head, target.model, ids, name=str(args.head))
-                extra.setdefault("vocab_coverage_of_counts", {})[str(vocab)] = round(coverage(counts, ids), 5)
-            else:
-                drafters[vocab] = EagleDrafter(head, target.model, name=str(args.head))
-        drafter = drafters[vocab]
-        top_k = spec.options.get("topk", args.top_k)
-        depth = spec.options.get("depth", args.depth)
-        total = spec.options.get("total", args.total_tokens)
-        if spec.base == "eagle2" and total == "auto":
-            if latency is None:
-                log("verify latency against tree size (calibrated once per machine + model + dtype) ...")
-                latency = load_or_calibrate(target.model, refresh=args.recalibrate)
-                extra["latency"] = {"sizes": latency.sizes, "seconds": latency.seconds,
-                                    "cache_file": latency.meta.get("cache_file"),
-                                    "cached": latency.meta.get("cached")}
-            kw = {k: v for k, v in (("top_k", top_k), ("depth", depth or AUTO_DEFAULT_DEPTH)) if v is not None}
-            policy = AutoEagle2(latency, **kw, dynamic_depth=bool(spec.options.get("dyn", 1)),
-                                calibrate_values=bool(spec.options.get("cal", 1)),
-                                lookup=spec.options.get("lookup", args.lookup),
-                                lookup_anchors=spec.options.get("anchors", 0))
-        elif {"dyn", "cal", "lookup", "anchors"} & set(spec.options):
-            raise BenchError(f"{spec.name}: dyn, cal, lookup and anchors apply to eagle2 with total=auto only")
-        elif spec.base == "eagle2":
-            policy = make_policy("eagle2", top_k=top_k, depth=depth, total_tokens=total)
-        else:
-            policy = make_policy(spec.base, depth=depth if spec.base == "chain" else None)
-        methods.append(Method(spec, policy, drafter))
-    return methods, extra
-
-
-def _head_folder(spec: str, target) -> Path | None:
-    from .draft import DEFAULT_HEADS
-
-    if spec == "default":
-        return DEFAULT_HEADS.get(target.name)
-    return Path(spec).expanduser() if Path(spec).expanduser().exists() else None
+        drafter = shared.drafter(choice.draft_vocab) if choice.needs_drafter else None
+        latency = shared.latency() if choice.needs_target else None
+        methods.append(Method(spec, choice.build(target=target, latency=latency), drafter))
+    return methods, shared.extra
 
 
 # ---- aggregation ----------------------------------------------------------------------------
@@ -488,7 +509,6 @@ def write_report(summary: dict, path: Path, tree_sizes: dict | None = None) -> N
     """A self-contained Plotly page: speedups, τ and speedup by category, latency curve
     (just the tables when plotly is not installed)."""
     methods = summary["methods"]
-    names = list(methods)
     try:
         figs = _figures(summary, tree_sizes)
         import plotly.io as pio
@@ -612,14 +632,36 @@ def _progress(total: int, quiet: bool):
 
 
 # ---- main -----------------------------------------------------------------------------------
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; the platform's processor string elsewhere):
+    every figure in a report names it."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """The calibration's machine facts (eagle2.autotree) plus the CPU's model name."""
+    from .autotree import machine_info as facts
+
+    return {**facts(), "cpu": cpu_model()}
+
+
 def run(args) -> dict:
     import torch
 
-    from .autotree import machine_info
     from .decode import context_limit
     from .models import has_cpu_bf16, load_target
 
     specs = parse_methods(args.methods)
+    choices = [method_policy(s, args) for s in specs]  # checked before the model loads
     questions = load_questions(args.questions, args.limit, args.category, args.first_turn_only)
     if args.top_p is not None and not (0 < args.top_p <= 1):
         raise BenchError(f"--top-p must be in (0, 1], got {args.top_p}")
@@ -637,12 +679,12 @@ def run(args) -> dict:
     load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
     log(f"loading {args.model} ...")
     try:
-        target = load_target(args.model, dtype=args.dtype, device=args.device)
+        target = load_target(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map)
     except ValueError as e:
         raise BenchError(str(e)) from None
     tok = target.tokenizer
     try:
-        methods, extra = build_methods(specs, target, args, log)
+        methods, extra = build_methods(specs, choices, target, args, log)
     except (ValueError, TypeError) as e:
         raise BenchError(str(e)) from None
 
@@ -711,7 +753,8 @@ def run(args) -> dict:
         "first_turn_only": args.first_turn_only, "methods": {m.name: m.describe() for m in methods},
         "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
         "seed": args.seed, "model": target.name, "head": args.head, "dtype": str(target.dtype).replace("torch.", ""),
-        "device": str(target.device), "pld_tokens": args.pld_tokens, "draft_vocab": args.draft_vocab, "lookup": args.lookup,
+        "device": str(target.device), "device_map": target.device_map, "pld_tokens": args.pld_tokens,
+        "draft_vocab": args.draft_vocab, "lookup": args.lookup,
         "warmup": not args.no_warmup, "wall_s": time.time() - t_start, "autotree": autotree,
         "method_order": "rotated per question", **extra,
     }

@@ -35,9 +35,16 @@ def truncate(cache, length: int) -> None:
 
 
 def keep_prefix_and(cache, prefix_len: int, tree_nodes: list[int]) -> None:
-    """Keep the prefix plus the given tree nodes (indices after the prefix)."""
-    if tree_nodes == list(range(len(tree_nodes))):
-        truncate(cache, prefix_len + len(tree_nodes))
-        return
-    index = torch.cat([torch.arange(prefix_len), prefix_len + torch.tensor(tree_nodes, dtype=torch.long)])
-    keep_positions(cache, index)
+    """Keep the prefix plus the given tree nodes (indices after the prefix, increasing): the
+    rows that move are copied down in place, then the cache is cut after them."""
+    moved = [(prefix_len + j, prefix_len + i) for j, i in enumerate(tree_nodes) if i != j]
+    if moved:
+        dst = torch.tensor([d for d, _ in moved])
+        src = torch.tensor([s for _, s in moved])
+        for layer in cache.layers:
+            if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+                continue
+            d, s = dst.to(layer.keys.device), src.to(layer.keys.device)
+            layer.keys[..., d, :] = layer.keys[..., s, :]
+            layer.values[..., d, :] = layer.values[..., s, :]
+    truncate(cache, prefix_len + len(tree_nodes))

@@ -47,6 +47,33 @@ def total_tokens_arg(text: str):
     return "auto" if text == "auto" else positive_int(text)
 
 
+def draft_vocab_arg(text: str):
+    return "auto" if text == "auto" else int_at_least(0)(text)
+
+
+def device_map_arg(text: str):
+    """argparse type of --device-map: auto, balanced or a JSON file {module name: device}."""
+    from eagle2.models import read_device_map
+
+    try:
+        return read_device_map(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def policy_arg(text: str):
+    """argparse type of --policy: a registered policy name or a spec string (eagle2.registry)."""
+    from eagle2 import registry
+
+    name = registry.spec_name(text)
+    if name not in registry.names():
+        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(registry.names())})")
+    try:
+        return registry.parse_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _float(text: str) -> float:
     try:
         return float(text)
@@ -55,13 +82,23 @@ def _float(text: str) -> float:
 
 
 def generate_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m eagle2 generate",
-                                description="Generate with EAGLE-2 speculative decoding and print the answer.")
+    from eagle2.registry import policy_table
+
+    p = OneLineParser(prog="python -m eagle2 generate", formatter_class=argparse.RawDescriptionHelpFormatter,
+                      description="Generate with EAGLE-2 speculative decoding and print the answer.",
+                      epilog="policies (--policy NAME, or NAME@KEY=VALUE... as in eagle2/registry.py):\n"
+                             + policy_table())
     p.add_argument("--prompt", required=True, help="the user message (chat template applied unless --raw)")
     p.add_argument("--model", default="default", help="default | hub id | local folder")
     p.add_argument("--head", default="default", help="EAGLE head: default | hub id | local folder")
     p.add_argument("--draft-model", default=None, help="use a small LM with the same tokenizer instead of a head")
-    p.add_argument("--policy", default="eagle2", choices=["eagle2", "eagle1", "chain", "vanilla"])
+    p.add_argument("--draft-vocab", type=draft_vocab_arg, default="auto", metavar="N|auto",
+                   help="EAGLE-1/2 heads: score only the N most frequent tokens when drafting (0 = the whole "
+                        "vocabulary; auto = the head's token counts, where that makes a draft step cheaper "
+                        "on this machine; decoding stays exact either way)")
+    p.add_argument("--policy", type=policy_arg, default="eagle2", metavar="NAME[@KEY=VALUE...]",
+                   help="a policy (listed below) or a spec such as eagle2@total=auto@lookup=10; the size flags "
+                        "fill what it leaves unset")
     p.add_argument("--top-k", type=positive_int, default=None, help="tree: children per expanded node")
     p.add_argument("--depth", type=positive_int, default=None, help="tree: depth of the deepest draft token")
     p.add_argument("--total-tokens", type=total_tokens_arg, default="auto",
@@ -75,7 +112,11 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-top-k", type=int, default=0, help="sampling top-k filter (0 = off)")
     p.add_argument("--max-new-tokens", type=positive_int, default=128)
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
-    p.add_argument("--device", default="auto")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--device", default="auto")
+    where.add_argument("--device-map", type=device_map_arg, default=None, metavar="auto|balanced|FILE.json",
+                       help="spread a target too big for one device over several (accelerate): the inputs go to "
+                            "the first, the EAGLE head sits with the last layers; FILE.json = {module name: device}")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
     p.add_argument("--trace", default=None, metavar="FILE", help="write the full trace as JSON")
@@ -95,13 +136,26 @@ def quiet_libraries() -> None:
     hub_logging.set_verbosity_error()
 
 
+CLI_FLAGS = {"top_k": "--top-k", "depth": "--depth", "total_tokens": "--total-tokens", "lookup": "--lookup"}
+
+
+def policy_choice(args):
+    """The policy of `generate` (eagle2.registry): --policy, with the size flags as fill-ins and
+    --lookup as an option that must apply."""
+    from eagle2 import registry
+
+    choice = registry.resolve_policy(args.policy, flags=CLI_FLAGS, lookup=args.lookup or None,
+                                     defaults={"top_k": args.top_k, "depth": args.depth,
+                                               "total_tokens": args.total_tokens})
+    return choice
+
+
 def run_generate(argv: list[str]) -> int:
     args = generate_parser().parse_args(argv)
     quiet_libraries()
     import torch
 
     import eagle2
-    from eagle2.policies import make_policy
     from eagle2.verify import check_sampling
 
     if not args.prompt.strip():
@@ -109,18 +163,15 @@ def run_generate(argv: list[str]) -> int:
     if args.trace and not os.path.isdir(os.path.dirname(os.path.abspath(args.trace))):
         raise UsageError(f"--trace: folder of {args.trace!r} does not exist")
     check_sampling(args.temperature, args.top_p, args.sample_top_k)
-    total = None if args.total_tokens == "auto" and args.policy != "eagle2" else args.total_tokens
-    if args.lookup and total != "auto":
-        raise UsageError("--lookup needs --policy eagle2 with --total-tokens auto")
-    if total != "auto":  # check the sizes before loading anything
-        make_policy(args.policy, args.top_k, args.depth, total)
+    choice = policy_choice(args)  # checked before anything is loaded
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    target = eagle2.load_target(args.model, dtype=args.dtype, device=args.device)
-    policy = make_policy(args.policy, args.top_k, args.depth, total, target=target, lookup=args.lookup)
+    target = eagle2.load_target(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map)
+    policy = choice.build(target=target)
     drafter = None
     if policy.needs_drafter:
-        drafter = eagle2.load_drafter(target, head=args.head, draft_model=args.draft_model)
+        drafter = eagle2.load_drafter(target, head=args.head, draft_model=args.draft_model,
+                                      draft_vocab=choice.values.get("draft_vocab", args.draft_vocab))
     recorder = eagle2.TraceRecorder(target.tokenizer) if args.trace else None
     result = eagle2.generate_text(
         target, args.prompt, drafter=drafter, policy=policy, chat=not args.raw,

@@ -4,7 +4,11 @@
      ^                                                                                 │
      └──────────── keep only the accepted path in the target's and drafter's caches ◄──┘
 
-Observers are told what happened and never change a token.
+The policy is told each cycle's outcome (`Policy.learn`: the tree, the accepted path, the
+timings) and may adapt; observers are told what happened and never change a token. Without a
+recording observer a greedy cycle brings one small tensor back to the host (the accepted path,
+the rejected children, the tree's tokens and the bonus token, greedy_accept); a sampled cycle
+walks the tree on the host. Timings synchronise the device first (models.clock).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import torch
 from transformers import DynamicCache
 
 from . import cache as kv
+from .models import clock, output_device, target_forward
 from .policies import Policy, Vanilla
-from .trace import ExpansionStep, Observer, RerankStep, Timings, Verification, VerifiedNode
+from .trace import Observer, Timings, Verification, VerifiedNode
 from .tree import DraftTree
 from .verify import Verdict, check_sampling, greedy_accept, sample_accept, target_probs
 
@@ -115,20 +120,6 @@ class Observers(Observer):
             o.on_finish(*a)
 
 
-def target_forward(model, tokens: torch.Tensor, cache, position_ids=None, attention_mask=None,
-                   feature_layers: tuple[int, ...] | None = None):
-    """One forward of the unmodified HF model: returns (features, logits), both (T, ·). Features
-    are the last hidden states or, with feature_layers (EAGLE-3), the concatenated
-    `hidden_states[i]` (the inputs of those layers)."""
-    out = model.model(input_ids=tokens[None], position_ids=position_ids, attention_mask=attention_mask,
-                      cache=cache, use_cache=True, output_hidden_states=feature_layers is not None)
-    hidden = out.last_hidden_state[0]
-    if feature_layers is None:
-        return hidden, model.lm_head(hidden)
-    feats = torch.cat([out.hidden_states[i][0] for i in feature_layers], dim=-1)
-    return feats, model.lm_head(hidden)
-
-
 def context_limit(model) -> int:
     return int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
 
@@ -142,6 +133,105 @@ def check_request(model, prompt_len: int, max_new_tokens: int) -> None:
     if prompt_len + max_new_tokens > limit:
         raise ValueError(f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
                          f"model's context of {limit} tokens")
+
+
+@dataclass
+class Sampler:
+    """Greedy (temperature 0) or sampling from the processed target distribution."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    generator: torch.Generator | None = None
+
+    @classmethod
+    def make(cls, temperature: float, top_p: float, top_k: int, seed: int | None, device) -> "Sampler":
+        check_sampling(temperature, top_p, top_k)
+        gen = None
+        if temperature > 0:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
+        return cls(temperature, top_p, top_k, gen)
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor | None:
+        return target_probs(logits, self.temperature, self.top_p, self.top_k) if self.temperature > 0 else None
+
+    def choose(self, logits_row: torch.Tensor) -> int:
+        if self.temperature <= 0:
+            return int(logits_row.argmax())
+        return int(torch.multinomial(self.probs(logits_row), 1, generator=self.generator))
+
+    def accept(self, tree: DraftTree, logits: torch.Tensor, probs) -> Verdict:
+        return sample_accept(tree, probs, self.generator) if probs is not None else greedy_accept(tree, logits)
+
+
+@dataclass
+class Decoding:
+    """One generation in progress: the caches, the accepted sequence and what was emitted."""
+
+    model: object
+    policy: Policy
+    drafter: object
+    sampler: Sampler
+    observers: Observers
+    eos: set[int]
+    max_new_tokens: int
+    result: GenerationResult
+    cache: DynamicCache
+    seq: torch.Tensor  # prompt + accepted tokens, on the model's device
+    layers: tuple[int, ...] | None  # target layers the drafter reads (None: the last hidden state)
+    root_logprobs: torch.Tensor | None = None
+    commit_s: float = 0.0
+
+    @property
+    def device(self) -> torch.device:
+        return self.seq.device
+
+    def commit(self, features: torch.Tensor | None) -> None:
+        """Feed the newly accepted tokens (and the target's features there) to the drafter."""
+        t = clock(self.device)
+        self.root_logprobs = self.drafter.commit(self.seq, features if self.drafter.needs_features else None)
+        self.commit_s = clock(self.device) - t
+
+    def cycle(self, cycle: int, root: int) -> tuple[list[int], bool]:
+        """Draft a tree, verify it in one target forward, accept, compact the cache."""
+        model, obs, dev = self.model, self.observers, self.device
+        prefix = self.seq.numel() - 1  # the root (newest token) is not in the target's cache yet
+        t0 = clock(dev)
+        tree = self.policy.draft(root, self.root_logprobs, self.drafter, obs or None, cycle)
+        t1 = clock(dev)
+        mask = tree.attention_mask(prefix, model.dtype, dev) if len(tree) > 1 else None
+        hidden, logits = target_forward(model, tree.tokens.to(dev), self.cache, tree.position_ids(prefix, dev),
+                                        mask, self.layers)
+        t2 = clock(dev)
+        probs = self.sampler.probs(logits)
+        verdict = self.sampler.accept(tree, logits, probs)
+        if obs:
+            obs.on_verify(cycle, _verification_record(tree, logits, probs, verdict))
+        tokens, done = _emitted(verdict, self.eos, self.max_new_tokens - len(self.result.tokens))
+        self.emit(cycle, tokens, min(len(tokens), len(verdict.accepted)), done)
+        if not done:
+            kv.keep_prefix_and(self.cache, prefix, verdict.path)
+        t3 = clock(dev)
+        stats = CycleStats(tree.size, len(verdict.path) - 1, len(tokens), self.commit_s + (t1 - t0), t2 - t1, t3 - t2)
+        self.result.cycles.append(stats)
+        timings = Timings(stats.draft_s, stats.verify_s, stats.update_s)
+        self.policy.learn(cycle, tree, verdict, tokens, timings)
+        obs.on_cycle_end(cycle, root, timings)
+        if not done and self.policy.needs_drafter:
+            self.commit(hidden[verdict.path])
+        return tokens, done
+
+    def emit(self, cycle: int, tokens: list[int], drafted: int, done: bool) -> None:
+        r = self.result
+        origins = ["draft"] * drafted + ["target"] * (len(tokens) - drafted)
+        r.tokens += tokens
+        r.origins += origins
+        r.token_cycles += [cycle] * len(tokens)
+        if done:
+            r.stop_reason = "eos" if tokens[-1] in self.eos else "length"
+        self.observers.on_tokens(cycle, tokens, origins)
+        self.seq = torch.cat([self.seq, torch.tensor(tokens, device=self.device)])
 
 
 @torch.inference_mode()
@@ -161,98 +251,43 @@ def generate(
 ) -> GenerationResult:
     """Speculative decoding with a draft tree. `policy=Vanilla()` gives plain decoding."""
     policy = policy or Vanilla()
-    check_sampling(temperature, top_p, sample_top_k)
-    ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(-1)
+    device = output_device(model)  # the lm_head's: logits, features, drafter (a device map spreads the rest)
+    sampler = Sampler.make(temperature, top_p, sample_top_k, seed, device)
+    ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(-1).to(device)
     check_request(model, ids.numel(), max_new_tokens)
     if policy.needs_drafter and drafter is None:
         raise ValueError(f"policy {policy.name!r} needs a drafter (an EAGLE head or a draft model)")
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    ids = ids.to(device)
-    eos = set(int(e) for e in eos_token_ids)
-    # a policy that is also an Observer (e.g. autotree.AutoEagle2) learns the cycle timings
-    obs = Observers([*observers, policy] if isinstance(policy, Observer) and policy not in observers else observers)
-    sampling = temperature > 0
-    gen = None
-    if sampling:
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
-
-    def choose(logits_row: torch.Tensor) -> int:
-        if not sampling:
-            return int(logits_row.argmax())
-        return int(torch.multinomial(target_probs(logits_row, temperature, top_p, sample_top_k), 1, generator=gen))
-
-    t_start = time.perf_counter()
+    t_start = clock(device)
     cache = DynamicCache()
     layers = drafter.feature_layers if drafter is not None and policy.needs_drafter else None
     hidden, logits = target_forward(model, ids, cache, feature_layers=layers)
-    first = choose(logits[-1])
-    prefill_s = time.perf_counter() - t_start
-    result = GenerationResult(ids.tolist(), [first], ["target"], [-1], prefill_s=prefill_s,
-                              policy=policy.describe())
-    obs.on_start(dict(meta or {}, **policy.describe()), result.prompt_tokens, first)
-    obs.on_tokens(-1, [first], ["target"])
-    seq = torch.cat([ids, torch.tensor([first], device=device)])
-    done = first in eos or max_new_tokens == 1
-    result.stop_reason = "eos" if first in eos else "length"
-
-    commit_s = 0.0
-    root_logprobs = None
+    first = sampler.choose(logits[-1])
+    result = GenerationResult(ids.tolist(), [], [], [], prefill_s=clock(device) - t_start, policy=policy.describe())
+    run = Decoding(model, policy, drafter, sampler, Observers(observers), set(int(e) for e in eos_token_ids),
+                   max_new_tokens, result, cache, ids, layers)
+    policy.start(result.prompt_tokens + [first])
+    run.observers.on_start(dict(meta or {}, **policy.describe()), result.prompt_tokens, first)
+    done = first in run.eos or max_new_tokens == 1
+    run.emit(-1, [first], 0, done)
     if not done and policy.needs_drafter:
         drafter.reset()
-        t = time.perf_counter()
-        root_logprobs = drafter.commit(seq, hidden if drafter.needs_features else None)
-        commit_s = time.perf_counter() - t
-
-    cycle = 0
+        run.commit(hidden)
+    cycle, root = 0, first  # the root: the newest token, on the host
     while not done:
-        prefix = seq.numel() - 1  # the root (newest token) is not in the target's cache yet
-        root = int(seq[-1])
-        t0 = time.perf_counter()
-        tree = policy.draft(root, root_logprobs, drafter, obs or None, cycle)
-        t1 = time.perf_counter()
-        mask = tree.attention_mask(prefix, dtype, device) if len(tree) > 1 else None
-        hidden, logits = target_forward(model, tree.tokens.to(device), cache,
-                                        tree.position_ids(prefix, device), mask, layers)
-        t2 = time.perf_counter()
-        if sampling:
-            probs = target_probs(logits, temperature, top_p, sample_top_k)
-            verdict = sample_accept(tree, probs, gen)
-        else:
-            probs = None
-            verdict = greedy_accept(tree, logits)
-        if obs:
-            obs.on_verify(cycle, _verification_record(tree, logits, probs, verdict))
-
-        tokens = tree.tokens[verdict.path[1:]].tolist() + [verdict.bonus]
-        origins = ["draft"] * (len(tokens) - 1) + ["target"]
-        for i, tok in enumerate(tokens):  # never emit past EOS or the budget
-            if tok in eos or len(result.tokens) + i + 1 >= max_new_tokens:
-                result.stop_reason = "eos" if tok in eos else "length"
-                tokens, origins, done = tokens[: i + 1], origins[: i + 1], True
-                break
-        result.tokens += tokens
-        result.origins += origins
-        result.token_cycles += [cycle] * len(tokens)
-        obs.on_tokens(cycle, tokens, origins)
-        seq = torch.cat([seq, torch.tensor(tokens, device=device)])
-        if not done:
-            kv.keep_prefix_and(cache, prefix, verdict.path)
-        t3 = time.perf_counter()
-        stats = CycleStats(len(tree) - 1, len(verdict.path) - 1, len(tokens), commit_s + (t1 - t0), t2 - t1, t3 - t2)
-        result.cycles.append(stats)
-        obs.on_cycle_end(cycle, root, Timings(stats.draft_s, stats.verify_s, stats.update_s))
-        cycle += 1
-        if not done and policy.needs_drafter:
-            t = time.perf_counter()
-            feats = hidden[verdict.path] if drafter.needs_features else None
-            root_logprobs = drafter.commit(seq, feats)
-            commit_s = time.perf_counter() - t
-
-    result.seconds = time.perf_counter() - t_start
-    obs.on_finish(result.summary())
+        tokens, done = run.cycle(cycle, root)
+        cycle, root = cycle + 1, tokens[-1]
+    result.seconds = clock(device) - t_start
+    run.observers.on_finish(result.summary())
     return result
+
+
+def _emitted(verdict: Verdict, eos: set[int], budget: int) -> tuple[list[int], bool]:
+    """The accepted drafts + the bonus token, cut after the first EOS or at the budget."""
+    tokens = verdict.accepted + [verdict.bonus]
+    for i, tok in enumerate(tokens):
+        if tok in eos or i + 1 >= budget:
+            return tokens[: i + 1], True
+    return tokens, False
 
 
 def _verification_record(tree: DraftTree, logits: torch.Tensor, probs, verdict: Verdict) -> Verification:

@@ -24,6 +24,9 @@ from transformers import DynamicCache
 
 from . import cache as kv
 from .head import Eagle3Head, EagleHead, load_head_folder
+from .models import module_device, output_device
+from . import vocab as vocab_lib
+from .vocab import ReducedLMHead
 
 HEADS_DIR = Path(__file__).parent / "heads"
 # heads shipped with the package, by target and name ("default"; others can sit beside it for comparison)
@@ -42,13 +45,18 @@ class Drafter:
     needs_features = False
     feature_layers: tuple[int, ...] | None = None  # target hidden_states to fuse; None = the last one
     kind = "model"
+    # commit/step return log-probs over the drafter's vocabulary; with a draft vocabulary (EAGLE-3
+    # heads, a reduced one) entry i is target token token_ids[i] (policies.draft_topk maps them)
+    token_ids: torch.Tensor | None = None
 
     def __init__(self, device: torch.device, dtype: torch.dtype):
         self.device, self.dtype = device, dtype
         self.cache = DynamicCache()
         self.committed = 0  # cache positions that belong to the accepted prefix
-        self._depth: list[int] = []
-        self._anc = torch.zeros(0, 0, dtype=torch.bool)
+        self._slots = 0  # draft nodes fed this cycle
+        self._anc = torch.zeros(0, 0, dtype=torch.bool, device=device)  # [i, j]: slot j is i or an ancestor
+        self._depth = torch.zeros(0, dtype=torch.long, device=device)  # slot depths (1 = a child of the root)
+        self._clear_slots()
 
     def reset(self) -> None:
         self.cache = DynamicCache()
@@ -58,52 +66,52 @@ class Drafter:
     @property
     def num_slots(self) -> int:
         """Draft nodes fed so far this cycle (they sit after the committed prefix)."""
-        return len(self._depth)
+        return self._slots
 
     def _clear_slots(self) -> None:
         kv.truncate(self.cache, self.committed)
-        self._depth = []
-        self._anc = torch.zeros(0, 0, dtype=torch.bool)
+        if self._slots:
+            self._anc[:self._slots, :self._slots] = False
+        self._slots = 0
 
-    def _add_slots(self, parents: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Register new slots; returns their position ids (1, m) and additive mask (1, 1, m, kv)."""
-        s, m = len(self._depth), len(parents)
-        anc = torch.zeros(s + m, s + m, dtype=torch.bool)
-        anc[:s, :s] = self._anc
-        for j, p in enumerate(parents):
-            if p >= 0:
-                anc[s + j, :s] = self._anc[p]
-            anc[s + j, s + j] = True
-            self._depth.append((self._depth[p] if p >= 0 else 0) + 1)
-        self._anc = anc
-        depths = torch.tensor(self._depth[s:], device=self.device)
+    def _reserve_slots(self, n: int) -> None:
+        cap = self._anc.shape[0]
+        if n > cap:
+            new = max(n, 2 * cap, 64)
+            anc = torch.zeros(new, new, dtype=torch.bool, device=self.device)
+            anc[:cap, :cap] = self._anc
+            depth = torch.zeros(new, dtype=torch.long, device=self.device)
+            depth[:cap] = self._depth
+            self._anc, self._depth = anc, depth
+
+    def _add_slots(self, parents) -> tuple[torch.Tensor, torch.Tensor]:
+        """Register new slots (parents: earlier slots, -1 = the root), a batch at a time; returns
+        their position ids (1, m) and additive mask (1, 1, m, kv)."""
+        parents = torch.as_tensor(parents, dtype=torch.long, device=self.device).reshape(-1)
+        s, m = self._slots, parents.shape[0]
+        self._reserve_slots(s + m)
+        rows = self._anc[s:s + m, :s + m]
+        if s:
+            up, has = parents.clamp_min(0), parents >= 0
+            rows[:, :s] = self._anc[up, :s] & has[:, None]
+            depths = torch.where(has, self._depth[up], 0) + 1
+        else:
+            depths = torch.ones(m, dtype=torch.long, device=self.device)
+        rows[:, s:].fill_diagonal_(True)
+        self._depth[s:s + m] = depths
+        self._slots = s + m
         # A depth-d node sits d-1 places after the committed prefix (the root is its last entry).
         position_ids = (self.committed + depths - 1)[None]
         mask = torch.zeros(m, self.committed + s + m, dtype=self.dtype, device=self.device)
-        mask[:, self.committed:].masked_fill_(~anc[s:].to(self.device), torch.finfo(self.dtype).min)
+        mask[:, self.committed:].masked_fill_(~rows, torch.finfo(self.dtype).min)
         return position_ids, mask[None, None]
 
     def commit(self, seq: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
-    def step(self, tokens: torch.Tensor, parents: list[int]) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, parents) -> torch.Tensor:
+        """parents: a (m,) long tensor (or list) of earlier slots, -1 = the root."""
         raise NotImplementedError
-
-
-class DraftVocabLogits(nn.Module):
-    """An EAGLE-3 head's draft-vocabulary logits scattered into the target's vocabulary (tokens
-    outside the draft vocabulary get the dtype's lowest value: probability 0), so draft token
-    ids are ordinary ids and every policy works unchanged."""
-
-    def __init__(self, head: Eagle3Head, vocab_size: int):
-        super().__init__()
-        self.head, self.vocab_size = head, vocab_size
-        self.register_buffer("token_ids", head.draft_ids.clone(), persistent=False)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        small = self.head.draft_logits(hidden)
-        out = small.new_full((*small.shape[:-1], self.vocab_size), torch.finfo(small.dtype).min)
-        return out.index_copy_(-1, self.token_ids, small)
 
 
 class EagleDrafter(Drafter):
@@ -113,18 +121,27 @@ class EagleDrafter(Drafter):
     needs_features = True
 
     def __init__(self, head: EagleHead | Eagle3Head, target_model, name: str = "eagle-head"):
-        params = next(target_model.parameters())
-        super().__init__(params.device, params.dtype)
+        # beside the target's last layers (its lm_head), where its features come out
+        super().__init__(output_device(target_model), next(target_model.parameters()).dtype)
         check_head_fits(head, target_model)
         self.head = head.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.kind = head.kind
         self.feature_layers = head.feature_layers(target_model.config.num_hidden_layers)
         self.embed = head.embed_tokens if head.embed_tokens is not None else target_model.get_input_embeddings()
-        vocab = target_model.lm_head.weight.shape[0]
-        self.lm_head = DraftVocabLogits(self.head, vocab) if head.kind == "eagle3" else target_model.lm_head
+        embed_device = module_device(self.embed)  # the target's first device when it is spread over several
+        self._embed_device = embed_device if embed_device != self.device else None
+        if head.kind == "eagle3":  # its own lm_head over its draft vocabulary
+            self.lm_head, self.token_ids = self.head.draft_logits, self.head.draft_ids.to(self.device)
+        else:
+            self.lm_head = target_model.lm_head
         self.name = name
         self._root_feature: torch.Tensor | None = None
-        self._slot_features: list[torch.Tensor] = []
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(1, n, hidden) embeddings on the head's device (the embedding may sit on another)."""
+        if self._embed_device is None:
+            return self.embed(tokens[None])
+        return self.embed(tokens[None].to(self._embed_device)).to(self.device)
 
     @property
     def draft_vocab(self) -> int | None:
@@ -133,11 +150,13 @@ class EagleDrafter(Drafter):
 
     def reset(self) -> None:
         super().reset()
-        self._root_feature, self._slot_features = None, []
+        self._root_feature = None
+        self._features = None
 
     def _clear_slots(self) -> None:
         super()._clear_slots()
-        self._slot_features = []
+        if not hasattr(self, "_features"):
+            self._features = None  # row 0: the root's feature, then one row per slot (kept, grown)
 
     @torch.inference_mode()
     def commit(self, seq: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
@@ -149,17 +168,27 @@ class EagleDrafter(Drafter):
             raise ValueError(f"EAGLE commit needs {tokens.shape[0]} features, got "
                              f"{None if features is None else features.shape[0]}")
         pos = torch.arange(start, start + tokens.shape[0], device=self.device)[None]
-        hidden = self.head(self.embed(tokens[None]), features[None], pos, cache=self.cache)
+        hidden = self.head(self._embed(tokens), features[None], pos, cache=self.cache)
         self.committed += tokens.shape[0]
         self._root_feature = hidden[0, -1]
+        if self._features is not None:
+            self._features[0] = self._root_feature
         return torch.log_softmax(self.lm_head(hidden[0, -1]).float(), dim=-1)
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor, parents: list[int]) -> torch.Tensor:
-        feats = torch.stack([self._slot_features[p] if p >= 0 else self._root_feature for p in parents])
+    def step(self, tokens: torch.Tensor, parents) -> torch.Tensor:
+        parents = torch.as_tensor(parents, dtype=torch.long, device=self.device).reshape(-1)
+        s, m = self._slots, parents.shape[0]
+        if self._features is None or self._features.shape[0] < s + m + 1:  # grow the feature rows
+            grown = self._root_feature.new_empty(max(2 * (s + m + 1), 64), self._root_feature.shape[-1])
+            grown[0] = self._root_feature
+            if self._features is not None:
+                grown[1:s + 1] = self._features[1:s + 1]
+            self._features = grown
+        feats = self._features[parents + 1]
         pos, mask = self._add_slots(parents)
-        hidden = self.head(self.embed(tokens[None]), feats[None], pos, attention_mask=mask, cache=self.cache)[0]
-        self._slot_features.extend(hidden.unbind(0))
+        hidden = self.head(self._embed(tokens), feats[None], pos, attention_mask=mask, cache=self.cache)[0]
+        self._features[s + 1:s + m + 1] = hidden
         return torch.log_softmax(self.lm_head(hidden).float(), dim=-1)
 
 
@@ -189,9 +218,47 @@ class ModelDrafter(Drafter):
         return logp[-1]
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor, parents: list[int]) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, parents) -> torch.Tensor:
         pos, mask = self._add_slots(parents)
         return self._forward(tokens, pos, mask)
+
+
+class ReducedVocabDrafter(EagleDrafter):
+    """EagleDrafter whose output layer covers only `token_ids` (ids stay full-vocabulary ids)."""
+
+    def __init__(self, head, target_model, token_ids, name: str = "eagle-head"):
+        if head.kind == "eagle3":
+            raise ValueError("an EAGLE-3 head has its own draft vocabulary: a reduced vocabulary does not apply")
+        super().__init__(head, target_model, name=f"{name}+vocab{len(set(token_ids))}")
+        self.reduced = ReducedLMHead(target_model.lm_head, token_ids)
+        self.lm_head, self.token_ids = self.reduced.rows, self.reduced.token_ids
+
+    @property
+    def draft_vocab(self) -> int:
+        return int(self.token_ids.numel())
+
+
+def reduce_drafter(drafter: EagleDrafter, target, folder, draft_vocab: int | str, counts=None) -> EagleDrafter:
+    """The drafter with a reduced draft vocabulary of `draft_vocab` tokens (from `counts`, the
+    counts beside the head, or the target's own answers), or with "auto" the one that pays here."""
+    auto = draft_vocab == "auto"
+    if drafter.kind == "eagle3":
+        if auto:
+            return drafter  # its own draft vocabulary is built in
+        raise ValueError("an EAGLE-3 head has its own draft vocabulary: a reduced vocabulary does not apply")
+    if auto and not (Path(folder) / vocab_lib.COUNTS_FILE).exists():
+        return drafter
+    size = vocab_lib.AUTO_VOCAB_SIZE if auto else int(draft_vocab)
+    vocab = int(target.model.lm_head.weight.shape[0])
+    if size >= vocab:
+        return drafter
+    if counts is None:
+        counts, _ = vocab_lib.counts_for(target, folder)
+    ids = vocab_lib.top_tokens(counts, size, always=target.eos_token_ids, vocab_size=vocab)
+    reduced = ReducedVocabDrafter(drafter.head, target.model, ids, name=drafter.name)
+    if auto and not vocab_lib.reduced_vocab_pays(drafter, reduced, target, folder)["pays"]:
+        return drafter
+    return reduced
 
 
 def check_head_fits(head: EagleHead | Eagle3Head, target_model) -> None:
@@ -215,9 +282,9 @@ def check_head_fits(head: EagleHead | Eagle3Head, target_model) -> None:
         raise ValueError(f"draft head vocab {head.embed_tokens.weight.shape[0]} does not fit the target's {vocab}")
 
 
-def load_head(spec: str | os.PathLike, target) -> EagleHead | Eagle3Head:
-    """`default` (the head shipped for the target) or another shipped name (SHIPPED_HEADS), a
-    folder, or a hub id; the format (EAGLE-1/2 or EAGLE-3) is read from config.json."""
+def resolve_head(spec: str | os.PathLike, target) -> Path:
+    """The folder of a head: `default` (the head shipped for the target) or another shipped
+    name (SHIPPED_HEADS), a folder, or a hub id (downloaded into the hub cache)."""
     spec = str(spec)
     shipped = SHIPPED_HEADS.get(getattr(target, "name", None), {})
     if spec == "default" or spec in shipped:
@@ -226,21 +293,33 @@ def load_head(spec: str | os.PathLike, target) -> EagleHead | Eagle3Head:
             raise ValueError(f"no draft head is shipped for {getattr(target, 'name', None)!r}: pass --head PATH or a hub id")
         if not (folder / "config.json").exists():
             raise ValueError(f"the {spec} head for {target.name} is not shipped ({folder} is missing)")
-        return load_head_folder(folder)
+        return folder
     local = Path(spec).expanduser()
     if local.exists():
-        return load_head_folder(local)
+        return local
     try:
         from huggingface_hub import snapshot_download
 
-        folder = snapshot_download(spec, allow_patterns=["config.json", "*.safetensors", "pytorch_model.bin"])
+        return Path(snapshot_download(spec, allow_patterns=["config.json", "*.safetensors", "pytorch_model.bin",
+                                                            "token_counts.json"]))
     except Exception as e:  # network / unknown repo
         raise ValueError(f"cannot fetch draft head {spec!r} (offline or unknown id?): {type(e).__name__}") from None
-    return load_head_folder(folder)
 
 
-def load_drafter(target, head: str | None = "default", draft_model: str | None = None) -> Drafter:
-    """An EAGLE head drafter (default) or, with draft_model, a small LM drafter."""
+def load_head(spec: str | os.PathLike, target) -> EagleHead | Eagle3Head:
+    """A head by name, folder or hub id (see resolve_head); the format (EAGLE-1/2 or EAGLE-3)
+    is read from config.json."""
+    return load_head_folder(resolve_head(spec, target))
+
+
+def load_drafter(target, head: str | None = "default", draft_model: str | None = None,
+                 draft_vocab: int | str = "auto") -> Drafter:
+    """An EAGLE head drafter (default) or, with draft_model, a small LM drafter.
+
+    draft_vocab: 0 = score the whole vocabulary; N = only the N most frequent tokens
+    (eagle2.vocab; EAGLE-1/2 heads); "auto" = the reduced vocabulary when the head ships
+    token counts and it makes a draft step cheaper on this machine (measured once, cached).
+    """
     if draft_model:
         from .models import load_target
 
@@ -248,4 +327,8 @@ def load_drafter(target, head: str | None = "default", draft_model: str | None =
         if small.model.lm_head.weight.shape[0] != target.model.lm_head.weight.shape[0]:
             raise ValueError("draft model vocab does not match the target's")
         return ModelDrafter(small.model, name=small.name)
-    return EagleDrafter(load_head(head or "default", target), target.model, name=str(head))
+    folder = resolve_head(head or "default", target)
+    drafter = EagleDrafter(load_head_folder(folder), target.model, name=str(head))
+    if draft_vocab == "auto" or (draft_vocab and draft_vocab != "0"):
+        return reduce_drafter(drafter, target, folder, draft_vocab)
+    return drafter

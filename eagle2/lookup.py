@@ -12,8 +12,9 @@ whatever path the target agrees with:
 
 A chain starts at the root; optionally (`anchors`) also at the few most valuable drafted
 nodes, looking up context + the drafted path, so the head can guess the first words of a
-quote and the context supply the rest. Off by default: on our own 16 development questions
-it lowered τ (2.81 → 2.53; many anchored chains come from weak one-token matches). `merge_chain` walks a chain down from its anchor: where the head already proposed
+quote and the context supply the rest. Off by default: on our own development questions it
+lowered τ (docs/benchmarks.md; many anchored chains come from weak one-token matches).
+`merge_chain` walks a chain down from its anchor: where the head already proposed
 the same token under the same parent, that node is reused (its confidence becomes the larger
 of the two estimates); otherwise a new node is added. Values stay products of confidences
 along the path, so the rerank (and AutoEagle2's tokens-per-second choice) treats both sources
@@ -33,7 +34,9 @@ import math
 from dataclasses import dataclass, field
 from itertools import accumulate
 
-from .policies import CandidatePool
+import torch
+
+from .tree import SOURCES, CandidatePool
 
 
 class NgramIndex:
@@ -114,24 +117,27 @@ def merge_chain(pool: CandidatePool, chain: list[int], log_confs: list[float], a
     A shared node keeps the larger confidence; values are then recomputed along every path (a
     raised node lifts its subtree). Returns the pool ids of the chain's nodes, in order.
     """
-    children: dict[tuple[int, int], int] = {(p, t): i for i, (p, t) in enumerate(zip(pool.parents, pool.tokens))}
-    ids, parent, raised = [], anchor, False
-    for tok, lc in zip(chain, log_confs):
-        lc = min(0.0, float(lc))
+    parents, tokens = pool.parents.tolist(), pool.tokens.tolist()
+    children: dict[tuple[int, int], int] = {(p, t): i for i, (p, t) in enumerate(zip(parents, tokens))}
+    confs = [min(0.0, float(lc)) for lc in log_confs]
+    shared, parent = [], anchor
+    for tok in chain:  # walk down the nodes the head proposed too
         node = children.get((parent, tok))
         if node is None:
-            (node,) = pool.add([parent], [tok], [lc], source="lookup")
-            children[(parent, tok)] = node
-        elif lc > pool.log_conf[node]:
-            pool.log_conf[node] = lc
-            pool.source[node] = "both"  # drafted, but its confidence is now the copy's
-            raised = True
-        ids.append(node)
+            break
+        shared.append(node)
         parent = node
-    if raised:
-        for i, p in enumerate(pool.parents):  # creation order: parents first
-            pool.log_value[i] = (pool.log_value[p] if p >= 0 else 0.0) + pool.log_conf[i]
-    return ids
+    if shared:
+        ids = torch.tensor(shared, device=pool.device)
+        copy = torch.tensor(confs[: len(shared)], device=pool.device)
+        raise_ = copy > pool.log_conf[ids]
+        if bool(raise_.any()):
+            pool.log_conf[ids] = torch.maximum(pool.log_conf[ids], copy)
+            pool.source[ids[raise_]] = SOURCES.index("both")  # drafted, but its confidence is now the copy's
+            pool.revalue()
+    rest = len(shared)
+    new = pool.add_chain(parent, chain[rest:], confs[rest:len(chain)])
+    return shared + new.tolist()
 
 
 def chain_log_confs(rates: LookupRates, n: int, length: int, scale: float = 1.0) -> list[float]:
@@ -191,12 +197,14 @@ class PromptLookup:
     def merge(self, pool: CandidatePool, scale: float) -> None:
         """Merge the root chain (from propose_root) and the anchored chains into the drafted pool."""
         if self.anchors:
-            drafted = [i for i in range(len(pool)) if pool.source[i] == "draft"]
-            for a in sorted(drafted, key=lambda i: -pool.log_value[i])[: self.anchors]:
+            source, values = pool.source.tolist(), pool.log_value.tolist()
+            tokens, parents = pool.tokens.tolist(), pool.parents.tolist()
+            drafted = [i for i in range(len(pool)) if source[i] == SOURCES.index("draft")]
+            for a in sorted(drafted, key=lambda i: -values[i])[: self.anchors]:
                 path, i = [], a
                 while i >= 0:
-                    path.append(pool.tokens[i])
-                    i = pool.parents[i]
+                    path.append(tokens[i])
+                    i = parents[i]
                 path.reverse()
                 n, tokens = self.index.propose(self.max_len, tail=path)
                 if tokens:

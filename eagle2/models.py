@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ import torch
 DEFAULT_TARGET = "default"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
+DEVICE_MAP_STRATEGIES = ("auto", "balanced")  # computed by accelerate from the devices' free memory
 
 
 @dataclass
@@ -32,10 +35,13 @@ class Target:
     load_seconds: float = 0.0
     source: str = ""  # "gguf", "cache", "hub" or "folder"
     extra: dict = field(default_factory=dict)
+    device_map: dict | None = None  # {module name: device} when dispatched over devices (load_target's device_map)
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the target's logits and hidden states come out (its lm_head's device): the decode
+        loop and the drafter live there. With no device map, simply the model's device."""
+        return output_device(self.model)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -149,23 +155,39 @@ def _check_type(model, name: str) -> None:
 def load_target(
     name: str | os.PathLike = DEFAULT_TARGET,
     dtype: str | torch.dtype = "auto",
-    device: str | torch.device = "auto",
+    device: str | torch.device | None = "auto",
     use_cache: bool = True,
+    device_map: str | dict | None = None,
 ) -> Target:
-    """Load a target: "default" (embedded GGUF), a local folder, or a hub id."""
+    """Load a target: "default" (embedded GGUF), a local folder, or a hub id.
+
+    device_map (instead of device): spread a target too big for one device over several with
+    accelerate: "auto" or "balanced" (from the devices' free memory), or {module name: device}
+    covering the model (e.g. {"model.embed_tokens": 0, "model.layers.0": 0, ..., "lm_head": 1}).
+    Inputs go to the embedding's device; the logits and features come out, and the drafter
+    lives, on the lm_head's device (`Target.device`). Offloading to cpu or disk is refused."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not str(name).strip():
         raise ValueError("model name is empty")
-    dev = resolve_device(device)
+    if device_map is not None:
+        if device not in (None, "auto"):
+            raise ValueError(f"give a device ({device}) or a device_map ({device_map!r}), not both")
+        device_map = check_device_map(device_map)
+        dev = _map_main_device(device_map)
+        if isinstance(device_map, dict):
+            _refuse_offload(device_map)
+    else:
+        dev = resolve_device(device or "auto")
     dt = resolve_dtype(dtype, dev)
+    placed = {"device_map": device_map} if device_map is not None else {}
     t0 = time.perf_counter()
     name = str(name)
     if name == DEFAULT_TARGET:
         gguf = default_gguf_path()
         cached = _gguf_cache_folder(gguf)
         if use_cache and (cached / "model.safetensors").exists():
-            model = AutoModelForCausalLM.from_pretrained(cached, dtype=dt)
+            model = AutoModelForCausalLM.from_pretrained(cached, dtype=dt, **placed)
             tok = AutoTokenizer.from_pretrained(cached)
             source = "cache"
         else:
@@ -178,6 +200,8 @@ def load_target(
                 if not cached.exists():
                     os.replace(tmp, cached)
             model = model.to(dt)
+            if device_map is not None:
+                model = dispatch(model, _infer_device_map(model, device_map))
             source = "gguf"
         label = DEFAULT_NAME
     else:
@@ -186,13 +210,196 @@ def load_target(
         if source == "folder" and not (local / "config.json").exists():
             raise ValueError(f"{name}: folder has no config.json")
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(local) if source == "folder" else name, dtype=dt)
+            model = AutoModelForCausalLM.from_pretrained(str(local) if source == "folder" else name, dtype=dt,
+                                                         **placed)
             tok = AutoTokenizer.from_pretrained(str(local) if source == "folder" else name)
         except (OSError, ValueError, EnvironmentError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"cannot load model {name!r} (offline, unknown id or bad files?): {first}") from None
         label = name
     _check_type(model, label)
-    model = model.to(dev).eval()
+    used_map = None
+    if device_map is None:
+        model = model.to(dev)
+    else:  # transformers dispatches (and records hf_device_map) only over two devices or more
+        used_map = dict(getattr(model, "hf_device_map", None) or {"": str(output_device(model))})
+        _refuse_offload(used_map)
+    model = model.eval()
     model.requires_grad_(False)
-    return Target(model=model, tokenizer=tok, name=label, load_seconds=time.perf_counter() - t0, source=source)
+    return Target(model=model, tokenizer=tok, name=label, load_seconds=time.perf_counter() - t0, source=source,
+                  device_map=used_map)
+
+
+# ---- targets over several devices ------------------------------------------------------------
+def check_device_map(device_map) -> str | dict:
+    """A device_map load_target and dispatch accept: "auto", "balanced" or {module name: device}
+    (a device: "cuda:1", "cpu", an int = that GPU, a torch.device); ValueError otherwise."""
+    if isinstance(device_map, str):
+        if device_map in DEVICE_MAP_STRATEGIES:
+            return device_map
+        raise ValueError(f"device_map must be {', '.join(DEVICE_MAP_STRATEGIES)} or a {{module: device}} dict, "
+                         f"got {device_map!r}")
+    if not isinstance(device_map, dict) or not device_map:
+        raise ValueError(f"device_map must be {', '.join(DEVICE_MAP_STRATEGIES)} or a non-empty {{module: device}} "
+                         f"dict, got {device_map!r}")
+    checked = {}
+    for name, dev in device_map.items():
+        if not isinstance(name, str):
+            raise ValueError(f"device_map: module names are strings, got {name!r}")
+        if dev == "disk":
+            checked[name] = dev  # refused with a reason by _refuse_offload
+            continue
+        if isinstance(dev, bool) or not isinstance(dev, (str, int, torch.device)):
+            raise ValueError(f"device_map[{name!r}]: expected a device (\"cuda:1\", \"cpu\", 0), got {dev!r}")
+        try:
+            if isinstance(dev, int) and dev < 0:
+                raise ValueError
+            _device(dev)
+        except (RuntimeError, ValueError, TypeError):
+            raise ValueError(f"device_map[{name!r}]: {dev!r} is not a device") from None
+        checked[name] = dev
+    return checked
+
+
+def read_device_map(text: str) -> str | dict:
+    """A --device-map value: auto, balanced or a JSON file holding {module name: device}."""
+    if text in DEVICE_MAP_STRATEGIES:
+        return text
+    if not text.endswith(".json") and not os.path.isfile(text):
+        raise ValueError(f"expected {' or '.join(DEVICE_MAP_STRATEGIES)} or a JSON file {{module: device}}, "
+                         f"got {text!r}")
+    try:
+        with open(text, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ValueError(f"cannot read {text}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ValueError(f"{text} is not JSON: {e}") from None
+    return check_device_map(data)
+
+
+def _device(dev) -> torch.device:
+    return torch.device("cuda", dev) if isinstance(dev, int) else torch.device(dev)
+
+
+def _map_main_device(device_map) -> torch.device:
+    """The first accelerator of a map (what dtype="auto" goes by); cpu when it names none."""
+    if isinstance(device_map, str):
+        return resolve_device("auto")
+    for dev in device_map.values():
+        if dev not in ("cpu", "disk"):
+            return _device(dev)
+    return torch.device("cpu")
+
+
+def _refuse_offload(device_map: dict, main_device=None) -> None:
+    """accelerate offloads the parts mapped to "disk" and, beside accelerators (main_device not
+    the cpu), those mapped to "cpu": their weights would be copied in at every forward. The
+    decode loop and the drafter read the weights (lm_head rows, embeddings), so it is refused."""
+    values = {str(v) for v in device_map.values()}
+    if main_device is None:
+        main_device = "cpu" if values <= {"cpu", "disk"} else "accelerator"
+    off = [n or "(the whole model)" for n, v in device_map.items()
+           if v == "disk" or (str(v) == "cpu" and str(main_device) != "cpu")]
+    if off:
+        shown = ", ".join(off[:4]) + (f" and {len(off) - 4} more" if len(off) > 4 else "")
+        raise ValueError(f"device_map offloads {shown} to cpu/disk (the model does not fit on the devices, or the "
+                         f"map puts parts on cpu beside accelerators): offloading is not supported")
+
+
+def _infer_device_map(model, strategy) -> dict:
+    """An "auto"/"balanced" map for an already-loaded model (the dequantized GGUF default)."""
+    if isinstance(strategy, dict):
+        return strategy
+    from accelerate import infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    no_split = getattr(model, "_no_split_modules", None) or []
+    max_memory = get_balanced_memory(model, no_split_module_classes=no_split) if strategy == "balanced" else None
+    return infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split)
+
+
+def dispatch(model, device_map: dict, force_hooks: bool = False):
+    """Spread an already-loaded model over devices: each part of `device_map` ({module name, as
+    in model.named_modules(): device}, covering the model) moves to its device, and accelerate's
+    hooks move every part's inputs to its device. The first entry's device is the main one: after
+    an accelerator, parts mapped to "cpu" would be offloaded, which is refused. force_hooks: attach
+    the hooks even when the map names a single device (tests run the multi-device code path on a
+    CPU this way). Returns the model."""
+    from accelerate import dispatch_model
+
+    device_map = check_device_map(device_map)
+    if isinstance(device_map, str):
+        raise ValueError("dispatch needs an explicit {module: device} map (load_target takes auto/balanced)")
+    main = next(iter(device_map.values()))
+    main = "cpu" if str(main) == "cpu" else main
+    _refuse_offload(device_map, main)
+    quiet = logging.getLogger("accelerate.big_modeling")  # it warns of offloading whenever "cpu" is mapped
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        dispatch_model(model, device_map=device_map, main_device=main, force_hooks=force_hooks)
+    finally:
+        quiet.setLevel(level)
+    return model
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device a module computes on: its accelerate hook's execution device where it has one
+    (a dispatched model), else its parameters' device."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
+        dev = getattr(h, "execution_device", None)
+        if dev is not None:
+            return _device(dev)
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def input_device(model) -> torch.device:
+    """Where a target's inputs go: its input embedding's device."""
+    return module_device(model.get_input_embeddings())
+
+
+def output_device(model) -> torch.device:
+    """Where a target's logits and hidden states come out: its lm_head's device (with no device
+    map, the model's device)."""
+    head = getattr(model, "lm_head", None)
+    return module_device(head if head is not None else model.get_output_embeddings())
+
+
+def clock(device: torch.device | None = None) -> float:
+    """perf_counter after the device has finished its queued work (a GPU runs asynchronously:
+    without the synchronisation a timer measures only how fast work was queued)."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device is not None and device.type == "mps":
+        torch.mps.synchronize()
+    return time.perf_counter()
+
+
+def target_forward(model, tokens: torch.Tensor, cache, position_ids=None, attention_mask=None,
+                   feature_layers: tuple[int, ...] | None = None):
+    """One forward of the unmodified HF model: returns (features, logits), both (T, ·). Features
+    are the last hidden states or, with feature_layers (EAGLE-3), the concatenated
+    `hidden_states[i]` (the inputs of those layers). A model spread over devices (a device map)
+    gets its inputs on its embedding's device and returns both on its lm_head's device."""
+    spread = model.__dict__.get("hf_device_map") is not None  # a dict lookup: nothing to move otherwise
+    if spread:
+        into, out_dev = input_device(model), output_device(model)
+        tokens = tokens.to(into)
+        position_ids = position_ids.to(into) if position_ids is not None else None
+        attention_mask = attention_mask.to(into) if attention_mask is not None else None
+    out = model.model(input_ids=tokens[None], position_ids=position_ids, attention_mask=attention_mask,
+                      cache=cache, use_cache=True, output_hidden_states=feature_layers is not None)
+    hidden = out.last_hidden_state[0]
+    if spread:
+        hidden = hidden.to(out_dev)
+    if feature_layers is None:
+        return hidden, model.lm_head(hidden)
+    layers = [out.hidden_states[i][0] for i in feature_layers]
+    feats = torch.cat([h.to(out_dev) for h in layers] if spread else layers, dim=-1)
+    return feats, model.lm_head(hidden)

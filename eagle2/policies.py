@@ -17,59 +17,25 @@ import math
 
 import torch
 
-from .trace import Candidate, ExpansionStep, Observer, RerankStep
-from .tree import DraftTree, max_candidates, rerank
+from .trace import ExpansionStep, Observer, RerankStep, Timings
+from .tree import CandidatePool, DraftTree, max_candidates
+from .verify import Verdict
 
 
-class CandidatePool:
-    """Every token proposed in one cycle, in creation order (parents before children)."""
-
-    def __init__(self):
-        self.tokens: list[int] = []
-        self.parents: list[int] = []
-        self.log_conf: list[float] = []
-        self.log_value: list[float] = []
-        self.depth: list[int] = []
-        self.slot: list[int] = []  # drafter slot once the node was fed to the drafter
-        self.source: list[str] = []  # "draft", "lookup" or "both" (eagle2.lookup)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def add(self, parents: list[int], tokens: list[int], log_conf: list[float], source: str = "draft") -> list[int]:
-        start = len(self.tokens)
-        for p, t, lc in zip(parents, tokens, log_conf):
-            self.tokens.append(t)
-            self.parents.append(p)
-            self.log_conf.append(lc)
-            self.log_value.append((self.log_value[p] if p >= 0 else 0.0) + lc)
-            self.depth.append((self.depth[p] if p >= 0 else 0) + 1)
-            self.slot.append(-1)
-            self.source.append(source)
-        return list(range(start, len(self.tokens)))
-
-    def feed(self, drafter, ids: list[int]) -> torch.Tensor:
-        """Feed candidates to the drafter (parents already fed); returns their children's log-probs."""
-        parent_slots = [self.slot[self.parents[i]] if self.parents[i] >= 0 else -1 for i in ids]
-        first = drafter.num_slots
-        logp = drafter.step(torch.tensor([self.tokens[i] for i in ids], device=drafter.device), parent_slots)
-        for j, i in enumerate(ids):
-            self.slot[i] = first + j
-        return logp
-
-    def records(self, ids: list[int]) -> list[Candidate]:
-        return [Candidate(i, self.tokens[i], self.parents[i], self.depth[i], math.exp(self.log_conf[i]),
-                          math.exp(self.log_value[i]), self.source[i]) for i in ids]
-
-    def tree(self, root_token: int, keep: list[int]) -> DraftTree:
-        node = {-1: 0, **{c: n + 1 for n, c in enumerate(keep)}}
-        return DraftTree([root_token] + [self.tokens[c] for c in keep],
-                         [-1] + [node[self.parents[c]] for c in keep],
-                         [0.0] + [self.log_conf[c] for c in keep], candidate_ids=[-1] + keep)
+def draft_topk(drafter, logp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most probable drafts of each row of a drafter's log-probs: (log-probs, target token
+    ids). A drafter with a draft vocabulary scores only that (cheaper); its indices are mapped."""
+    lp, idx = torch.topk(logp, k, dim=-1)
+    ids = getattr(drafter, "token_ids", None)
+    return lp, (ids[idx] if ids is not None else idx)
 
 
 class Policy:
-    """Turns the root's draft distribution (and further drafter calls) into a DraftTree."""
+    """Turns the root's draft distribution (and further drafter calls) into a DraftTree.
+
+    The decode loop also tells the policy how each tree fared (`learn`), so a policy that
+    adapts (autotree.AutoEagle2) steers from what it is told; observers only watch.
+    """
 
     name = "policy"
     needs_drafter = True
@@ -81,6 +47,12 @@ class Policy:
     def describe(self) -> dict:
         return {"policy": self.name}
 
+    def start(self, context: list[int]) -> None:
+        """A generation begins: the prompt plus the first generated token."""
+
+    def learn(self, cycle: int, tree: DraftTree, verdict: Verdict, tokens: list[int], timings: Timings) -> None:
+        """After verification: the tree, what the target accepted, the tokens emitted, the timings."""
+
 
 class Vanilla(Policy):
     """No drafting: plain autoregressive decoding through the same verify code."""
@@ -89,7 +61,7 @@ class Vanilla(Policy):
     needs_drafter = False
 
     def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
-        return DraftTree([root_token], [-1])
+        return DraftTree([root_token], [-1], check=False)
 
 
 def check_size(top_k: int, depth: int, total_tokens: int) -> None:
@@ -123,31 +95,39 @@ class Eagle2(Policy):
         return {"policy": self.name, "top_k": self.top_k, "depth": self.depth, "total_tokens": self.total_tokens}
 
     def expand(self, root_logprobs, drafter, pool: CandidatePool, observer, cycle) -> None:
-        """Grow the candidate pool: at each depth the top_k frontier nodes propose top_k children."""
+        """Grow the candidate pool, a level at a time on the drafter's device: the top_k
+        frontier nodes propose top_k children each; the top_k of those by value are the next
+        frontier. `keep_expanding` may end it early."""
         k = self.top_k
-        lp, tok = torch.topk(root_logprobs, k)
-        frontier = pool.add([-1] * k, tok.tolist(), lp.tolist())
+        lp, tok = draft_topk(drafter, root_logprobs, k)
+        frontier = pool.add(torch.full((k,), -1), tok, lp, depth=1)
         if observer:
-            observer.on_expand(cycle, ExpansionStep(1, [-1], pool.records(frontier), list(frontier)))
+            observer.on_expand(cycle, ExpansionStep(1, [-1], pool.records(frontier), frontier.tolist()))
         for step in range(2, self.depth + 1):
-            child_lp, child_tok = torch.topk(pool.feed(drafter, frontier), k, dim=-1)  # (k, k)
-            parents = [p for p in frontier for _ in range(k)]
-            new = pool.add(parents, child_tok.flatten().tolist(), child_lp.flatten().tolist())
-            values = torch.tensor([pool.log_value[i] for i in new])
-            best = torch.topk(values, min(k, len(new))).indices.sort().values.tolist()
-            chosen = [new[i] for i in best]
+            if not self.keep_expanding(pool, frontier, step):
+                break
+            child_lp, child_tok = draft_topk(drafter, pool.feed(drafter, frontier), k)  # (k, k)
+            new = pool.add(frontier.repeat_interleave(k), child_tok.flatten(), child_lp.flatten(), depth=step)
+            chosen = new if new.shape[0] <= k else new[torch.topk(pool.log_value[new], k).indices.sort().values]
             if observer:
-                observer.on_expand(cycle, ExpansionStep(step, list(frontier), pool.records(new), chosen))
+                observer.on_expand(cycle, ExpansionStep(step, frontier.tolist(), pool.records(new), chosen.tolist()))
             frontier = chosen
 
+    def keep_expanding(self, pool: CandidatePool, frontier: torch.Tensor, step: int) -> bool:
+        """Asked before each drafter step (the hook a cost-aware policy overrides)."""
+        return True
+
+    def tree_size(self, pool: CandidatePool) -> int:
+        """How many candidates the rerank keeps (the hook a cost-aware policy overrides)."""
+        return self.total_tokens
+
     def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
-        pool = CandidatePool()
+        pool = CandidatePool(root_logprobs.device)
         self.expand(root_logprobs, drafter, pool, observer, cycle)
-        tree, kept = rerank(root_token, torch.tensor(pool.tokens), torch.tensor(pool.parents),
-                            torch.tensor(pool.log_conf), torch.tensor(pool.log_value), self.total_tokens)
+        tree = pool.rerank(root_token, self.tree_size(pool))
         if observer:
-            cutoff = min(math.exp(pool.log_value[c]) for c in kept) if kept else 1.0
-            observer.on_rerank(cycle, RerankStep(kept, cutoff, len(pool)))
+            cutoff = math.exp(float(tree.log_values[1:].min())) if tree.size else 1.0
+            observer.on_rerank(cycle, RerankStep(tree.candidate_ids[1:], cutoff, len(pool)))
         return tree
 
 
@@ -202,68 +182,28 @@ class Eagle1(Policy):
         return {"policy": self.name, "total_tokens": self.total_tokens, "depth": self.depth}
 
     def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
-        pool = CandidatePool()
+        pool = CandidatePool(root_logprobs.device)
         id_of: dict[tuple, int] = {(): -1}
         logp_of: dict[tuple, tuple[list[float], list[int]]] = {}
         need = max(c[-1] for c in self.choices) + 1
-        lp, tok = torch.topk(root_logprobs, need)
+        lp, tok = draft_topk(drafter, root_logprobs, need)
         logp_of[()] = (lp.tolist(), tok.tolist())
         for depth in range(1, self.depth + 1):
             level = [c for c in self.choices if len(c) == depth]
             parents = sorted({c[:-1] for c in level})
             if depth > 1:  # feed the parents of this level to the drafter
-                ids = [id_of[p] for p in parents]
                 width = max(c[-1] for c in level) + 1
-                lps, toks = torch.topk(pool.feed(drafter, ids), width, dim=-1)
+                lps, toks = draft_topk(drafter, pool.feed(drafter, [id_of[p] for p in parents]), width)
                 for p, l, t in zip(parents, lps.tolist(), toks.tolist()):
                     logp_of[p] = (l, t)
-            new = []
-            for c in level:
-                l, t = logp_of[c[:-1]]
-                (i,) = pool.add([id_of[c[:-1]]], [t[c[-1]]], [l[c[-1]]])
-                id_of[c] = i
-                new.append(i)
+            picks = [(logp_of[c[:-1]][0][c[-1]], logp_of[c[:-1]][1][c[-1]]) for c in level]
+            new = pool.add([id_of[c[:-1]] for c in level], [t for _, t in picks], [l for l, _ in picks], depth=depth)
+            id_of.update(zip(level, new.tolist()))
             if observer:
                 has_kids = {c[:-1] for c in self.choices if len(c) == depth + 1}
                 observer.on_expand(cycle, ExpansionStep(depth, [id_of[p] for p in parents], pool.records(new),
                                                         [id_of[c] for c in level if c in has_kids]))
-        keep = list(range(len(pool)))
+        tree = pool.rerank(root_token, len(pool))  # keeps every node, in creation order
         if observer:
-            observer.on_rerank(cycle, RerankStep(keep, min(math.exp(v) for v in pool.log_value), len(pool)))
-        return pool.tree(root_token, keep)
-
-
-POLICIES = {"eagle2": Eagle2, "eagle1": Eagle1, "chain": Chain, "vanilla": Vanilla}
-
-
-def make_policy(name: str, top_k: int | None = None, depth: int | None = None,
-                total_tokens: int | str | None = None, target=None, lookup: int = 0) -> Policy:
-    """Build a named policy; unset sizes take the policy's CPU-sized defaults.
-
-    total_tokens="auto" (eagle2 only) sizes each cycle's tree for this machine: it calibrates
-    the target's verify latency once (cached) and keeps the nodes that maximise expected
-    tokens per second (see eagle2/autotree.py); it needs the `target`. With it, lookup=N
-    merges a prompt-lookup chain of up to N copied tokens into each tree (eagle2/lookup.py).
-    """
-    check_lookup(lookup)
-    if lookup and not (name == "eagle2" and total_tokens == "auto"):
-        raise ValueError("lookup needs the eagle2 policy with total_tokens='auto' (the tree size that "
-                         "weighs copied tokens against drafted ones)")
-    if name == "eagle2" and total_tokens == "auto":
-        if target is None:
-            raise ValueError("total_tokens='auto' needs the target model to calibrate against")
-        from .autotree import auto_policy
-
-        return auto_policy(target, top_k=top_k, depth=depth, lookup=lookup)
-    if isinstance(total_tokens, str):
-        raise ValueError(f"total_tokens must be an int or 'auto' (eagle2 only), got {total_tokens!r}")
-    given = {k: v for k, v in (("top_k", top_k), ("depth", depth), ("total_tokens", total_tokens)) if v is not None}
-    if name == "eagle2":
-        return Eagle2(**given)
-    if name == "chain":
-        return Chain(**({"depth": given["depth"]} if "depth" in given else {}))
-    if name == "eagle1":
-        return Eagle1()
-    if name == "vanilla":
-        return Vanilla()
-    raise ValueError(f"unknown policy {name!r}: choose from {', '.join(POLICIES)}")
+            observer.on_rerank(cycle, RerankStep(tree.candidate_ids[1:], math.exp(float(pool.log_value.min())), len(pool)))
+        return tree

@@ -103,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "ahead at CPU budgets, see the head's TRAINING.md) or eagle3 (three fused target layers, "
                         "own draft vocabulary, CE only, multi-step training-time test)")
     g.add_argument("--until", choices=STAGES, default="train", help="stop after this stage")
-    g.add_argument("--data", default=None,
-                   help="start from the token ids of an earlier run (its train_tokens.npz, shipped beside the "
-                        "head): the prompts, answers and tasks stages are skipped, features are recomputed")
+    g.add_argument("--data", nargs="+", default=None, metavar="FILE_OR_RUN",
+                   help="start from the written data of earlier runs (train_tokens.npz files, shipped beside the "
+                        "head, and/or run folders with answers.jsonl): concatenated; the prompts, answers and "
+                        "tasks stages are skipped, features are recomputed")
     g.add_argument("--force", nargs="*", choices=STAGES, default=None,
                    help="re-run these stages (and every later one); no names = all")
     g = p.add_argument_group("prompts")
@@ -706,7 +707,7 @@ def main(argv=None) -> int:
         target = load_target(args.model, dtype=args.dtype, device=args.device)
         log(f"target {target.name}: {target.dtype} on {target.device}, loaded in {target.load_seconds:.1f}s")
     if args.data and not (out / "answers.jsonl").exists():
-        meta = td.import_tokens(Path(args.data), out, target.tokenizer)
+        meta = td.import_tokens([Path(d) for d in args.data], out, target.tokenizer)
         write_json(out / "stage_data.json", meta)
         log(f"data: {meta}")
     funcs = {"prompts": td.stage_prompts, "answers": td.stage_answers, "tasks": td.stage_tasks,

@@ -466,8 +466,8 @@ def export_tokens(out: Path, dest: Path) -> dict:
     return {"rows": len(rows), "tokens": int(ids.size), "bytes": dest.stat().st_size, "path": str(dest)}
 
 
-def import_tokens(src: Path, out: Path, tokenizer) -> dict:
-    """Recreate answers.jsonl and tasks.jsonl of a run from an export_tokens file."""
+def _rows_from_tokens(src: Path, tokenizer) -> tuple[list[dict], list[dict]]:
+    """Chat and task rows of one export_tokens file."""
     import numpy as np
 
     try:
@@ -482,11 +482,31 @@ def import_tokens(src: Path, out: Path, tokenizer) -> dict:
     for i in range(len(starts)):
         seq = ids[offsets[i]:offsets[i + 1]].tolist()
         p, a = seq[: starts[i]], seq[starts[i]:]
-        rows = tasks if task[i] else chat
-        rows.append({"id": len(rows), "prompt": tokenizer.decode(p), "temperature": float(temps[i]),
-                     "finished": bool(finished[i]), "prompt_ids": p, "answer_ids": a,
-                     "answer": tokenizer.decode(a, skip_special_tokens=True)})
+        (tasks if task[i] else chat).append({
+            "prompt": tokenizer.decode(p), "temperature": float(temps[i]), "finished": bool(finished[i]),
+            "prompt_ids": p, "answer_ids": a, "answer": tokenizer.decode(a, skip_special_tokens=True)})
+    return chat, tasks
+
+
+def import_tokens(sources: list[Path], out: Path, tokenizer) -> dict:
+    """Recreate answers.jsonl and tasks.jsonl of a run from export_tokens files and/or earlier
+    run folders (their answers.jsonl / tasks.jsonl), concatenated: data accumulates over runs."""
+    chat, tasks = [], []
+    for src in map(Path, sources):
+        if src.is_dir():
+            if not ((src / "answers.jsonl").exists() or (src / "tasks.jsonl").exists()):
+                raise ValueError(f"{src}: a run folder needs answers.jsonl or tasks.jsonl")
+            c = read_jsonl(src / "answers.jsonl") if (src / "answers.jsonl").exists() else []
+            t = read_jsonl(src / "tasks.jsonl") if (src / "tasks.jsonl").exists() else []
+        else:
+            c, t = _rows_from_tokens(src, tokenizer)
+        chat += c
+        tasks += t
+    for rows in (chat, tasks):
+        for i, r in enumerate(rows):
+            r["id"] = i
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "answers.jsonl", chat)
     write_jsonl(out / "tasks.jsonl", tasks)
-    return {"chat": len(chat), "tasks": len(tasks), "tokens": int(ids.size), "source": str(src)}
+    tokens = sum(len(r["prompt_ids"]) + len(r["answer_ids"]) for r in chat + tasks)
+    return {"chat": len(chat), "tasks": len(tasks), "tokens": tokens, "source": ", ".join(map(str, sources))}

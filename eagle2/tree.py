@@ -1,17 +1,24 @@
-"""DraftTree: the tokens a policy proposes, as a tree rooted at the last accepted token.
+"""Draft trees as tensors: the candidates a policy proposes, and the tree it verifies.
 
-Pure tensor/list code, no model: the tree's attention mask (each node sees the prefix and its
-ancestors), its position ids (prefix length + depth) and its root-to-leaf paths all follow
-from `parents`. Node 0 is the root: the newest token, already chosen by the target but not
-yet fed to it. Nodes are ordered parents-before-children.
+CandidatePool  every token proposed in one cycle, in creation order (a parent before its
+               children), as tensors on the drafter's device: tokens, parents, confidences,
+               values (products of confidences along the path), depths, drafter slots.
+DraftTree      the reranked tree rooted at the last accepted token: its attention mask (each
+               node sees the prefix and its ancestors), position ids (prefix + depth) and
+               root-to-leaf paths all follow from `parents`. Node 0 is the root, the newest
+               token, chosen by the target but not yet fed to it.
+
+Everything here is a whole level or a whole tree at a time; Python lists (for people, traces
+and tests) are built only when asked for. No model is needed, so the tests run in milliseconds.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+
+SOURCES = ("draft", "lookup", "both")  # where a candidate came from (eagle2.lookup adds the last two)
 
 
 @dataclass(frozen=True)
@@ -26,33 +33,213 @@ class Node:
     value: float  # product of confidences along the path from the root
 
 
-class DraftTree:
-    """Tokens + parent pointers; everything else (depth, value, mask, paths) is derived."""
+def _long(x, device) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.long, device=device).reshape(-1)
 
-    def __init__(self, tokens, parents, log_confidences=None, candidate_ids=None):
-        self.tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
-        self.parents = torch.as_tensor(parents, dtype=torch.long).reshape(-1)
-        n = self.tokens.numel()
-        if n == 0 or self.parents.numel() != n:
-            raise ValueError("a draft tree needs a root and one parent per token")
-        par = self.parents.tolist()
-        if par[0] != -1 or any(not (0 <= p < i) for i, p in enumerate(par) if i > 0):
-            raise ValueError("parents must precede children and node 0 must be the root")
-        if log_confidences is None:
-            log_confidences = torch.zeros(n)
-        self.log_confidences = torch.as_tensor(log_confidences, dtype=torch.float32).reshape(-1)
-        depths, log_values = [0] * n, [0.0] * n
-        lc = self.log_confidences.tolist()
-        for i in range(1, n):
-            depths[i] = depths[par[i]] + 1
-            log_values[i] = log_values[par[i]] + lc[i]
-        self.depths = torch.tensor(depths, dtype=torch.long)
-        self.log_values = torch.tensor(log_values, dtype=torch.float32)
-        self.candidate_ids = list(candidate_ids) if candidate_ids is not None else list(range(-1, n - 1))
-        self._parent_list = par
+
+def chase(parents: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """[parent, grandparent, ...] of every entry, `steps` levels up (-1 once past the root)."""
+    up, cur = [], parents
+    for _ in range(steps):
+        up.append(cur)
+        cur = torch.where(cur >= 0, parents[cur.clamp_min(0)], cur)
+    return up
+
+
+class CandidatePool:
+    """Every token proposed in one cycle; `add` appends a batch, `feed` sends a batch to the
+    drafter. The fields are views of two preallocated buffers on one device (rows: tokens,
+    parents, depth, drafter slot, source; log confidence, log value), grown when full; `len` and
+    `max_depth` are host ints known from the shapes, so growing never waits for the device."""
+
+    _INT_ROWS = ("tokens", "parents", "depth", "slot", "source")
+    _FLOAT_ROWS = ("log_conf", "log_value")
+
+    def __init__(self, device=None, capacity: int = 64):
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.n = 0
+        self.max_depth = 0
+        self._ints = torch.empty(5, 0, dtype=torch.long, device=self.device)
+        self._floats = torch.empty(2, 0, dtype=torch.float32, device=self.device)
+        self._reserve(capacity)
+
+    def _reserve(self, n: int) -> None:
+        cap = self._ints.shape[1]
+        if n <= cap:
+            return
+        new_cap = max(n, 2 * cap)
+        ints = torch.zeros(5, new_cap, dtype=torch.long, device=self.device)
+        ints[3] = -1  # not fed to the drafter yet
+        floats = torch.zeros(2, new_cap, dtype=torch.float32, device=self.device)
+        ints[:, :cap], floats[:, :cap] = self._ints, self._floats
+        self._ints, self._floats = ints, floats
 
     def __len__(self) -> int:
-        return self.tokens.numel()
+        return self.n
+
+    def add(self, parents, tokens, log_conf, source: str = "draft", depth: int | None = None) -> torch.Tensor:
+        """Append candidates (parents are pool ids, -1 = root); returns their ids. `depth`, when
+        all of them sit at that depth, saves looking it up (and says no parent is the root
+        unless it is 1)."""
+        parents, tokens = _long(parents, self.device), _long(tokens, self.device)
+        log_conf = torch.as_tensor(log_conf, dtype=torch.float32, device=self.device).reshape(-1)
+        start, m = self.n, parents.shape[0]
+        self._reserve(start + m)
+        ints, floats = self._ints[:, start:start + m], self._floats[:, start:start + m]
+        ints[0], ints[1] = tokens, parents
+        floats[0] = log_conf
+        if depth == 1 or not start:
+            floats[1] = log_conf
+            ints[2] = 1
+        elif depth is not None:
+            floats[1] = self._floats[1, parents] + log_conf
+            ints[2] = depth
+        else:
+            up, root = parents.clamp_min(0), parents < 0
+            floats[1] = torch.where(root, 0.0, self._floats[1, up]) + log_conf
+            ints[2] = torch.where(root, 0, self._ints[2, up]) + 1
+        if source != "draft":
+            ints[4] = SOURCES.index(source)
+        self.n = start + m
+        self.max_depth = max(self.max_depth, depth if depth is not None else int(ints[2].max()) if m else 0)
+        return torch.arange(start, self.n, device=self.device)
+
+    def add_chain(self, anchor: int, tokens: list[int], log_conf: list[float], source: str = "lookup") -> torch.Tensor:
+        """Append a chain hanging below `anchor` (a pool id; -1 = the root), each token the
+        next one's parent; returns their ids."""
+        m, start = len(tokens), self.n
+        if not m:
+            return torch.zeros(0, dtype=torch.long, device=self.device)
+        self._reserve(start + m)
+        lc = torch.as_tensor(log_conf, dtype=torch.float32, device=self.device).reshape(-1)
+        depth0 = int(self._ints[2, anchor]) if anchor >= 0 else 0
+        ints, floats = self._ints[:, start:start + m], self._floats[:, start:start + m]
+        ints[0] = _long(tokens, self.device)
+        ints[1] = _long([anchor] + list(range(start, start + m - 1)), self.device)
+        ints[2] = torch.arange(depth0 + 1, depth0 + m + 1, device=self.device)
+        ints[4] = SOURCES.index(source)
+        floats[0] = lc
+        floats[1] = (self._floats[1, anchor] if anchor >= 0 else 0.0) + lc.cumsum(0)
+        self.n = start + m
+        self.max_depth = max(self.max_depth, depth0 + m)
+        return torch.arange(start, self.n, device=self.device)
+
+    def feed(self, drafter, ids) -> torch.Tensor:
+        """Feed candidates to the drafter (their parents already fed); returns their children's log-probs."""
+        ids = _long(ids, self.device)
+        par = self.parents[ids]
+        parent_slots = torch.where(par >= 0, self.slot[par.clamp_min(0)], -1)
+        first = drafter.num_slots
+        logp = drafter.step(self.tokens[ids], parent_slots)
+        self._ints[3, ids] = torch.arange(first, first + ids.shape[0], device=self.device)
+        return logp
+
+    def revalue(self) -> None:
+        """Recompute every value as the sum of log confidences along its path (after a
+        confidence changed, e.g. a copied token raised a drafted one)."""
+        lv = self.log_conf.clone()
+        for up in chase(self.parents, self.max_depth - 1):
+            lv += torch.where(up >= 0, self.log_conf[up.clamp_min(0)], 0.0)
+        self._floats[1, :self.n] = lv
+
+    def sources(self) -> list[str]:
+        return [SOURCES[s] for s in self.source.tolist()]
+
+    def records(self, ids) -> list:
+        """The candidates as trace records (only when someone records)."""
+        from .trace import Candidate
+
+        ids = _long(ids, self.device)
+        cols = [self.tokens[ids], self.parents[ids], self.depth[ids], self.log_conf[ids].double().exp(),
+                self.log_value[ids].double().exp()]
+        rows = zip(ids.tolist(), *(c.tolist() for c in cols), self.source[ids].tolist())
+        return [Candidate(i, t, p, d, c, v, SOURCES[s]) for i, t, p, d, c, v, s in rows]
+
+    def rerank(self, root_token, total_tokens: int) -> "DraftTree":
+        """Keep the `total_tokens` most valuable candidates, as a tree.
+
+        Values never increase along a path, and ties are broken by creation order (a stable
+        sort), so every kept node's parent is kept too.
+        """
+        c = len(self)
+        k = min(int(total_tokens), c)
+        keep = torch.sort(torch.sort(-self.log_value, stable=True).indices[:k]).values
+        position = torch.full((c + 1,), -1, dtype=torch.long, device=self.device)  # candidate id + 1 -> node
+        position[0] = 0
+        position[keep + 1] = torch.arange(1, k + 1, device=self.device)
+        ints = torch.empty(4, k + 1, dtype=torch.long, device=self.device)  # token, parent, depth, candidate
+        ints[:3, 1:] = self._ints[:3, keep]
+        ints[1, 1:] = position[ints[1, 1:] + 1]
+        ints[3, 1:] = keep
+        ints[:, 0] = _long([0, -1, 0, -1], self.device)
+        ints[0, :1] = _long(root_token, self.device)[:1]
+        floats = torch.zeros(2, k + 1, dtype=torch.float32, device=self.device)  # log confidence, log value
+        floats[:, 1:] = self._floats[:, keep]
+        return DraftTree(ints[0], ints[1], floats[0], candidates=ints[3], depths=ints[2], log_values=floats[1],
+                         depth_bound=self.max_depth, check=False)
+
+
+def _field(buffer: str, row: int, doc: str) -> property:
+    def get(self):
+        return getattr(self, buffer)[row, :self.n]
+
+    def set(self, value):
+        getattr(self, buffer)[row, :self.n] = value
+
+    return property(get, set, doc=doc)
+
+
+for _row, (_name, _doc) in enumerate([("tokens", "token ids"), ("parents", "pool id of each parent (-1 = root)"),
+                                      ("depth", "depth below the root (1 = a child of the root)"),
+                                      ("slot", "drafter slot once fed (-1 before)"),
+                                      ("source", "index into SOURCES")]):
+    setattr(CandidatePool, _name, _field("_ints", _row, _doc))
+for _row, (_name, _doc) in enumerate([("log_conf", "log draft probability given the parent"),
+                                      ("log_value", "sum of log_conf along the path")]):
+    setattr(CandidatePool, _name, _field("_floats", _row, _doc))
+
+
+class DraftTree:
+    """Tokens + parent pointers as tensors; depths, values, mask and paths derive from them.
+
+    Built by a policy (from CandidatePool.rerank, which already knows depths and values) or by
+    hand from lists (then checked, and depths/values computed).
+    """
+
+    def __init__(self, tokens, parents, log_confidences=None, candidate_ids=None, *, candidates=None,
+                 depths=None, log_values=None, depth_bound: int | None = None, check: bool = True):
+        self.tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
+        device = self.tokens.device
+        self.parents = _long(parents, device)
+        n = self.tokens.shape[0]
+        if n == 0 or self.parents.shape[0] != n:
+            raise ValueError("a draft tree needs a root and one parent per token")
+        if check:
+            idx = torch.arange(n, device=device)
+            if int(self.parents[0]) != -1 or bool(((self.parents[1:] < 0) | (self.parents[1:] >= idx[1:])).any()):
+                raise ValueError("parents must precede children and node 0 must be the root")
+        if log_confidences is None:
+            log_confidences = torch.zeros(n)
+        self.log_confidences = torch.as_tensor(log_confidences, dtype=torch.float32).reshape(-1).to(device)
+        if n == 1:
+            depths, log_values = torch.zeros(1, dtype=torch.long, device=device), self.log_confidences * 0
+        elif depths is None or log_values is None:  # walk down level by level: parents come first
+            depths = torch.zeros(n, dtype=torch.long, device=device)
+            log_values = torch.zeros(n, dtype=torch.float32, device=device)
+            for i, p in enumerate(self.parents.tolist()[1:], start=1):
+                depths[i] = depths[p] + 1
+                log_values[i] = log_values[p] + self.log_confidences[i]
+        self.depths, self.log_values = depths, log_values
+        self._depth_bound = depth_bound  # >= the deepest node's depth: how far ancestry is chased
+        self._max_depth: int | None = None
+        if candidates is None:
+            candidates = candidate_ids if candidate_ids is not None else range(-1, n - 1)
+        self.candidates = _long(list(candidates) if not torch.is_tensor(candidates) else candidates, device)
+        self._lists: dict[str, list] = {}
+        self._anc: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
 
     @property
     def size(self) -> int:
@@ -60,38 +247,60 @@ class DraftTree:
         return len(self) - 1
 
     @property
+    def depth_bound(self) -> int:
+        """At least the deepest node's depth (known without asking the device when built by a rerank)."""
+        return self._depth_bound if self._depth_bound is not None else self.max_depth
+
+    @property
     def max_depth(self) -> int:
-        return int(self.depths.max())
+        if self._max_depth is None:
+            self._max_depth = int(self.depths.max())
+        return self._max_depth
+
+    def _list(self, name: str) -> list:
+        if name not in self._lists:
+            self._lists[name] = getattr(self, name).tolist()
+        return self._lists[name]
+
+    @property
+    def candidate_ids(self) -> list[int]:
+        """Pool id of each node (-1 for the root): what links the tree back to its expansion."""
+        return self._list("candidates")
 
     def children(self) -> list[list[int]]:
         kids: list[list[int]] = [[] for _ in range(len(self))]
-        for i, p in enumerate(self._parent_list[1:], start=1):
+        for i, p in enumerate(self._list("parents")[1:], start=1):
             kids[p].append(i)
         return kids
 
     def ancestor_matrix(self) -> torch.Tensor:
-        """(N, N) bool: [i, j] is True when j is i or one of i's ancestors."""
-        n = len(self)
-        anc = torch.eye(n, dtype=torch.bool)
-        for i, p in enumerate(self._parent_list[1:], start=1):
-            anc[i] |= anc[p]
-        return anc
+        """(N, N) bool: [i, j] is True when j is i or one of i's ancestors (cached)."""
+        if self._anc is None:
+            n = len(self)
+            rows = torch.arange(n, device=self.tokens.device)
+            anc = torch.eye(n, dtype=torch.bool, device=self.tokens.device)
+            for up in chase(self.parents, self.depth_bound):
+                anc[rows, up.clamp_min(0)] = True  # past the root: 0, every node's ancestor anyway
+            self._anc = anc
+        return self._anc
 
     def attention_mask(self, prefix_len: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
         """Additive 4D mask (1, 1, N, prefix_len + N): the prefix and ancestors are visible."""
         n = len(self)
-        mask = torch.zeros(n, prefix_len + n, dtype=dtype, device=device)
-        mask[:, prefix_len:].masked_fill_(~self.ancestor_matrix().to(device), torch.finfo(dtype).min)
+        anc = self.ancestor_matrix().to(device)
+        mask = torch.zeros(n, prefix_len + n, dtype=dtype, device=anc.device)
+        mask[:, prefix_len:].masked_fill_(~anc, torch.finfo(dtype).min)
         return mask[None, None]
 
     def position_ids(self, prefix_len: int, device=None) -> torch.Tensor:
         return (self.depths + prefix_len).to(device)[None]
 
     def path_to(self, i: int) -> list[int]:
+        par = self._list("parents")
         path = []
         while i >= 0:
             path.append(i)
-            i = self._parent_list[i]
+            i = par[i]
         return path[::-1]
 
     def paths(self) -> list[list[int]]:
@@ -100,10 +309,10 @@ class DraftTree:
         return [self.path_to(i) for i in range(len(self)) if not kids[i]]
 
     def nodes(self) -> list[Node]:
-        conf = self.log_confidences.exp().tolist()
-        val = self.log_values.exp().tolist()
+        conf = self.log_confidences.double().exp().tolist()
+        val = self.log_values.double().exp().tolist()
         return [Node(i, t, p, d, c if i else 1.0, v) for i, (t, p, d, c, v) in
-                enumerate(zip(self.tokens.tolist(), self._parent_list, self.depths.tolist(), conf, val))]
+                enumerate(zip(self._list("tokens"), self._list("parents"), self._list("depths"), conf, val))]
 
     def __repr__(self) -> str:
         return f"DraftTree(size={self.size}, depth={self.max_depth})"
@@ -116,35 +325,21 @@ def max_candidates(top_k: int, depth: int) -> int:
 
 def rerank(root_token: int, tokens: torch.Tensor, parents: torch.Tensor, log_confidences: torch.Tensor,
            log_values: torch.Tensor, total_tokens: int) -> tuple[DraftTree, list[int]]:
-    """Keep the `total_tokens` candidates with the highest value, as a tree.
-
-    Candidates are given in creation order (a parent before its children; parents index the
-    candidates, -1 = root). Values never increase along a path, and ties are broken by
-    creation order, so every kept node's parent is kept too. Returns the tree (nodes in
-    creation order, i.e. parents first) and the kept candidate ids.
-    """
-    c = tokens.numel()
-    k = min(total_tokens, c)
-    order = torch.sort(-log_values, stable=True).indices[:k]
-    keep = torch.sort(order).values
-    position = torch.full((c + 1,), -1, dtype=torch.long)  # candidate id + 1 -> node index
-    position[0] = 0
-    position[keep + 1] = torch.arange(1, k + 1)
-    node_parents = position[parents[keep] + 1]
-    if bool((node_parents < 0).any()):
+    """Keep the `total_tokens` candidates with the highest value, as a tree (candidates given
+    as tensors in creation order; parents index them, -1 = root). Returns the tree and the
+    kept candidate ids. Policies call CandidatePool.rerank, which this wraps."""
+    n = tokens.numel()
+    pool = CandidatePool(tokens.device, capacity=n)
+    pool.n = n
+    pool.tokens, pool.parents = _long(tokens, pool.device), _long(parents, pool.device)
+    pool.log_conf = log_confidences.float().reshape(-1)
+    pool.log_value = log_values.float().reshape(-1)
+    depth = [0] * n
+    for i, p in enumerate(pool.parents.tolist()):
+        depth[i] = (depth[p] if p >= 0 else 0) + 1
+    pool.depth = torch.tensor(depth, dtype=torch.long)
+    pool.max_depth = max(depth, default=0)
+    tree = pool.rerank(root_token, total_tokens)
+    if bool((tree.parents[1:] < 0).any()):
         raise ValueError("rerank produced an orphan: candidate values must not increase along a path")
-    tree = DraftTree(
-        torch.cat([torch.tensor([root_token]), tokens[keep]]),
-        torch.cat([torch.tensor([-1]), node_parents]),
-        torch.cat([torch.zeros(1), log_confidences[keep].float()]),
-        candidate_ids=[-1] + keep.tolist(),
-    )
-    return tree, keep.tolist()
-
-
-def value_cutoff(log_values: torch.Tensor, total_tokens: int) -> float:
-    """The smallest value that survived the rerank (exp of the k-th largest log value)."""
-    if log_values.numel() == 0:
-        return 1.0
-    k = min(total_tokens, log_values.numel())
-    return math.exp(float(torch.topk(log_values, k).values[-1]))
+    return tree, tree.candidate_ids[1:]

@@ -24,6 +24,7 @@ class Verdict:
     path: list[int]  # accepted node indices, root first
     bonus: int  # the target's own next token after the path
     rejected: list[int]  # children of accepted nodes that the target turned down
+    accepted: list[int]  # the tokens of path[1:] (the accepted drafts)
 
 
 def check_sampling(temperature: float, top_p: float, top_k: int) -> None:
@@ -53,18 +54,25 @@ def target_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0, t
 
 
 def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> Verdict:
-    """Longest path whose every token is the target's argmax after its parent."""
-    best = logits.argmax(dim=-1).tolist()
-    tokens = tree.tokens.tolist()
-    kids = tree.children()
-    path, rejected, node = [0], [], 0
-    while True:
-        nxt = next((c for c in kids[node] if tokens[c] == best[node]), None)
-        rejected.extend(c for c in kids[node] if c != nxt)
-        if nxt is None:
-            return Verdict(path, best[node], rejected)
-        path.append(nxt)
-        node = nxt
+    """Longest path whose every token is the target's argmax after its parent, for all root
+    paths at once: a node is reachable when it and all its ancestors match; the deepest
+    reachable node ends the path (siblings carry distinct tokens, so it is unique). One
+    device-to-host copy brings back the path, the rejected children and the bonus token."""
+    n = len(tree)
+    if n == 1:  # nothing drafted (vanilla decoding)
+        return Verdict([0], int(logits[0].argmax()), [], [])
+    best = logits.argmax(dim=-1)
+    match = tree.tokens == best[tree.parents.clamp_min(0)]
+    match[0] = True
+    anc = tree.ancestor_matrix()
+    reach = ~(anc & ~match[None, :]).any(dim=-1)
+    end = torch.argmax(torch.where(reach, tree.depths, -1))
+    on_path = anc[end]
+    rejected = on_path[tree.parents.clamp_min(0)] & ~on_path
+    rejected[0] = False
+    host = torch.cat([on_path.long(), rejected.long(), tree.tokens, best[end].reshape(1)]).tolist()
+    path = [i for i in range(n) if host[i]]
+    return Verdict(path, host[-1], [i for i in range(n) if host[n + i]], [host[2 * n + i] for i in path[1:]])
 
 
 def sample_accept(tree: DraftTree, probs: torch.Tensor, generator: torch.Generator | None = None) -> Verdict:
@@ -88,8 +96,9 @@ def sample_accept(tree: DraftTree, probs: torch.Tensor, generator: torch.Generat
                 p[x] = 0.0
                 p /= p.sum().clamp_min(1e-30)
         if accepted is None:
+            accepted_tokens = [tokens[i] for i in path[1:]]
             if float(p.sum()) <= 0:  # rounding left no mass: fall back to the target's top token
-                return Verdict(path, int(probs[node].argmax()), rejected)
-            return Verdict(path, int(torch.multinomial(p, 1, generator=generator)), rejected)
+                return Verdict(path, int(probs[node].argmax()), rejected, accepted_tokens)
+            return Verdict(path, int(torch.multinomial(p, 1, generator=generator)), rejected, accepted_tokens)
         path.append(accepted)
         node = accepted

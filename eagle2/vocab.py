@@ -3,7 +3,8 @@
 The EAGLE head reuses the target's `lm_head`; for SmolLM2 that is 576 x 49,152, so scoring
 four tree nodes is a 113 M multiply-add matmul, about what the target's whole body costs for
 one token. A model's output is dominated by a few thousand tokens, so `ReducedVocabDrafter`
-keeps only the lm_head rows of the N most frequent ones (as in EAGLE-3 / FR-Spec). Its log-
+keeps only the lm_head rows of the N most frequent ones (as in EAGLE-3 / FR-Spec;
+draft.ReducedVocabDrafter, built by draft.reduce_drafter). Its log-
 probabilities still come back over the full vocabulary (the other tokens get probability 0),
 so draft token ids are ordinary ids and every policy works unchanged. Verification is
 untouched, so decoding stays exact: a token the drafter cannot propose just costs acceptance.
@@ -28,7 +29,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .draft import EagleDrafter
 
 COUNTS_SCHEMA = "eagle2-token-counts/1"
 COUNTS_FILE = "token_counts.json"  # looked for next to a head's config.json
@@ -117,18 +117,75 @@ class ReducedLMHead(nn.Module):
         return out.index_copy_(-1, self.token_ids, small)
 
 
-class ReducedVocabDrafter(EagleDrafter):
-    """EagleDrafter whose output layer covers only `token_ids` (ids stay full-vocabulary ids)."""
+# ---- on by default where it pays ---------------------------------------------------------
+AUTO_VOCAB_SIZE = 8192  # the training CE's rows too (eagle2/train.py --train-vocab)
+PAYS_BELOW = 0.8  # reduced when its draft step costs at most this share of a full-vocabulary one
+CHOICE_SCHEMA = "eagle2-draft-vocab/1"
 
-    def __init__(self, head, target_model, token_ids, name: str = "eagle-head"):
-        if head.kind == "eagle3":
-            raise ValueError("an EAGLE-3 head has its own draft vocabulary: a reduced vocabulary does not apply")
-        super().__init__(head, target_model, name=f"{name}+vocab{len(set(token_ids))}")
-        self.lm_head = ReducedLMHead(target_model.lm_head, token_ids)
 
-    @property
-    def draft_vocab(self) -> int:
-        return int(self.lm_head.token_ids.numel())
+@torch.inference_mode()
+def time_draft_steps(drafters: list, width: int = 4, prefix: int = 128, repeats: int = 9) -> list[float]:
+    """Fastest time of one tree step (`width` nodes, as an expansion feeds) for each drafter,
+    after a `prefix`-token commit of random tokens and features; the drafters take turns."""
+    from .models import clock
+
+    d0 = drafters[0]
+    gen = torch.Generator().manual_seed(0)
+    vocab = int(d0.embed.weight.shape[0])
+    seq = torch.randint(0, vocab, (prefix + 1,), generator=gen).to(d0.device)
+    feats = torch.randn(prefix, d0.embed.weight.shape[1], generator=gen).to(d0.device, d0.dtype)  # EAGLE-1/2
+    toks = torch.randint(0, vocab, (width,), generator=gen).to(d0.device)
+    parents = torch.full((width,), -1, dtype=torch.long, device=d0.device)
+    best = [float("inf")] * len(drafters)
+    for d in drafters:
+        d.reset()
+        d.commit(seq, feats)
+    for r in range(repeats + 1):
+        for i, d in enumerate(drafters):
+            d._clear_slots()
+            t = clock(d.device)
+            d.step(toks, parents)
+            if r:  # the first round warms up
+                best[i] = min(best[i], clock(d.device) - t)
+    for d in drafters:
+        d.reset()
+    return best
+
+
+def choice_key(target, folder, size: int) -> str:
+    import hashlib
+    import platform
+
+    cfg = target.model.config
+    p = next(target.model.parameters())
+    ident = {"node": platform.node(), "cpu": platform.processor() or platform.machine(),
+             "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+             "torch": torch.__version__, "device": str(p.device.type), "dtype": str(p.dtype),
+             "gpu": torch.cuda.get_device_name(p.device) if p.device.type == "cuda" else None,
+             "model": getattr(cfg, "_name_or_path", ""), "vocab": cfg.vocab_size, "hidden": cfg.hidden_size,
+             "head": str(Path(folder).resolve()), "size": size}
+    return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def reduced_vocab_pays(full, reduced, target, folder) -> dict:
+    """Measured once per machine + model + head (cached under cache_dir()/draft-vocab/): is a
+    draft step with the reduced vocabulary at most PAYS_BELOW of a full one?"""
+    from .models import cache_dir
+
+    path = cache_dir() / "draft-vocab" / f"{choice_key(target, folder, reduced.draft_vocab)}.json"
+    if path.exists():
+        try:
+            raw = json.loads(path.read_text())
+            if raw.get("schema") == CHOICE_SCHEMA:
+                return raw
+        except (OSError, json.JSONDecodeError):
+            pass
+    t_full, t_reduced = time_draft_steps([full, reduced])
+    raw = {"schema": CHOICE_SCHEMA, "full_step_s": t_full, "reduced_step_s": t_reduced,
+           "size": reduced.draft_vocab, "pays": t_reduced <= PAYS_BELOW * t_full}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(raw) + "\n")
+    return raw
 
 
 # ---- token frequencies ---------------------------------------------------------------------

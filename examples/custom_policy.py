@@ -13,9 +13,9 @@ import sys
 import torch
 
 import eagle2
-from eagle2.policies import CandidatePool, Policy
+from eagle2.policies import Policy, draft_topk
 from eagle2.trace import ExpansionStep
-from eagle2.tree import DraftTree, rerank
+from eagle2.tree import CandidatePool, DraftTree
 
 
 class BestFirst(Policy):
@@ -30,23 +30,22 @@ class BestFirst(Policy):
         return {"policy": self.name, "top_k": self.top_k, "steps": self.steps, "total_tokens": self.total_tokens}
 
     def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
-        pool = CandidatePool()
-        lp, tok = torch.topk(root_logprobs, self.top_k)
-        new = pool.add([-1] * self.top_k, tok.tolist(), lp.tolist())
+        pool = CandidatePool(root_logprobs.device)  # tensors: tokens, parents, log_value, depth, ...
+        lp, tok = draft_topk(drafter, root_logprobs, self.top_k)  # log-probs and token ids
+        new = pool.add([-1] * self.top_k, tok, lp)
         if observer:
-            observer.on_expand(cycle, ExpansionStep(1, [-1], pool.records(new), list(new)))
-        expanded: set[int] = set()
-        for step in range(2, self.steps + 2):
-            open_ids = [i for i in range(len(pool)) if i not in expanded]
-            best = max(open_ids, key=lambda i: pool.log_value[i])  # the globally most valuable leaf
-            expanded.add(best)
-            child_lp, child_tok = torch.topk(pool.feed(drafter, [best])[0], self.top_k)
-            new = pool.add([best] * self.top_k, child_tok.tolist(), child_lp.tolist())
+            observer.on_expand(cycle, ExpansionStep(1, [-1], pool.records(new), new.tolist()))
+        expanded = torch.zeros(0, dtype=torch.bool, device=pool.device)
+        for _ in range(self.steps):
+            expanded = torch.cat([expanded, torch.zeros(len(new), dtype=torch.bool, device=pool.device)])
+            best = int(pool.log_value.masked_fill(expanded, float("-inf")).argmax())  # the most valuable leaf
+            expanded[best] = True
+            child_lp, child_tok = draft_topk(drafter, pool.feed(drafter, [best])[0], self.top_k)
+            new = pool.add([best] * self.top_k, child_tok, child_lp)
             if observer:
-                observer.on_expand(cycle, ExpansionStep(pool.depth[best] + 1, [best], pool.records(new), [best]))
-        tree, _ = rerank(root_token, torch.tensor(pool.tokens), torch.tensor(pool.parents),
-                         torch.tensor(pool.log_conf), torch.tensor(pool.log_value), self.total_tokens)
-        return tree
+                depth = int(pool.depth[best]) + 1
+                observer.on_expand(cycle, ExpansionStep(depth, [best], pool.records(new), [best]))
+        return pool.rerank(root_token, self.total_tokens)  # keep the total_tokens most valuable
 
 
 def main() -> None:

@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 
 import app
+import eagle2
+from eagle2 import registry
 from eagle2.trace import Trace
+from viz.lab import config, handlers, run, traces, views
+from viz.lab.state import validate
 from viz.sample import tiny_trace
 
 GOOD = dict(prompt="hello world", target="default", head="self", policy="eagle2", top_k=3, depth=3, total_tokens=8,
@@ -21,7 +25,7 @@ GOOD = dict(prompt="hello world", target="default", head="self", policy="eagle2"
 
 def run_args(**over):
     p = {**GOOD, **over}
-    return [p[k] for k in app.RUN_INPUTS[:11]]
+    return [p[k] for k in handlers.RUN_INPUTS[:11]]
 
 
 def consume(gen) -> list[dict]:
@@ -31,21 +35,21 @@ def consume(gen) -> list[dict]:
 @pytest.fixture
 def tiny_models(monkeypatch, tiny_target):
     """Make every run use the tiny target (whatever name the UI sends)."""
-    monkeypatch.setattr(app.MODELS, "target", lambda name="default": tiny_target)
+    monkeypatch.setattr(run.MODELS, "target", lambda name="default": tiny_target)
     return tiny_target
 
 
 # ---- parameters ---------------------------------------------------------------------------------------
 def test_validate_accepts_good_parameters():
-    p = app.validate(*run_args())
-    assert p["policy_obj"].describe() == {"policy": "eagle2", "top_k": 3, "depth": 3, "total_tokens": 8}
-    assert app.validate(*run_args(top_k=3.0))["top_k"] == 3  # sliders send floats
+    p = validate(*run_args())
+    assert p.policy_obj.describe() == {"policy": "eagle2", "top_k": 3, "depth": 3, "total_tokens": 8}
+    assert validate(*run_args(top_k=3.0)).top_k == 3  # sliders send floats
 
 
 @pytest.mark.parametrize("over, match", [
     ({"prompt": "   "}, "type a prompt"),
     ({"prompt": None}, "type a prompt"),
-    ({"prompt": "x" * (app.MAX_PROMPT_CHARS + 1)}, "too long"),
+    ({"prompt": "x" * (config.MAX_PROMPT_CHARS + 1)}, "too long"),
     ({"policy": "medusa"}, "Unknown policy"),
     ({"top_k": 0}, "top_k must be between"),
     ({"top_k": 2.5}, "whole number"),
@@ -56,38 +60,38 @@ def test_validate_accepts_good_parameters():
     ({"temperature": float("nan")}, "temperature"),
     ({"temperature": -1}, "temperature"),
     ({"top_p": 0}, "top_p"),
-    ({"max_new_tokens": app.MAX_NEW_TOKENS + 1}, "max_new_tokens"),
+    ({"max_new_tokens": config.MAX_NEW_TOKENS + 1}, "max_new_tokens"),
     ({"max_new_tokens": 0}, "max_new_tokens"),
     ({"seed": -3}, "seed"),
 ])
 def test_validate_rejects_bad_parameters(over, match):
     with pytest.raises(ValueError, match=match):
-        app.validate(*run_args(**over))
+        validate(*run_args(**over))
 
 
 def test_run_handler_empty_prompt_is_a_friendly_warning():
-    out = consume(app.run_handler(*run_args(prompt="")))
+    out = consume(handlers.run_handler(*run_args(prompt="")))
     assert len(out) == 1 and set(out[0]) == {"status"}
     assert "Please type a prompt" in out[0]["status"]
 
 
 def test_policy_sizes_and_tree_defaults():
-    assert app.policy_sizes("eagle2") == ("top_k", "depth", "total_tokens")
-    assert app.policy_sizes("chain") == ("depth",)
-    assert app.policy_sizes("vanilla") == ()
-    assert app.policy_sizes("eagle2-auto") == ("top_k", "depth")  # total_tokens is chosen per cycle
-    assert set(app.policy_choices()) >= {"eagle2-auto", "eagle2", "eagle1", "chain", "vanilla"}
-    assert app.DEFAULT_POLICY == "eagle2-auto"  # like the CLI and the bench
+    assert config.policy_sizes("eagle2") == ("top_k", "depth", "total_tokens")
+    assert config.policy_sizes("chain") == ("depth",)
+    assert config.policy_sizes("vanilla") == ()
+    assert config.policy_sizes("eagle2-auto") == ("top_k", "depth")  # total_tokens is chosen per cycle
+    assert set(config.policy_choices()) >= {"eagle2-auto", "eagle2", "eagle1", "chain", "vanilla"}
+    assert config.DEFAULT_POLICY == "eagle2-auto"  # like the CLI and the bench
     import inspect
 
     from eagle2.policies import Eagle2
     sig = inspect.signature(Eagle2.__init__).parameters
-    assert app.TREE_DEFAULTS == {k: sig[k].default for k in ("top_k", "depth", "total_tokens")}
+    assert config.TREE_DEFAULTS == {k: sig[k].default for k in ("top_k", "depth", "total_tokens")}
 
 
 # ---- runs ------------------------------------------------------------------------------------------------
 def test_run_streams_then_fills_every_view(tiny_models):
-    out = consume(app.run_handler(*run_args(), "value", True, "value"))
+    out = consume(handlers.run_handler(*run_args(), "value", True, "value"))
     assert any("answer" in d and "tl-live" in d["answer"] for d in out[:-1]), "no streamed update"
     final = out[-1]
     assert "Done" in final["status"], final["status"]
@@ -106,37 +110,37 @@ def test_run_streams_then_fills_every_view(tiny_models):
 
 def test_run_auto_tree_size(tiny_models, monkeypatch, tmp_path):
     monkeypatch.setenv("EAGLE2_CACHE", str(tmp_path))  # the latency calibration of the tiny model goes here
-    p = app.validate(*run_args(policy="eagle2-auto", top_k=3, depth=4))
-    assert p["policy_obj"] is None  # built once the target is loaded
-    out = consume(app.run_handler(*run_args(policy="eagle2-auto", top_k=3, depth=4, max_new_tokens=10)))
+    p = validate(*run_args(policy="eagle2-auto", top_k=3, depth=4))
+    assert p.policy_obj is None and p.choice.auto  # built once the target is loaded
+    out = consume(handlers.run_handler(*run_args(policy="eagle2-auto", top_k=3, depth=4, max_new_tokens=10)))
     final = out[-1]
     assert "Done" in final["status"], final["status"]
     trace = final["trace"]
     assert trace.meta["policy"] == "eagle2-auto" and trace.meta["total_tokens"] == "auto"
     assert list((tmp_path / "latency").glob("*.json")), "no calibration cached"
     for i in range(len(trace.cycles)):  # any tree size, even a root alone, draws
-        assert app.cycle_outputs(trace, i)["tree"] is not None
-    again = consume(app.run_handler(*run_args(policy="eagle2-auto", top_k=3, depth=4, max_new_tokens=4)))[-1]
+        assert views.cycle_outputs(trace, i)["tree"] is not None
+    again = consume(handlers.run_handler(*run_args(policy="eagle2-auto", top_k=3, depth=4, max_new_tokens=4)))[-1]
     assert "Done" in again["status"]
-    assert len(app.MODELS._policies) >= 1  # kept (it learns online)
+    assert len(run.MODELS._policies) >= 1  # kept (it learns online)
     with pytest.raises(ValueError, match="top_k must be between"):
-        app.validate(*run_args(policy="eagle2-auto", top_k=0))
+        validate(*run_args(policy="eagle2-auto", top_k=0))
 
 
 def test_run_auto_tree_size_with_lookup(tiny_models, monkeypatch, tmp_path):
     monkeypatch.setenv("EAGLE2_CACHE", str(tmp_path))
-    assert app.AUTO_LOOKUP in app.policy_choices() and app.policy_sizes(app.AUTO_LOOKUP) == ("top_k", "depth")
-    out = consume(app.run_handler(*run_args(policy=app.AUTO_LOOKUP, top_k=2, depth=3, max_new_tokens=12)))
+    assert config.AUTO_LOOKUP in config.policy_choices() and config.policy_sizes(config.AUTO_LOOKUP) == ("top_k", "depth")
+    out = consume(handlers.run_handler(*run_args(policy=config.AUTO_LOOKUP, top_k=2, depth=3, max_new_tokens=12)))
     final = out[-1]
     assert "Done" in final["status"], final["status"]
     trace = final["trace"]
-    assert trace.meta["policy"] == "eagle2-auto" and trace.meta["lookup"] == app.LOOKUP_TOKENS
+    assert trace.meta["policy"] == "eagle2-auto" and trace.meta["lookup"] == config.LOOKUP_TOKENS
     assert "lookup=10" in final["status"]  # the label says which policy ran
 
 
 @pytest.mark.parametrize("policy", ["eagle1", "chain", "vanilla"])
 def test_run_other_policies(tiny_models, policy):
-    final = consume(app.run_handler(*run_args(policy=policy, max_new_tokens=6)))[-1]
+    final = consume(handlers.run_handler(*run_args(policy=policy, max_new_tokens=6)))[-1]
     assert "Done" in final["status"], final["status"]
     assert final["trace"].meta["policy"] == policy
 
@@ -144,7 +148,7 @@ def test_run_other_policies(tiny_models, policy):
 def test_model_load_failure_is_a_message(tmp_path):
     empty = tmp_path / "not-a-model"
     empty.mkdir()
-    out = consume(app.run_handler(*run_args(target=str(empty))))
+    out = consume(handlers.run_handler(*run_args(target=str(empty))))
     assert "no config.json" in out[-1]["status"] and "tl-error" in out[-1]["status"]
 
 
@@ -152,17 +156,17 @@ def test_head_load_failure_is_a_message(tiny_models, tmp_path):
     bad = tmp_path / "bad-head"
     bad.mkdir()
     (bad / "config.json").write_text("{not json")
-    out = consume(app.run_handler(*run_args(head=str(bad))))
+    out = consume(handlers.run_handler(*run_args(head=str(bad))))
     assert "tl-error" in out[-1]["status"]
 
 
 def test_missing_default_head_says_what_to_do(tiny_target, monkeypatch):
-    if app.default_head_missing() is None:
+    if run.default_head_missing() is None:
         pytest.skip("the default head is shipped")
     # a tiny target wearing the default's name: the head lookup fails before any drafting
-    monkeypatch.setattr(app.MODELS, "target", lambda name="default": type(tiny_target)(
-        tiny_target.model, tiny_target.tokenizer, name=app.eagle2.models.DEFAULT_NAME))
-    out = consume(app.run_handler(*run_args(head="default")))
+    monkeypatch.setattr(run.MODELS, "target", lambda name="default": type(tiny_target)(
+        tiny_target.model, tiny_target.tokenizer, name=eagle2.models.DEFAULT_NAME))
+    out = consume(handlers.run_handler(*run_args(head="default")))
     assert "not shipped yet" in out[-1]["status"] and "self" in out[-1]["status"]
 
 
@@ -171,7 +175,7 @@ def test_runs_are_serialised_and_safe_in_threads(tiny_models):
 
     def user(i):
         try:
-            final = consume(app.run_handler(*run_args(prompt=f"hello {i}", max_new_tokens=8)))[-1]
+            final = consume(handlers.run_handler(*run_args(prompt=f"hello {i}", max_new_tokens=8)))[-1]
             results.append(final["trace"])
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
@@ -183,21 +187,21 @@ def test_runs_are_serialised_and_safe_in_threads(tiny_models):
         t.join(120)
     assert not errors and len(results) == 4
     assert all(len(t.output_tokens) == 8 for t in results)
-    assert not app.GEN_LOCK.locked()
+    assert not run.GEN_LOCK.locked()
 
 
 def test_a_closed_stream_stops_the_worker(tiny_models):
-    gen = app.run_handler(*run_args(max_new_tokens=200))
+    gen = handlers.run_handler(*run_args(max_new_tokens=200))
     for d in gen:
         if "answer" in d:
             break
     gen.close()  # the browser went away
-    with app.GEN_LOCK:  # the worker gives the lock back at its next cycle
+    with run.GEN_LOCK:  # the worker gives the lock back at its next cycle
         pass
 
 
 def test_compare_two_policies(tiny_models):
-    out = consume(app.compare_handler("hello world", "default", "self", 0.0, 1.0, 10, 0,
+    out = consume(handlers.compare_handler("hello world", "default", "self", 0.0, 1.0, 10, 0,
                                       "eagle1", 4, 5, 12, "eagle2", 3, 3, 8))
     final = out[-1]
     assert "Both runs done" in final["cmp_status"]
@@ -205,23 +209,23 @@ def test_compare_two_policies(tiny_models):
     assert ta.meta["policy"] == "eagle1" and tb.meta["policy"] == "eagle2"
     assert "Same answer" in final["cmp_table"]  # greedy speculative decoding is lossless
     assert final["cmp_tree_a"] is not None and final["cmp_tree_b"] is not None
-    again = app.compare_outputs(ta, tb, 99)
+    again = views.compare_outputs(ta, tb, 99)
     assert again["cmp_cycle"]["value"] == max(len(ta.cycles), len(tb.cycles)) - 1
 
 
 def test_answers_note():
     a, b = tiny_trace(), tiny_trace()
-    assert "Same answer" in app.answers_note(a, b)
+    assert "Same answer" in views.answers_note(a, b)
     b.output_tokens = a.output_tokens[:3] + [99, 98]
-    assert "agree on the first 3 tokens" in app.answers_note(a, b)
+    assert "agree on the first 3 tokens" in views.answers_note(a, b)
     b.output_tokens = a.output_tokens[:3]
-    assert "prefix" in app.answers_note(a, b)
+    assert "prefix" in views.answers_note(a, b)
     b.meta["temperature"] = 0.7
-    assert "sampling" in app.answers_note(a, b)
+    assert "sampling" in views.answers_note(a, b)
 
 
 def test_compare_rejects_bad_sizes():
-    out = consume(app.compare_handler("hi", "default", "self", 0.0, 1.0, 10, 0, "eagle2", 2, 2, 50, "eagle2", 3, 3, 8))
+    out = consume(handlers.compare_handler("hi", "default", "self", 0.0, 1.0, 10, 0, "eagle2", 2, 2, 50, "eagle2", 3, 3, 8))
     assert "Bad tree size" in out[-1]["cmp_status"]
 
 
@@ -229,13 +233,13 @@ def test_compare_rejects_bad_sizes():
 def test_open_trace_fills_the_ui(tmp_path):
     path = tmp_path / "t.json"
     tiny_trace().save(path)
-    out = app.open_trace_handler(str(path))
+    out = handlers.open_trace_handler(str(path))
     assert "Uploaded trace" in out["status"]
     assert isinstance(out["trace"], Trace) and out["tree"] is not None
     assert out["cycle"]["maximum"] == 1 and out["cycle"]["interactive"] is True
-    c1 = app.cycle_outputs(out["trace"], 1)
+    c1 = views.cycle_outputs(out["trace"], 1)
     assert "Cycle 1" in c1["tree"].layout.title.text and 'tl-sel" data-cycle="1"' in c1["answer"]
-    assert app.cycle_outputs(out["trace"], 42)["cycle"]["value"] == 1  # clamped
+    assert views.cycle_outputs(out["trace"], 42)["cycle"]["value"] == 1  # clamped
 
 
 @pytest.mark.parametrize("content, match", [
@@ -251,34 +255,34 @@ def test_bad_uploads_are_clear_errors(tmp_path, content, match):
     path = tmp_path / "upload.json"
     path.write_bytes(content)
     with pytest.raises(ValueError, match=match):
-        app.load_trace_path(str(path))
-    out = app.open_trace_handler(str(path))
+        traces.load_trace_path(str(path))
+    out = handlers.open_trace_handler(str(path))
     assert set(out) == {"status"} and "Could not open" in out["status"] and "tl-error" in out["status"]
 
 
 def test_oversized_upload_is_refused_before_reading(tmp_path, monkeypatch):
-    monkeypatch.setattr(app, "MAX_TRACE_BYTES", 1000)
+    monkeypatch.setattr(traces, "MAX_TRACE_BYTES", 1000)
     path = tmp_path / "big.json"
     path.write_bytes(b" " * 2000)
     with pytest.raises(ValueError, match="too large"):
-        app.load_trace_path(str(path))
-    assert "too large" in app.open_trace_handler(str(path))["status"]
+        traces.load_trace_path(str(path))
+    assert "too large" in handlers.open_trace_handler(str(path))["status"]
 
 
 def test_missing_upload():
-    assert "No file" in app.open_trace_handler(None)["status"]
+    assert "No file" in handlers.open_trace_handler(None)["status"]
 
 
 def test_example_traces_are_listed():
-    ex = app.example_traces()
+    ex = traces.example_traces()
     assert ex and all(Path(p).exists() for _, p in ex)
-    out = app.open_trace_handler(ex[0][1], source="example")
+    out = handlers.open_trace_handler(ex[0][1], source="example")
     assert "Example trace" in out["status"]
-    assert out["cycle"]["value"] == app.best_cycle(out["trace"])  # examples open on a telling cycle
+    assert out["cycle"]["value"] == traces.best_cycle(out["trace"])  # examples open on a telling cycle
 
 
 def test_best_cycle():
-    assert app.best_cycle(tiny_trace()) == 0  # cycle 0 accepted two drafts, cycle 1 none
+    assert traces.best_cycle(tiny_trace()) == 0  # cycle 0 accepted two drafts, cycle 1 none
 
 
 def test_user_policy_plugin(tmp_path, monkeypatch, tiny_models):
@@ -288,11 +292,11 @@ def test_user_policy_plugin(tmp_path, monkeypatch, tiny_models):
         "class Twig(Chain):\n"
         "    name = 'twig'\n")
     monkeypatch.setenv("EAGLE2_APP_POLICIES", f"{plugin}:Twig, no.such.module:Nope")
-    found = app._load_user_policies()  # the bad entry is skipped, not fatal
+    found = config.load_user_policies()  # the bad entry is skipped, not fatal
     assert list(found) == ["twig"]
-    monkeypatch.setattr(app, "USER_POLICIES", found)
-    assert "twig" in app.policy_choices() and app.policy_sizes("twig") == ("depth",)
-    final = consume(app.run_handler(*run_args(policy="twig", depth=3, max_new_tokens=6)))[-1]
+    monkeypatch.setitem(registry.REGISTRY, "twig", found["twig"])  # what build_app's install_user_policies does
+    assert "twig" in config.policy_choices() and config.policy_sizes("twig") == ("depth",)
+    final = consume(handlers.run_handler(*run_args(policy="twig", depth=3, max_new_tokens=6)))[-1]
     assert "Done" in final["status"] and final["trace"].meta["policy"] == "twig"
 
 
@@ -302,14 +306,14 @@ def test_build_app_wires_the_api():
     names = {d.api_name for d in demo.fns.values() if d.api_name}
     assert {"run", "compare", "open_trace"} <= names
     C = demo.tl_components
-    assert C["max_new_tokens"].maximum == app.MAX_NEW_TOKENS
+    assert C["max_new_tokens"].maximum == config.MAX_NEW_TOKENS
     assert C["top_k"].minimum >= 1 and C["total_tokens"].minimum >= 1
 
 
 # ---- the embedded model -----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_run_on_the_embedded_model():
-    head = "default" if app.default_head_missing() is None else "self"
-    final = consume(app.run_handler(*run_args(prompt="Why is the sky blue?", head=head, max_new_tokens=10)))[-1]
+    head = "default" if run.default_head_missing() is None else "self"
+    final = consume(handlers.run_handler(*run_args(prompt="Why is the sky blue?", head=head, max_new_tokens=10)))[-1]
     assert "Done" in final["status"], final["status"]
     assert final["trace"].meta["model"] == "SmolLM2-135M-Instruct"

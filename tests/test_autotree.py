@@ -9,8 +9,9 @@ import torch
 
 import eagle2
 from eagle2.autotree import AutoEagle2, LatencyModel, RatioOfSums, Rolling, calibrate, load_or_calibrate
-from eagle2.policies import CandidatePool
 from eagle2.trace import Timings
+from eagle2.tree import CandidatePool, DraftTree
+from eagle2.verify import Verdict
 
 
 def flat(ms=10.0):
@@ -97,8 +98,9 @@ def test_a_busy_machine_shrinks_the_tree():
     p = AutoEagle2(steep(per_token_ms=0.3))
     calm = p.choose_nodes(log_values(), 0.05)
     for _ in range(8):  # verifies run 3x slower than calibrated: the load factor follows
-        p._cycle, p._last_nodes = 0, 10
-        p.on_cycle_end(0, 1, Timings(draft_s=0.005, verify_s=3 * p.latency(11), update_s=0.0))
+        p._nodes = 10
+        p.learn(0, DraftTree([1], [-1]), Verdict([0], 2, [], []), [2],
+                Timings(draft_s=0.005, verify_s=3 * p.latency(11), update_s=0.0))
     assert p.verify_scale == pytest.approx(3.0)
     assert p.choose_nodes(log_values(), 0.05) < calm
 
@@ -107,10 +109,13 @@ def test_overconfident_drafts_shrink_the_tree():
     """Once the target accepts a fifth of what the values promise, extra nodes are worth a fifth."""
     p = AutoEagle2(steep(per_token_ms=0.3))
     trusting = p.choose_nodes(log_values(), 0.005)
+    pool = CandidatePool()
+    pool.add([-1] * 5, [5, 6, 7, 8, 9], [0.0] * 5)  # five drafted children of the root, each promising 1.0
+    tree = pool.rerank(1, 5)
     for c in range(10):
-        p._cycle, p._last_expected = c, 5.0
-        p._kept_children, p._kept_drafted = {(-1, 5): 0}, {-1: True, 0: True}  # a kept drafted node: token 5
-        p.on_tokens(c, [5, 6], ["draft", "target"])  # one accepted draft per 5.0 promised
+        p._pool, p._nodes = pool, 5
+        p.learn(c, tree, Verdict([0, 1], 6, [2, 3, 4, 5], [5]), [5, 6],
+                Timings(0.0, p.latency(6), 0.0))  # one accepted draft per 5.0 promised; timings as calibrated
     assert p.value_scale == pytest.approx(0.2)
     assert p.choose_nodes(log_values(), 0.005) < trusting
     assert AutoEagle2(steep(per_token_ms=0.3), calibrate_values=False).value_scale == 1.0
@@ -145,18 +150,21 @@ def pool_with_levels(frontier_value: float) -> CandidatePool:
     return pool
 
 
+LEVEL2 = torch.arange(4, 8)  # the pool ids of the depth-2 level: the frontier of the next step
+
+
 def test_stop_when_the_next_level_cannot_pay():
     p = AutoEagle2(steep(per_token_ms=0.3))
     for _ in range(5):
         p.step.add(0.002)
     # rich frontier, cheap step: continue; poor frontier: stop
-    assert not p.should_stop(pool_with_levels(0.8), elapsed=0.004)
-    assert p.should_stop(pool_with_levels(0.001), elapsed=0.004)
+    assert not p.should_stop(pool_with_levels(0.8), LEVEL2, elapsed=0.004)
+    assert p.should_stop(pool_with_levels(0.001), LEVEL2, elapsed=0.004)
     # same frontier, but a step as slow as many verifies: stop
     slow = AutoEagle2(steep(per_token_ms=0.3))
     for _ in range(5):
         slow.step.add(1.0)
-    assert slow.should_stop(pool_with_levels(0.8), elapsed=0.004)
+    assert slow.should_stop(pool_with_levels(0.8), LEVEL2, elapsed=0.004)
 
 
 def test_stop_rule_matches_its_bound():
@@ -168,7 +176,7 @@ def test_stop_rule_matches_its_bound():
         pool = pool_with_levels(fv)
         frontier = fv + 3 * 0.9e-3  # the depth-2 level: top_k = 4 values, step_mass q = 1 (nothing learnt)
         best = float(p.rates(pool.log_value, 0.004).max())
-        assert p.should_stop(pool, 0.004) == (frontier / 0.003 <= best)
+        assert p.should_stop(pool, LEVEL2, 0.004) == (frontier / 0.003 <= best)
 
 
 def test_rolling_median_skips_warmup():
@@ -191,19 +199,17 @@ def drafter(tiny_target):
     return EagleDrafter(EagleHead.for_target(tiny_target.model.config), tiny_target.model)
 
 
-@pytest.mark.parametrize("lat, as_observer", [(flat(0.01), True), (steep(), False), (steep(per_token_ms=1e3), True)])
-def test_auto_policy_is_lossless(tiny_target, drafter, lat, as_observer):
+@pytest.mark.parametrize("lat", [flat(0.01), steep(), steep(per_token_ms=1e3)])
+def test_auto_policy_is_lossless(tiny_target, drafter, lat):
     ids = tiny_target.tokenizer("hello world the cat is")["input_ids"]
     ref = eagle2.generate(tiny_target.model, ids, eagle2.Vanilla(), None, max_new_tokens=40)
     p = AutoEagle2(lat, top_k=3, depth=4)
-    out = eagle2.generate(tiny_target.model, ids, p, drafter, max_new_tokens=40, observers=[p] if as_observer else [])
+    out = eagle2.generate(tiny_target.model, ids, p, drafter, max_new_tokens=40)
     assert out.tokens == ref.tokens
     assert p.cycles == len(out.cycles) and all(c.tree_size <= p.max_nodes for c in out.cycles)
     assert out.summary()["total_tokens"] == "auto"
-    if as_observer:
-        assert len(p.load) > 0 and len(p.accept) == len(out.cycles)
-    else:
-        assert len(p.overhead) > 0  # learnt from the gaps between cycles
+    # the decode loop tells the policy every cycle's outcome and timings
+    assert len(p.load) == len(p.accept) == len(p.overhead) == len(out.cycles)
 
 
 def test_huge_step_cost_keeps_the_tree_shallow(tiny_target, drafter):
@@ -212,10 +218,10 @@ def test_huge_step_cost_keeps_the_tree_shallow(tiny_target, drafter):
     for _ in range(10):
         p.step.add(100.0)
     p.step.skip = 0
-    out = eagle2.generate(tiny_target.model, ids, p, drafter, max_new_tokens=20, observers=[p])
+    out = eagle2.generate(tiny_target.model, ids, p, drafter, max_new_tokens=20)
     assert p.stats()["mean_depth"] == 1.0 and len(out.tokens) == 20
     free = AutoEagle2(flat(), top_k=2, depth=6, dynamic_depth=False)
-    eagle2.generate(tiny_target.model, ids, free, drafter, max_new_tokens=20, observers=[free])
+    eagle2.generate(tiny_target.model, ids, free, drafter, max_new_tokens=20)
     assert free.stats()["mean_depth"] == 6.0
 
 

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 import eagle2
-from eagle2.autotree import AutoEagle2, LatencyModel
+from eagle2.autotree import AutoEagle2, LatencyModel, drafted_outcome
 from eagle2.lookup import LookupRates, NgramIndex, PromptLookup, chain_log_confs, merge_chain
-from eagle2.policies import CandidatePool
-from eagle2.tree import rerank
+from eagle2.tree import CandidatePool
 
 
 def test_index_takes_the_newest_earlier_occurrence_of_the_longest_suffix():
@@ -49,8 +48,8 @@ def test_anchored_chains_hang_below_drafted_nodes_and_learn_only_when_reached():
     pool.add([-1, -1], [1, 5], [math.log(0.6), math.log(0.3)])  # the head drafts 1 (and 5)
     look.merge(pool, 1.0)
     (chain,) = [c for c in look.chains if c.anchor == 0]  # 9, 1 -> nothing; (1,) was followed by 2, 3, 4, 9
-    assert chain.tokens == [2, 3, 4, 9] and [pool.parents[i] for i in chain.ids] == [0] + chain.ids[:-1]
-    assert all(pool.source[i] == "lookup" for i in chain.ids)
+    assert chain.tokens == [2, 3, 4, 9] and [pool.parents.tolist()[i] for i in chain.ids] == [0] + chain.ids[:-1]
+    assert all(pool.sources()[i] == "lookup" for i in chain.ids)
     look.mark_kept([0, chain.ids[0], chain.ids[1]])
     look.learn([5])  # the target took 5, not 1: the anchor was not reached, nothing is learnt
     assert sum(map(sum, look.rates.tested)) == 0
@@ -68,19 +67,19 @@ def test_merge_shares_nodes_and_lifts_their_subtrees():
     pool.add([2], [6], [math.log(0.9)])  # 4 -> 5 -> 6, only the head
     ids = merge_chain(pool, [4, 5, 9], [math.log(0.8), math.log(0.1), math.log(0.7)])
     assert ids == [0, 2, 4]  # 4 and 5 shared, 9 new under 5
-    assert pool.tokens == [4, 8, 5, 6, 9] and pool.parents == [-1, -1, 0, 2, 2]
-    v = [math.exp(x) for x in pool.log_value]
+    assert pool.tokens.tolist() == [4, 8, 5, 6, 9] and pool.parents.tolist() == [-1, -1, 0, 2, 2]
+    v = [math.exp(x) for x in pool.log_value.tolist()]
     assert v[0] == pytest.approx(0.8)  # max(0.5, 0.8)
-    assert pool.source == ["both", "draft", "draft", "draft", "lookup"]  # 4 raised, 5 kept the head's confidence
+    assert pool.sources() == ["both", "draft", "draft", "draft", "lookup"]  # 4 raised, 5 kept the head's confidence
     assert v[2] == pytest.approx(0.8 * 0.2)  # max(0.2, 0.1) under the lifted parent
     assert v[3] == pytest.approx(0.8 * 0.2 * 0.9)  # the head's grandchild is lifted too
     assert v[4] == pytest.approx(0.8 * 0.2 * 0.7)
     assert v[1] == pytest.approx(0.3)
-    for i, p in enumerate(pool.parents):  # still a tree whose values never grow along a path
-        assert p < i and (p < 0 or pool.log_value[i] <= pool.log_value[p] + 1e-12)
-    tree, kept = rerank(0, torch.tensor(pool.tokens), torch.tensor(pool.parents), torch.tensor(pool.log_conf),
-                        torch.tensor(pool.log_value), 3)
-    assert kept == [0, 1, 2] and tree.tokens.tolist() == [0, 4, 8, 5]
+    lv = pool.log_value.tolist()
+    for i, p in enumerate(pool.parents.tolist()):  # still a tree whose values never grow along a path
+        assert p < i and (p < 0 or lv[i] <= lv[p] + 1e-6)
+    tree = pool.rerank(0, 3)
+    assert tree.candidate_ids[1:] == [0, 1, 2] and tree.tokens.tolist() == [0, 4, 8, 5]
 
 
 def test_rates_count_only_tested_tokens():
@@ -168,9 +167,9 @@ def test_copied_nodes_are_marked_in_the_trace_and_the_figure(tiny_target, drafte
 
 
 def test_lookup_needs_the_auto_tree(tiny_target):
-    from eagle2.policies import make_policy
+    from eagle2.registry import make_policy
 
-    with pytest.raises(ValueError, match="total_tokens='auto'"):
+    with pytest.raises(ValueError, match="needs the eagle2 policy with total=auto"):
         make_policy("eagle2", total_tokens=12, lookup=10)
     with pytest.raises(ValueError, match="lookup must be"):
         make_policy("eagle2", total_tokens="auto", target=tiny_target, lookup=-2)
@@ -196,7 +195,9 @@ def test_value_scale_is_learnt_on_drafted_nodes_only():
     pool = CandidatePool()
     pool.add([-1, -1], [4, 8], [math.log(0.5), math.log(0.2)])  # drafted
     merge_chain(pool, [4, 5], [math.log(0.9), math.log(0.8)])  # 4 becomes shared ("both"), 5 is copied
-    p._pool = pool
-    p._remember_kept([0, 1, 2])
-    assert p._last_expected == pytest.approx(0.2)  # only node 8: node 4 and its child carry the copy's values
-    assert p._accepted_drafted([4, 5]) == 0 and p._accepted_drafted([8]) == 1 and p._accepted_drafted([7]) == 0
+    tree = pool.rerank(1, 3)  # nodes 4, 8, 5 (the copy's 5 under 4)
+    assert tree.tokens.tolist() == [1, 4, 8, 5]
+    # only node 8 counts: node 4 and its child carry the copy's values
+    assert drafted_outcome(tree, pool, [0, 1, 3]) == (0, pytest.approx(0.2))
+    assert drafted_outcome(tree, pool, [0, 2]) == (1, pytest.approx(0.2))
+    assert drafted_outcome(tree, pool, [0]) == (0, pytest.approx(0.2))

@@ -274,6 +274,18 @@ def test_eagle3_pipeline_writes_layer_features_and_an_official_head(tiny6_dir, t
     with pytest.raises(ValueError, match="not a training-token file"):
         train.main(["--out", str(tmp_path / "run3"), "--model", tiny6_dir, "--dtype", "float32",
                     "--data", str(head_out / "config.json")])
+    # data accumulates over runs: token files and run folders concatenate
+    from transformers import AutoTokenizer
+
+    from eagle2 import train_data as td
+
+    first = td.import_tokens([head_out / train.TOKENS_FILE], tmp_path / "run4", AutoTokenizer.from_pretrained(tiny6_dir))
+    both = td.import_tokens([head_out / train.TOKENS_FILE, out], tmp_path / "run5", AutoTokenizer.from_pretrained(tiny6_dir))
+    assert (both["chat"], both["tasks"], both["tokens"]) == (2 * first["chat"], 2 * first["tasks"], 2 * first["tokens"])
+    rows = td.read_jsonl(tmp_path / "run5" / "answers.jsonl")
+    assert [r["id"] for r in rows] == list(range(len(rows))) and rows[0]["answer_ids"] == rows[first["chat"]]["answer_ids"]
+    with pytest.raises(ValueError, match="needs answers.jsonl"):
+        td.import_tokens([tmp_path / "run3"], tmp_path / "run6", None)
 
 
 def test_eagle3_training_beats_a_random_head(tmp_path):

@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eagle2.policies import Chain, Eagle1, Eagle2, make_policy
+from eagle2.policies import Chain, Eagle1, Eagle2
+from eagle2.registry import make_policy
 from eagle2.trace import TraceRecorder
 from eagle2.tree import DraftTree, max_candidates, rerank
 

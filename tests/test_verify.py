@@ -73,7 +73,7 @@ def wrong_sample_accept(tree, probs, generator=None):
                 nxt = c
                 break
         if nxt is None:
-            return Verdict(path, int(torch.multinomial(p, 1, generator=generator)), [])
+            return Verdict(path, int(torch.multinomial(p, 1, generator=generator)), [], [tokens[i] for i in path[1:]])
         path.append(nxt)
         node = nxt
 

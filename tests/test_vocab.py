@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import eagle2
-from eagle2.vocab import (ReducedLMHead, ReducedVocabDrafter, count_answers, count_generations, counts_for,
+from eagle2.draft import ReducedVocabDrafter
+from eagle2.vocab import (ReducedLMHead, count_answers, count_generations, counts_for,
                           coverage, load_counts, main, save_counts, top_tokens)
 
 
@@ -109,3 +110,34 @@ def test_counts_from_the_targets_own_answers(tiny_target, tmp_path, monkeypatch)
     assert where.startswith(str(tmp_path)) and sum(first.values()) >= 1
     again, where2 = counts_for(tiny_target)
     assert again == first and where2 == where
+
+
+def test_auto_draft_vocabulary_is_measured_cached_and_lossless(tiny_target, head, tmp_path, monkeypatch):
+    """draft_vocab="auto": the reduced vocabulary when the head ships token counts and a draft
+    step with it is cheap enough (measured once, cached); decoding stays exact either way."""
+    from eagle2 import vocab
+    from eagle2.draft import EagleDrafter, load_drafter
+
+    monkeypatch.setenv("EAGLE2_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(vocab, "AUTO_VOCAB_SIZE", 30)
+    folder = tmp_path / "head"
+    head.save_pretrained(folder)
+    assert type(load_drafter(tiny_target, str(folder), draft_vocab="auto")) is EagleDrafter  # no counts: full
+    save_counts(Counter({t: 100 - t for t in range(3, 60)}), folder / vocab.COUNTS_FILE)
+
+    monkeypatch.setattr(vocab, "PAYS_BELOW", 1e9)  # any saving pays
+    drafter = load_drafter(tiny_target, str(folder), draft_vocab="auto")
+    assert isinstance(drafter, ReducedVocabDrafter) and drafter.draft_vocab == 30  # the 30 most frequent (EOS among them)
+    (choice,) = (tmp_path / "cache" / "draft-vocab").glob("*.json")
+    raw = json.loads(choice.read_text())
+    assert raw["pays"] and raw["full_step_s"] > 0 and raw["reduced_step_s"] > 0
+    monkeypatch.setattr(vocab, "PAYS_BELOW", 0.0)  # the cached decision stands
+    assert isinstance(load_drafter(tiny_target, str(folder), draft_vocab="auto"), ReducedVocabDrafter)
+    choice.unlink()  # measured again: nothing pays now
+    assert type(load_drafter(tiny_target, str(folder), draft_vocab="auto")) is EagleDrafter
+
+    ids = tiny_target.tokenizer("hello world the cat")["input_ids"]
+    ref = eagle2.generate(tiny_target.model, ids, eagle2.Vanilla(), None, max_new_tokens=30)
+    out = eagle2.generate(tiny_target.model, ids, eagle2.make_policy("eagle2"), drafter, max_new_tokens=30)
+    assert out.tokens == ref.tokens
+    assert isinstance(load_drafter(tiny_target, str(folder), draft_vocab=12), ReducedVocabDrafter)

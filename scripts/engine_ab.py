@@ -1,0 +1,117 @@
+"""Engine A/B: this checkout's decoder against another checkout's, in one process, one run.
+
+Both decoders share the loaded target and the same head weights; for each question the
+methods take turns (order rotating), so a slow spell of the machine hits both alike. The
+other checkout's `eagle2/` is imported under the name `eagle2_before` (its imports are
+relative). Greedy outputs are compared token for token.
+
+    PYTHONPATH=. python scripts/engine_ab.py /tmp/old --questions ../shared/data/mt_bench.jsonl \
+        --max-new-tokens 256 --threads 1 --out runs/ab-mt
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import eagle2
+from eagle2.bench import cpu_model, load_questions
+from eagle2.registry import make_policy
+
+
+def import_before(checkout: Path):
+    """The other checkout's eagle2 package, as module `eagle2_before`."""
+    tmp = Path(tempfile.mkdtemp(prefix="eagle2-before-"))
+    shutil.copytree(checkout / "eagle2", tmp / "eagle2_before", ignore=shutil.ignore_patterns("heads", "__pycache__"))
+    spec = importlib.util.spec_from_file_location("eagle2_before", tmp / "eagle2_before" / "__init__.py",
+                                                  submodule_search_locations=[str(tmp / "eagle2_before")])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["eagle2_before"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("before", type=Path, help="the other checkout (e.g. a git worktree of the previous commit)")
+    ap.add_argument("--questions", required=True)
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--methods", default="eagle2,eagle2@lookup=10", help="each run by both decoders")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--full-vocab", action="store_true", help="also run eagle2 now with the whole vocabulary")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    before = import_before(args.before.resolve())
+    target = eagle2.load_target("default")
+    drafter_now = eagle2.load_drafter(target, head="default")
+    drafter_before = before.EagleDrafter(drafter_now.head, target.model, name="default")
+    drafter_full = eagle2.EagleDrafter(drafter_now.head, target.model, name="default")  # now, whole vocabulary
+    questions = load_questions(args.questions, limit=args.limit, first_turn_only=True)
+    lookups = [int(m.split("lookup=")[1]) if "lookup=" in m else 0 for m in args.methods.split(",")]
+    policies = {}
+    for m, lk in zip(args.methods.split(","), lookups):
+        policies[f"{m} now"] = (make_policy("eagle2", total_tokens="auto", target=target, lookup=lk), drafter_now,
+                                 eagle2.generate, False)
+        old = before.make_policy("eagle2", total_tokens="auto", target=target, lookup=lk)
+        policies[f"{m} before"] = (old, drafter_before, before.generate, True)
+        if args.full_vocab and not lk:  # how much of the change is the reduced draft vocabulary
+            policies[f"{m} now, full vocabulary"] = (make_policy("eagle2", total_tokens="auto", target=target),
+                                                     drafter_full, eagle2.generate, False)
+    names = ["hf"] + list(policies)
+    totals = {n: {"tokens": 0, "seconds": 0.0, "cycles": 0, "new_tokens_in_cycles": 0} for n in names}
+    mismatches = 0
+    warm = eagle2.encode_prompt(target.tokenizer, "Say hello.")
+    for name, (pol, dr, gen, obs) in policies.items():  # warm-up (and the latency calibration)
+        gen(target.model, warm, pol, dr, max_new_tokens=16, eos_token_ids=target.eos_token_ids,
+            observers=[pol] if obs else [])
+    for qi, q in enumerate(tqdm(questions, desc="questions")):
+        ids = eagle2.encode_prompt(target.tokenizer, q.turns[0])
+        order = names[qi % len(names):] + names[: qi % len(names)]
+        outs = {}
+        for name in order:
+            if name == "hf":
+                r = eagle2.hf_generate(target.model, ids, max_new_tokens=args.max_new_tokens,
+                                       eos_token_ids=target.eos_token_ids)
+            else:
+                pol, dr, gen, obs = policies[name]
+                r = gen(target.model, ids, pol, dr, max_new_tokens=args.max_new_tokens,
+                        eos_token_ids=target.eos_token_ids, observers=[pol] if obs else [])
+                totals[name]["cycles"] += len(r.cycles)
+                totals[name]["new_tokens_in_cycles"] += sum(c.new_tokens for c in r.cycles)
+            totals[name]["tokens"] += len(r.tokens)
+            totals[name]["seconds"] += r.seconds
+            outs[name] = r.tokens
+        mismatches += sum(outs[n] != outs["hf"] for n in policies)
+    hf_rate = totals["hf"]["tokens"] / totals["hf"]["seconds"]
+    summary = {"command": "python " + " ".join(sys.argv), "cpu": cpu_model(), "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"), "questions": len(questions),
+               "max_new_tokens": args.max_new_tokens, "outputs_differing_from_hf": mismatches, "methods": {}}
+    for n, t in totals.items():
+        rate = t["tokens"] / t["seconds"]
+        summary["methods"][n] = {"tokens_per_s": round(rate, 2), "x_hf": round(rate / hf_rate, 3),
+                                 "drafter": getattr(policies[n][1], "name", None) if n in policies else None,
+                                 "tau": round(t["new_tokens_in_cycles"] / t["cycles"], 3) if t["cycles"] else None,
+                                 "ms_per_cycle": round(1e3 * t["seconds"] / t["cycles"], 2) if t["cycles"] else None}
+    for m in args.methods.split(","):
+        a, b = summary["methods"][f"{m} now"], summary["methods"][f"{m} before"]
+        summary["methods"][f"{m} now"]["x_before"] = round(a["tokens_per_s"] / b["tokens_per_s"], 3)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""Held-out top-1 agreement of draft heads on one training run's held-out split (the same
+sequences for every head, so heads trained on other data compare fairly).
+
+    PYTHONPATH=. python scripts/eval_heads.py RUN_FOLDER HEAD_FOLDER [HEAD_FOLDER ...] [--threads N]
+
+RUN_FOLDER is a `python -m eagle2 train --out` folder with features.pt and config.json; its
+--val-frac and --seed give the split. Prints one JSON line per head (agreement by draft step
+1..6 over the full vocabulary, the chain score, step-1 losses).
+"""
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from eagle2 import train
+from eagle2.head import load_head_folder
+from eagle2.models import load_target
+
+ap = argparse.ArgumentParser()
+ap.add_argument("run", type=Path)
+ap.add_argument("heads", nargs="+")
+ap.add_argument("--threads", type=int, default=0)
+args = ap.parse_args()
+if args.threads:
+    torch.set_num_threads(args.threads)
+run_args = argparse.Namespace(**json.loads((args.run / "config.json").read_text())["args"])
+target = load_target(run_args.model, dtype=run_args.dtype, device=run_args.device)
+data = train.FeatureData(args.run / "features.pt")
+_, val_idx = train.split(len(data), run_args.val_frac, run_args.seed)
+ac = train.use_autocast(run_args, target)
+for folder in args.heads:
+    head = load_head_folder(folder).to(target.device)
+    ev = train.evaluate(head, data, val_idx, target, run_args, ac)
+    print(json.dumps({"head": folder, "val_sequences": len(val_idx), **ev}), flush=True)

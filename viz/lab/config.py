@@ -1,0 +1,113 @@
+"""The Tree Lab's settings: paths, environment knobs, widget ranges, and the head and policy menus.
+
+The policy menu is eagle2.registry's (names, which sizes each takes, their defaults), plus the
+plug-ins named in EAGLE2_APP_POLICIES, registered there by `install_user_policies`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from pathlib import Path
+
+import eagle2
+from eagle2 import registry
+from eagle2.head import HEAD_KIND_LABELS, head_kind
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_TRACES = ROOT / "examples" / "traces"
+PROMPTS_FILE = ROOT / "examples" / "prompts.json"
+
+MAX_NEW_TOKENS = max(1, int(os.environ.get("EAGLE2_APP_MAX_NEW_TOKENS", "256")))
+DEFAULT_NEW_TOKENS = min(64, MAX_NEW_TOKENS)
+MAX_PROMPT_CHARS = 4000
+# Widget ranges; the server checks the same ranges (and the registry the tree's capacity).
+LIMITS = {"top_k": (1, 12), "depth": (1, 10), "total_tokens": (1, 128), "temperature": (0.0, 2.0),
+          "top_p": (0.05, 1.0), "max_new_tokens": (1, MAX_NEW_TOKENS), "seed": (0, 2**31 - 1)}
+
+
+# ---- heads ----------------------------------------------------------------------------------------
+def _shipped_head_choices() -> dict[str, str]:
+    """The heads shipped for the embedded target, labelled by kind (EAGLE-1/2 or EAGLE-3)."""
+    from eagle2.draft import shipped_heads
+
+    out = {}
+    for name, folder in shipped_heads(eagle2.models.DEFAULT_NAME).items():
+        try:
+            kind = HEAD_KIND_LABELS[head_kind(folder)]
+        except ValueError:
+            continue
+        out[name] = f"{name}: the trained {kind}" + (" (earlier head kind, for comparison)" if name != "default" else "")
+    return out
+
+
+SPECIAL_HEADS = {
+    "default": "default: the trained head",
+    **_shipped_head_choices(),
+    "self": "self: the target drafts for itself (accepts all)",
+    "random": "random: an untrained head (accepts ~nothing)",
+}
+
+
+# ---- policies (eagle2.registry) ----------------------------------------------------------------------
+DEFAULT_POLICY = registry.DEFAULT_POLICY  # like the CLI and the bench
+AUTO_LOOKUP = "eagle2-auto+lookup"  # eagle2-auto plus a prompt-lookup chain copied from the context
+LOOKUP_TOKENS = registry.LOOKUP_TOKENS
+TREE_DEFAULTS = dict(registry.policy_info("eagle2").defaults)  # CPU-sized: top_k, depth, total_tokens
+COMPARE_DEFAULT_A = ("eagle1", TREE_DEFAULTS["top_k"], TREE_DEFAULTS["depth"], TREE_DEFAULTS["total_tokens"])
+COMPARE_DEFAULT_B = ("eagle2", TREE_DEFAULTS["top_k"], TREE_DEFAULTS["depth"], TREE_DEFAULTS["total_tokens"])
+
+
+def policy_choices() -> list[str]:
+    return registry.names()
+
+
+def policy_sizes(name: str) -> tuple[str, ...]:
+    """Which of top_k / depth / total_tokens a policy uses (the others are greyed out)."""
+    try:
+        return registry.policy_info(name).sizes
+    except ValueError:
+        return ()
+
+
+def policy_defaults(name: str) -> dict:
+    """The sizes a policy starts from (shown when it is picked); the sliders it ignores keep
+    the fixed tree's defaults."""
+    try:
+        return {**TREE_DEFAULTS, **registry.policy_info(name).defaults}
+    except ValueError:
+        return dict(TREE_DEFAULTS)
+
+
+def load_user_policies() -> dict[str, registry.PolicyInfo]:
+    """Policies named in EAGLE2_APP_POLICIES ("module:Class" or "file.py:Class"), as registry
+    entries; a bad entry is skipped with a note (a bad plug-in must not take the app down)."""
+    found: dict[str, registry.PolicyInfo] = {}
+    for spec in filter(None, (s.strip() for s in os.environ.get("EAGLE2_APP_POLICIES", "").split(","))):
+        try:
+            where, _, cls_name = spec.rpartition(":")
+            if where.endswith(".py"):
+                mspec = importlib.util.spec_from_file_location(Path(where).stem, where)
+                module = importlib.util.module_from_spec(mspec)
+                mspec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(where)
+            info = registry.PolicyInfo.from_class(getattr(module, cls_name))
+            found[info.name] = info
+        except Exception as e:
+            print(f"[tree-lab] skipping user policy {spec!r}: {type(e).__name__}: {e}")
+    return found
+
+
+def install_user_policies() -> list[str]:
+    """Register the plug-ins of EAGLE2_APP_POLICIES; a name taken already is skipped. Returns
+    the names registered."""
+    names = []
+    for name, info in load_user_policies().items():
+        try:
+            registry.register(info)
+            names.append(name)
+        except ValueError as e:
+            print(f"[tree-lab] skipping user policy {name!r}: {e}")
+    return names

@@ -1,0 +1,91 @@
+"""Trace files for the app: uploads checked before anything is drawn, downloads, the shipped examples."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from eagle2.trace import MAX_TRACE_BYTES, Trace
+from viz.data import cycle_view, policy_label, summary
+
+from .config import EXAMPLE_TRACES
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB" if n >= 1024 else f"{n} bytes"
+
+
+def load_trace_path(path) -> Trace:
+    """Read an uploaded / example trace, with clear errors for bad files."""
+    if path is None:
+        raise ValueError("No file was uploaded.")
+    path = Path(getattr(path, "name", path))
+    if not path.is_file():
+        raise ValueError(f"Trace file {path.name} was not found.")
+    size = path.stat().st_size
+    if size > MAX_TRACE_BYTES:
+        raise ValueError(f"That trace is too large ({_size(size)}; at most {_size(MAX_TRACE_BYTES)}).")
+    if size == 0:
+        raise ValueError("That file is empty: not an eagle2 trace.")
+    trace = Trace.from_json(path.read_bytes())  # ValueError with a clear message on bad input
+    check_trace(trace)
+    return trace
+
+
+def check_trace(trace: Trace) -> None:
+    """Reject traces that parse but cannot be drawn (so bad uploads fail here, not in a figure)."""
+    try:
+        for i in range(len(trace.cycles)):
+            cycle_view(trace, i)
+        summary(trace)
+    except ValueError:
+        raise
+    except Exception as e:
+        raise ValueError(f"trace is malformed: {type(e).__name__}: {e}") from None
+
+
+def example_traces() -> list[tuple[str, str]]:
+    """(label, path) of the shipped traces."""
+    out = []
+    for f in sorted(EXAMPLE_TRACES.glob("*.json")):
+        label = f.stem
+        try:
+            head = json.loads(f.read_text())
+            meta, s = head.get("meta", {}), head.get("summary", {})
+            label = f"{f.stem} · {policy_label({**meta, **s})} · τ {s.get('tau', 0):.2f}"
+        except Exception:
+            pass
+        out.append((label, str(f)))
+    return out
+
+
+def trace_file(trace: Trace) -> str:
+    """Write a trace where the download button can serve it (old ones are pruned)."""
+    folder = Path(tempfile.gettempdir()) / "eagle2-tree-lab"
+    folder.mkdir(exist_ok=True)
+
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except FileNotFoundError:  # another request pruned it meanwhile
+            return 0.0
+
+    old = sorted(folder.glob("trace-*.json"), key=mtime)
+    for f in old[:-40]:
+        f.unlink(missing_ok=True)
+    path = folder / f"trace-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.json"
+    path.write_text(trace.to_json())
+    return str(path)
+
+
+def best_cycle(trace: Trace) -> int:
+    """The first cycle that accepted the most draft tokens (a telling tree to open a trace on)."""
+    best, most = 0, -1
+    for i, rec in enumerate(trace.cycles):
+        acc = len(rec.verification.accepted_path) - 1 if rec.verification else 0
+        if acc > most:
+            best, most = i, acc
+    return best

@@ -1,0 +1,153 @@
+"""What each view of the page shows for a trace, as {component name: value} dicts (app.py maps
+names to components), and the status line's messages."""
+
+from __future__ import annotations
+
+import html
+import warnings
+
+import gradio as gr
+
+from eagle2.trace import Trace
+from viz import charts
+from viz.data import BONUS_KEY, ROOT_KEY, cycle_view, display_token, policy_label, summary
+from viz.html import summary_html, tokens_html
+from viz.tree_figure import stage_caption, stage_names, tree_figure
+
+from .traces import trace_file
+
+
+def message(kind: str, text: str) -> str:
+    """The status line: kind is error, warn, ok, info or busy."""
+    icon = {"error": "⚠", "warn": "⚠", "ok": "✓", "info": "ℹ", "busy": "…"}.get(kind, "")
+    return f'<div class="tl-status tl-{kind}">{icon} {html.escape(text)}</div>'
+
+
+def toast(text: str) -> None:
+    """A warning toast in the browser (outside a request, e.g. in tests, nothing)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            gr.Warning(text)
+        except Exception:
+            pass
+
+
+def clamp_cycle(trace: Trace | None, cycle) -> int:
+    n = len(trace.cycles) if trace else 0
+    try:
+        c = int(cycle)
+    except (TypeError, ValueError):
+        c = 0
+    return min(max(c, 0), max(0, n - 1))
+
+
+def cycle_info(trace: Trace | None, cycle: int) -> str:
+    if trace is None:
+        return ""
+    if not trace.cycles:
+        return "This answer has no drafting cycles (it stopped at the first token)."
+    v = cycle_view(trace, cycle)
+    root = v.nodes[ROOT_KEY]
+    acc = [n for n in v.nodes.values() if n.status == "accepted"]
+    acc.sort(key=lambda n: n.depth)
+    accepted = " ".join(f"`{display_token(n.text)}`" for n in acc) or "none"
+    bonus = f" · bonus ★ `{display_token(v.nodes[BONUS_KEY].text)}`" if BONUS_KEY in v.nodes else ""
+    t = v.timings
+    return (f"**Cycle {cycle}** of {len(trace.cycles)} · root `{display_token(root.text)}` · accepted ✓ {accepted}"
+            f"{bonus} · draft {1000 * t['draft_s']:.0f} ms · verify {1000 * t['verify_s']:.0f} ms")
+
+
+def safe_tree(trace: Trace | None, cycle: int, **kw):
+    if trace is None or not trace.cycles:
+        return None
+    return tree_figure(trace, clamp_cycle(trace, cycle), **kw)
+
+
+def stage_outputs(trace: Trace | None, cycle: int, stage_name: str | None, color_by: str) -> dict:
+    if trace is None or not trace.cycles:
+        return {"stage": gr.update(choices=["Verify"], value="Verify"), "stage_plot": None, "stage_caption": ""}
+    c = clamp_cycle(trace, cycle)
+    v = cycle_view(trace, c)
+    names = stage_names(v)
+    name = stage_name if stage_name in names else names[0]
+    i = names.index(name)
+    return {"stage": gr.update(choices=names, value=name),
+            "stage_plot": tree_figure(trace, c, view=v, stage=i, color_by=color_by),
+            "stage_caption": stage_caption(v, i)}
+
+
+def cycle_outputs(trace: Trace | None, cycle, color_by: str = "value", show_dropped: bool = True,
+                  stage_name: str | None = None) -> dict:
+    """Everything that depends on the selected cycle."""
+    c = clamp_cycle(trace, cycle)
+    out = {"cycle": gr.update(value=c), "cycle_info": cycle_info(trace, c),
+           "answer": tokens_html(trace, selected=c) if trace else tokens_html(None),
+           "tree": safe_tree(trace, c, color_by=color_by, show_dropped=show_dropped)}
+    out.update(stage_outputs(trace, c, stage_name, color_by))
+    return out
+
+
+def trace_outputs(trace: Trace, color_by="value", show_dropped=True, calib_by="value", status="",
+                  download=True, cycle: int = 0) -> dict:
+    """The whole UI for one trace (a fresh run, an upload or an example), showing `cycle`."""
+    n = len(trace.cycles)
+    cycle = clamp_cycle(trace, cycle)
+    out = cycle_outputs(trace, cycle, color_by, show_dropped)
+    out.update({"status": status, "trace": trace, "summary": summary_html(trace),
+                "cycle": gr.update(minimum=0, maximum=max(1, n - 1), value=cycle, step=1, interactive=n > 1,
+                                   label=f"Cycle (0–{max(0, n - 1)}): drag, or click a token in the answer")})
+    figs = charts.all_charts(trace, calib_by)
+    out.update({f"chart_{k}": f for k, f in figs.items()})
+    out["download"] = gr.update(value=trace_file(trace), interactive=True) if download else gr.update()
+    return out
+
+
+# ---- compare -------------------------------------------------------------------------------------------
+def answers_note(ta: Trace, tb: Trace) -> str:
+    """Do the two answers agree? (Greedy speculative decoding should reproduce the target exactly.)"""
+    a, b = ta.output_tokens, tb.output_tokens
+    if a == b:
+        return "Same answer, token for token: speculative decoding does not change the target's output."
+    sampled = (ta.meta.get("temperature") or 0) > 0 or (tb.meta.get("temperature") or 0) > 0
+    if sampled:
+        return "Different answers: with sampling (temperature > 0) each run draws its own sample."
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    if first == min(len(a), len(b)):
+        return f"One answer is a prefix of the other: they agree on all {first} shared tokens."
+    return (f"The answers agree on the first {first} tokens, then differ. Greedy speculative decoding should "
+            "match exactly; a late difference usually means a near-tie flipped under low-precision (bfloat16) "
+            "rounding, because trees of different shapes do slightly different arithmetic.")
+
+
+def compare_table(ta: Trace, tb: Trace) -> str:
+    sa, sb = summary(ta), summary(tb)
+    rows = [("policy", policy_label({**ta.meta, **sa}), policy_label({**tb.meta, **sb})),
+            ("τ (tokens / target forward)", f"{sa['tau']:.2f}", f"{sb['tau']:.2f}"),
+            ("tokens per cycle", f"{sa['mean_accepted']:.2f}", f"{sb['mean_accepted']:.2f}"),
+            ("tokens / second", f"{sa['tokens_per_s']:.1f}", f"{sb['tokens_per_s']:.1f}"),
+            ("cycles (target forwards − 1)", str(sa["cycles"]), str(sb["cycles"])),
+            ("draft / verify seconds", f"{sa['draft_s']:.2f} / {sa['verify_s']:.2f}",
+             f"{sb['draft_s']:.2f} / {sb['verify_s']:.2f}")]
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(x)}</td><td>{html.escape(y)}</td></tr>"
+                   for k, x, y in rows)
+    note = answers_note(ta, tb)
+    return (f'<table class="tl-cmp"><tr><th></th><th>A</th><th>B</th></tr>{body}</table>'
+            f'<div class="tl-cmp-note">{html.escape(note)}</div>')
+
+
+def compare_outputs(ta: Trace, tb: Trace, cycle, color_by="value", status=None) -> dict:
+    n = max(len(ta.cycles), len(tb.cycles))
+    c = min(max(int(cycle or 0), 0), max(0, n - 1))
+    out = {"cmp_state": (ta, tb), "cmp_table": compare_table(ta, tb),
+           "cmp_cycle": gr.update(minimum=0, maximum=max(1, n - 1), value=c, interactive=n > 1),
+           "cmp_answer_a": tokens_html(ta, selected=c if c < len(ta.cycles) else None),
+           "cmp_answer_b": tokens_html(tb, selected=c if c < len(tb.cycles) else None)}
+    for tag, t in (("a", ta), ("b", tb)):
+        out[f"cmp_tree_{tag}"] = (tree_figure(t, c, color_by=color_by, show_dropped=False, compact=True,
+                                              title=f"{tag.upper()}: {policy_label({**t.meta, **summary(t)})}"
+                                                    f" · cycle {c}")
+                                  if c < len(t.cycles) else None)
+    if status is not None:
+        out["cmp_status"] = status
+    return out
