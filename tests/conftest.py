@@ -79,3 +79,24 @@ def tiny_target(tiny_dir):
 def _threads():
     """Tiny models gain nothing from threads, and one thread keeps tests steady on a busy machine."""
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_head(tiny_dir, tmp_path_factory):
+    """A random EAGLE-1/2 head for the tiny Llama, saved as a folder usable as `--head PATH`."""
+    from eagle2.head import EagleHead
+    from eagle2.models import load_target
+
+    target = load_target(tiny_dir, dtype="float32", device="cpu")
+    folder = tmp_path_factory.mktemp("tiny-head")
+    EagleHead.for_target(target.model.config).save_pretrained(folder)
+    return str(folder)
+
+
+def run_cli(capsys, *args):
+    """`python -m eagle2 ARGS` in-process: (exit code, stdout, stderr)."""
+    from eagle2.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -7,26 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_cli
 
 import eagle2
-from eagle2.cli import main
 from eagle2.trace import Trace, TraceRecorder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def tiny_head(tiny_dir, tmp_path_factory):
-    target = eagle2.load_target(tiny_dir, dtype="float32")
-    folder = tmp_path_factory.mktemp("tiny-head")
-    eagle2.EagleHead.for_target(target.model.config).save_pretrained(folder)
-    return str(folder)
-
-
-def run_cli(capsys, *args):
-    code = main(list(args))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_generate_json(tiny_dir, tiny_head, capsys, tmp_path):

@@ -14,9 +14,9 @@ import copy
 import json
 
 import pytest
+from conftest import run_cli
 import torch
 
-from eagle2.cli import main as cli_main
 from eagle2.decode import generate
 from eagle2.draft import EagleDrafter, ModelDrafter
 from eagle2.head import Eagle3Head, EagleHead
@@ -204,20 +204,6 @@ def test_dispatch_refuses_offload_and_incomplete_maps():
 
 
 # ---- command line --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_head(tiny_dir, tmp_path_factory):
-    t = load_target(tiny_dir, dtype="float32", device="cpu")
-    folder = tmp_path_factory.mktemp("tiny-head")
-    EagleHead.for_target(t.model.config).save_pretrained(folder)
-    return str(folder)
-
-
-def run_cli(capsys, *args):
-    code = cli_main(list(args))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_generate_with_a_device_map_file(tiny_dir, tiny_head, tmp_path, capsys):
     path = tmp_path / "map.json"
     path.write_text(json.dumps(split_map(2)))
