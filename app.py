@@ -29,11 +29,13 @@ from viz.lab import handlers as H
 from viz.lab import texts
 from viz.lab.config import (COMPARE_DEFAULT_A, COMPARE_DEFAULT_B, DEFAULT_NEW_TOKENS, DEFAULT_POLICY, LIMITS,
                             MAX_PROMPT_CHARS, PROMPTS_FILE, SPECIAL_HEADS, install_user_policies, policy_choices,
-                            policy_defaults, policy_sizes)
+                            policy_defaults, policy_sizes, total_cap)
 from viz.lab.run import default_head_missing, limit_malloc_arenas, preload
 from viz.lab.traces import example_traces
 from viz.lab.views import message
 
+SETTINGS = ["prompt", "target", "head", "policy", "top_k", "depth", "total_tokens", "temperature", "top_p",
+            "max_new_tokens", "seed"]  # set from a trace that is opened (example or upload)
 VIEWS = ["status", "trace", "summary", "cycle", "cycle_info", "answer", "tree", "stage", "stage_plot",
          "stage_caption", "download"] + [f"chart_{k}" for k in (
              "tokens_per_cycle", "time_split", "accepted_histogram", "acceptance_by_depth", "calibration",
@@ -54,8 +56,8 @@ def _wrap(C: dict, fn, gen: bool = False):
             for d in fn(*args):
                 yield {C[k]: v for k, v in d.items() if k in C}
     else:
-        def run(*args):
-            return {C[k]: v for k, v in fn(*args).items() if k in C}
+        def run(*args):  # {} = nothing to change (e.g. a click on a token while a run streams)
+            return {C[k]: v for k, v in fn(*args).items() if k in C} or gr.skip()
     run.__name__ = fn.__name__
     return run
 
@@ -66,17 +68,18 @@ def _size_sliders(C: dict, names: tuple[str, str, str], policy: str, values: tup
     """top_k, depth and total_tokens sliders for `policy` (the sizes it ignores are greyed out)."""
     used = policy_sizes(policy)
     k, d, t = values
+    ids = [n.replace("_", "-") for n in names]
     C[names[0]] = gr.Slider(*LIMITS["top_k"], value=k, step=1, label="top_k", info=infos[0],
-                            interactive="top_k" in used)
+                            interactive="top_k" in used, elem_id=ids[0])
     C[names[1]] = gr.Slider(*LIMITS["depth"], value=d, step=1, label="depth", info=infos[1],
-                            interactive="depth" in used)
-    C[names[2]] = gr.Slider(LIMITS["total_tokens"][0], H.total_cap(k, d), value=t, step=1, label="total_tokens",
-                            info=infos[2], interactive="total_tokens" in used)
+                            interactive="depth" in used, elem_id=ids[1])
+    C[names[2]] = gr.Slider(LIMITS["total_tokens"][0], total_cap(k, d), value=t, step=1, label="total_tokens",
+                            info=infos[2], interactive="total_tokens" in used, elem_id=ids[2])
 
 
 def _model_widgets(C: dict) -> None:
     gr.Markdown("### Model, head and tree")
-    C["target"] = gr.Dropdown(["default"], value="default", allow_custom_value=True, label="Target model",
+    C["target"] = gr.Dropdown(["default"], value="default", allow_custom_value=True, label="Target model", elem_id="target",
                               info="default = embedded SmolLM2-135M-Instruct; or a hub id / folder")
     head0 = os.environ.get("EAGLE2_APP_HEAD", "default")
     head_choices = [(v, k) for k, v in SPECIAL_HEADS.items()]
@@ -99,8 +102,16 @@ def _sampling_widgets(C: dict) -> None:
     C["temperature"] = gr.Slider(*LIMITS["temperature"], value=0.0, step=0.05, label="temperature (0 = greedy)")
     C["top_p"] = gr.Slider(*LIMITS["top_p"], value=1.0, step=0.05, label="top_p")
     C["max_new_tokens"] = gr.Slider(*LIMITS["max_new_tokens"], value=DEFAULT_NEW_TOKENS, step=1,
-                                    label="max_new_tokens", elem_id="max-new-tokens")
+                                    label="max_new_tokens", elem_id="max-new-tokens",
+                                    info=f"at most {LIMITS['max_new_tokens'][1]} in this app")
     C["seed"] = gr.Number(value=0, precision=0, minimum=0, maximum=LIMITS["seed"][1], label="seed (sampling only)")
+
+
+def _view_widgets(C: dict) -> None:
+    gr.Markdown("### Tree view")
+    C["color_by"] = gr.Radio(texts.COLOR_CHOICES, value="value", label="Colour nodes by", elem_id="color-by")
+    C["show_dropped"] = gr.Checkbox(value=True, label="Show candidates the rerank dropped (faded)",
+                                    elem_id="show-dropped")
 
 
 def _trace_widgets(C: dict, examples: list) -> None:
@@ -113,37 +124,36 @@ def _trace_widgets(C: dict, examples: list) -> None:
 
 
 def _prompt_and_answer(C: dict, prompts: list) -> None:
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=2, min_width=300):
-            C["prompt"] = gr.Textbox(label="Prompt (chat)", lines=3, max_lines=8, elem_id="prompt",
-                                     placeholder="Ask the model something…", max_length=MAX_PROMPT_CHARS)
-            C["run_btn"] = gr.Button("▶ Run", variant="primary", elem_id="run-btn")
-            if prompts:
-                gr.Examples(prompts, inputs=[C["prompt"]], label="Example prompts", examples_per_page=8)
-        with gr.Column(scale=3, min_width=420):
-            C["status"] = gr.HTML(message("info", texts.FIRST_STATUS), elem_id="status")
-            C["summary"] = gr.HTML("", elem_id="summary")
-            gr.HTML(legend_html())
-            C["answer"] = gr.HTML(tokens_html(None), elem_id="answer", js_on_load=texts.TOKEN_CLICK_JS,
-                                  max_height=360)
+    C["prompt"] = gr.Textbox(label="Prompt (chat)", lines=2, max_lines=8, elem_id="prompt",
+                             placeholder="Ask the model something…",
+                             info=f"up to {MAX_PROMPT_CHARS} characters; Enter runs, Shift+Enter for a new line")
+    with gr.Row(equal_height=True):
+        C["run_btn"] = gr.Button("▶ Run", variant="primary", elem_id="run-btn", scale=1, min_width=100)
+        C["example_prompt"] = gr.Dropdown([texts.EXAMPLE_PROMPT_HINT] + prompts, value=texts.EXAMPLE_PROMPT_HINT,
+                                          label="Example prompts", show_label=False, container=False,
+                                          elem_id="example-prompt", scale=3, min_width=160, interactive=True)
+    C["status"] = gr.HTML(message("info", texts.FIRST_STATUS), elem_id="status")
+    C["answer"] = gr.HTML(tokens_html(None), elem_id="answer", js_on_load=texts.TOKEN_CLICK_JS, max_height=300)
+    gr.HTML(legend_html())
+    C["summary"] = gr.HTML("", elem_id="summary")
+
+
+def _cycle_selector(C: dict) -> None:
     C["cycle"] = gr.Slider(0, 1, value=0, step=1, label="Cycle", interactive=False, elem_id="cycle")
     C["cycle_info"] = gr.Markdown("", elem_id="cycle-info")
 
 
 def _tree_and_steps_tabs(C: dict) -> None:
     with gr.Tab("Draft tree", id="tree"):
-        with gr.Row():
-            C["color_by"] = gr.Radio(texts.COLOR_CHOICES, value="value", label="Colour nodes by", scale=2)
-            C["show_dropped"] = gr.Checkbox(value=True, label="Show candidates dropped by the rerank (faded)",
-                                            scale=2)
-        C["tree"] = gr.Plot(label="Draft tree of the selected cycle", elem_id="tree-plot")
+        gr.Markdown(texts.TREE_HOWTO, elem_id="tree-howto")
+        C["tree"] = gr.Plot(show_label=False, elem_id="tree-plot")
     with gr.Tab("Step-through", id="steps"):
         with gr.Row(equal_height=True):
             C["stage"] = gr.Radio(["Verify"], value="Verify", label="Stage of the selected cycle", elem_id="stage",
                                   scale=6)
-            C["prev_btn"] = gr.Button("◀ Prev", size="md", scale=0, min_width=90)
-            C["next_btn"] = gr.Button("Next ▶", size="md", scale=0, min_width=90)
-            C["play_btn"] = gr.Button("Play all", size="md", variant="primary", scale=0, min_width=90)
+            C["prev_btn"] = gr.Button("◀ Prev", size="md", scale=0, min_width=80)
+            C["next_btn"] = gr.Button("Next ▶", size="md", scale=0, min_width=80)
+            C["play_btn"] = gr.Button("Play all", size="md", variant="primary", scale=0, min_width=80)
         C["stage_caption"] = gr.Markdown("", elem_id="stage-caption")
         C["stage_plot"] = gr.Plot(label="The selected cycle, step by step", elem_id="stage-plot")
 
@@ -153,9 +163,10 @@ def _insights_tab(C: dict) -> None:
         with gr.Row():
             C["chart_tokens_per_cycle"] = gr.Plot(show_label=False)
             C["chart_time_split"] = gr.Plot(show_label=False)
-            C["chart_accepted_histogram"] = gr.Plot(show_label=False)
         with gr.Row():
+            C["chart_accepted_histogram"] = gr.Plot(show_label=False)
             C["chart_acceptance_by_depth"] = gr.Plot(show_label=False)
+        with gr.Row():
             C["chart_calibration"] = gr.Plot(show_label=False)
             with gr.Column():
                 C["calib_by"] = gr.Radio([("draft value", "value"), ("confidence", "confidence")], value="value",
@@ -172,8 +183,7 @@ def _compare_tab(C: dict) -> None:
                 with gr.Column(variant="panel"):
                     gr.Markdown(f"**{tag.upper()}**")
                     C[f"cmp_policy_{tag}"] = gr.Dropdown(policy_choices(), value=pol, label="policy")
-                    with gr.Row():
-                        _size_sliders(C, (f"cmp_top_k_{tag}", f"cmp_depth_{tag}", f"cmp_total_{tag}"), pol, (k, d, t))
+                    _size_sliders(C, (f"cmp_top_k_{tag}", f"cmp_depth_{tag}", f"cmp_total_{tag}"), pol, (k, d, t))
         C["cmp_btn"] = gr.Button("▶ Run A and B", variant="primary", elem_id="cmp-btn")
         C["cmp_status"] = gr.HTML("")
         C["cmp_table"] = gr.HTML("")
@@ -187,25 +197,30 @@ def _compare_tab(C: dict) -> None:
 
 
 def _layout(C: dict, prompts: list, examples: list) -> None:
+    """Settings in a collapsible sidebar; the run (prompt, status, summary, answer) beside the
+    selected cycle's tree, so both are in the first screen at 1280x720."""
     missing = default_head_missing()
     gr.Markdown(texts.HEADER, elem_id="tl-header")
     if missing:
         gr.HTML(f'<div class="tl-banner">⚠ {html.escape(missing).replace("**", "")}</div>')
     C["trace"] = gr.State(None, time_to_live=3600)
     C["cmp_state"] = gr.State(None, time_to_live=3600)
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=1, min_width=280, elem_id="settings"):
-            _model_widgets(C)
-            _sampling_widgets(C)
-            _trace_widgets(C, examples)
-        with gr.Column(scale=4, min_width=560, elem_id="main-col"):
+    with gr.Sidebar(open=True, width=300, elem_id="settings", label="Settings"):
+        _model_widgets(C)
+        _sampling_widgets(C)
+        _view_widgets(C)
+        _trace_widgets(C, examples)
+    with gr.Row(equal_height=False, elem_id="main-row"):
+        with gr.Column(scale=2, min_width=340, elem_id="run-col"):
             _prompt_and_answer(C, prompts)
+        with gr.Column(scale=3, min_width=460, elem_id="tree-col"):
+            _cycle_selector(C)
             with gr.Tabs():
                 _tree_and_steps_tabs(C)
                 _insights_tab(C)
                 _compare_tab(C)
-            with gr.Accordion("How to read it", open=False):
-                gr.Markdown(texts.INTRO)
+    with gr.Accordion("How it works", open=False):
+        gr.Markdown(texts.INTRO)
 
 
 # ---- wiring ------------------------------------------------------------------------------------------------
@@ -218,7 +233,7 @@ def _wire_run_and_cycles(C: dict) -> None:
                      cyc_out, trigger_mode="always_last", api_name=False)
 
     def token_click(trace, color_by, show_dropped, stage, evt: gr.EventData):  # Gradio fills evt by annotation
-        return {C[k]: v for k, v in H.on_token_click(trace, color_by, show_dropped, stage, evt).items()}
+        return {C[k]: v for k, v in H.on_token_click(trace, color_by, show_dropped, stage, evt).items()} or gr.skip()
 
     C["answer"].click(token_click, [C[k] for k in ("trace", "color_by", "show_dropped", "stage")], cyc_out,
                       api_name=False)
@@ -239,17 +254,19 @@ def _wire_steps_and_insights(C: dict) -> None:
 
 
 def _wire_traces(C: dict) -> None:
-    views = [C[k] for k in VIEWS]
+    views = [C[k] for k in VIEWS + SETTINGS]
     opts = [C["color_by"], C["show_dropped"], C["calib_by"]]
     C["upload"].upload(_wrap(C, H.on_upload), [C["upload"]] + opts, views, api_name="open_trace")
     C["example_trace"].change(_wrap(C, H.on_example), [C["example_trace"]] + opts, views, api_name=False)
+    C["example_prompt"].input(lambda p: gr.skip() if p in (None, texts.EXAMPLE_PROMPT_HINT) else p,
+                              [C["example_prompt"]], [C["prompt"]], api_name=False)
 
 
 def _wire_page_load(C: dict, demo: gr.Blocks, examples: list) -> None:
     """Open the first example trace on page load, so the whole UI shows something at once."""
     if examples:
         demo.load(_wrap(C, H.open_on_load(examples[0][1])), [C["color_by"], C["show_dropped"], C["calib_by"]],
-                  [C[k] for k in VIEWS] + [C["example_trace"]], api_name=False)
+                  [C[k] for k in VIEWS + SETTINGS] + [C["example_trace"]], api_name=False)
 
 
 def _wire_policies_and_compare(C: dict) -> None:
@@ -266,9 +283,9 @@ def _wire_policies_and_compare(C: dict) -> None:
                          trigger_mode="always_last", api_name=False)
 
 
-def _prompt_examples() -> list[list[str]]:
+def _prompt_examples() -> list[str]:
     try:
-        return [[p["prompt"]] for p in json.loads(PROMPTS_FILE.read_text())]
+        return [p["prompt"] for p in json.loads(PROMPTS_FILE.read_text())]
     except Exception as e:
         print(f"[tree-lab] no prompt examples: {e}")
         return []
@@ -300,7 +317,7 @@ def main():
     theme = gr.themes.Soft(primary_hue="blue", neutral_hue="slate",
                            font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
                            font_mono=["ui-monospace", "DejaVu Sans Mono", "monospace"])
-    demo.launch(css=texts.APP_CSS, theme=theme, max_file_size=MAX_TRACE_BYTES + 1024 * 1024, ssr_mode=False,
+    demo.launch(css=texts.APP_CSS, js=texts.ON_LOAD_JS, theme=theme, max_file_size=MAX_TRACE_BYTES + 1024 * 1024, ssr_mode=False,
                 show_error=True, run_history=False, footer_links=["api", "settings"])
 
 

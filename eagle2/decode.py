@@ -266,7 +266,7 @@ def generate(
     run = Decoding(model, policy, drafter, sampler, Observers(observers), set(int(e) for e in eos_token_ids),
                    max_new_tokens, result, cache, ids, layers)
     policy.start(result.prompt_tokens + [first])
-    run.observers.on_start(dict(meta or {}, **policy.describe()), result.prompt_tokens, first)
+    run.observers.on_start(dict(meta or {}, device=str(device), **policy.describe()), result.prompt_tokens, first)
     done = first in run.eos or max_new_tokens == 1
     run.emit(-1, [first], 0, done)
     if not done and policy.needs_drafter:

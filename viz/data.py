@@ -207,7 +207,7 @@ def _rank_missing(view: CycleView) -> None:
 class TokenSpan:
     token: int
     text: str
-    origin: str  # "draft" (accepted draft token) or "target" (prefill / bonus token)
+    origin: str  # "draft" (accepted draft token), "copy" (accepted, copied by prompt lookup) or "target"
     cycle: int  # -1 = the prefill's token
 
 
@@ -217,10 +217,19 @@ def token_spans(trace: Trace) -> list[TokenSpan]:
     if trace.first_token is not None:
         spans.append(TokenSpan(trace.first_token, trace.text_of(trace.first_token), "target", -1))
     for rec in trace.cycles:
-        n_acc = max(0, len(rec.verification.accepted_path) - 1) if rec.verification else 0
+        origins = accepted_origins(rec)
         for i, tok in enumerate(rec.new_tokens):
-            spans.append(TokenSpan(tok, trace.text_of(tok), "draft" if i < n_acc else "target", rec.index))
+            spans.append(TokenSpan(tok, trace.text_of(tok), origins[i] if i < len(origins) else "target", rec.index))
     return spans
+
+
+def accepted_origins(rec) -> list[str]:
+    """Per accepted draft token of a cycle: "copy" when prompt lookup alone proposed it, else "draft"."""
+    ver = rec.verification
+    if ver is None or len(ver.accepted_path) < 2:
+        return []
+    copied = {c.id for s in rec.expansions for c in s.candidates if c.source == "lookup"}
+    return ["copy" if ver.nodes[i].candidate in copied else "draft" for i in ver.accepted_path[1:]]
 
 
 # ---- whole-generation statistics ---------------------------------------------------------------

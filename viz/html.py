@@ -26,6 +26,8 @@ CSS = f"""
 .tl-tok {{ border-radius: 3px; padding: 1px 0; }}
 .tl-draft {{ background: {style.DRAFT_BG}; }}
 .tl-target {{ background: {style.TARGET_BG}; }}
+.tl-copy {{ background: {style.DRAFT_BG}; text-decoration: underline dashed {style.ACCEPTED}; text-underline-offset: 4px; }}
+.tl-legend .tl-copy::before, .tl-answer .tl-copy.tl-first::before {{ content: "↪"; color: {style.ACCEPTED}; }}
 .tl-special {{ color: #8c959f; font-size: 13px; }}
 .tl-live::after {{ content: "▍"; color: {style.BONUS}; animation: tl-blink 1s steps(2) infinite; }}
 @keyframes tl-blink {{ 50% {{ opacity: 0; }} }}
@@ -43,17 +45,18 @@ CSS = f"""
 """
 
 
-def _tok_html(text: str, origin: str, token: int, cycle: int) -> str:
+def _tok_html(text: str, origin: str, token: int, cycle: int, first: bool = False) -> str:
     special = text.startswith("<|") and text.endswith("|>")
     shown = html.escape(text).replace("\n", "⏎\n")
-    who = "accepted draft token" if origin == "draft" else ("target token (prefill)" if cycle < 0
-                                                            else "target token (bonus)")
-    cls = f"tl-tok tl-{origin}" + (" tl-special" if special else "")
+    who = {"draft": "accepted draft token", "copy": "accepted draft token, copied from the context (prompt lookup)"
+           }.get(origin, "target token (prefill)" if cycle < 0 else "target token (bonus)")
+    cls = f"tl-tok tl-{origin}" + (" tl-special" if special else "") + (" tl-first" if first else "")
     return f'<span class="{cls}" title="{html.escape(repr(text))} · id {token} · {who}">{shown}</span>'
 
 
 def legend_html() -> str:
     return ('<div class="tl-legend"><span class="tl-tok tl-draft">draft</span> accepted draft token &nbsp; '
+            '<span class="tl-tok tl-copy">copy</span> copied from the context &nbsp; '
             '<span class="tl-tok tl-target">target</span> target token (prefill / bonus) &nbsp; '
             '<span class="tl-bar"></span> cycle boundary &nbsp;·&nbsp; click a cycle to see its tree</div>')
 
@@ -74,11 +77,13 @@ def tokens_html(spans: list[TokenSpan] | Trace | None, selected: int | None = No
             label = "prefill" if cur < 0 else f"cycle {cur}"
             parts.append(f'<span class="tl-cyc{sel}{pre}" data-cycle="{cur}" title="{label}">{"".join(buf)}</span>')
 
+    prev = None
     for s in spans:
         if s.cycle != cur:
             flush()
             cur, buf = s.cycle, []
-        buf.append(_tok_html(s.text, s.origin, s.token, s.cycle))
+        buf.append(_tok_html(s.text, s.origin, s.token, s.cycle, first=s.origin == "copy" and prev != "copy"))
+        prev = s.origin
     flush()
     live_cls = " tl-live" if live else ""
     return f'<div class="tl-answer{live_cls}">{"".join(parts)}</div>'
@@ -102,6 +107,8 @@ def summary_html(trace: Trace | None, note: str = "") -> str:
     drafter = meta.get("drafter") or "–"
     temp = meta.get("temperature", 0.0) or 0.0
     mode = "greedy" if not temp else f"T={temp}, top-p={meta.get('top_p', 1.0)}"
+    if meta.get("device"):
+        mode += f" · on {meta['device']}"
 
     def card(num, lbl, extra="", wide=False):
         return (f'<div class="tl-card{" tl-wide" if wide else ""}"><div class="tl-num">{num}</div>'

@@ -104,16 +104,17 @@ def tree_layout(g: nx.DiGraph, root=ROOT_KEY, dropped_gap: float = 0.8) -> dict:
     the tree. Returns {key: (x, y)} with y <= 0 (the first child on top).
     """
     pos: dict = {}
-    cursor = 0.0
+    cursor, last = 0.0, None
     for k in nx.dfs_postorder_nodes(g, root, sort_neighbors=lambda ks: _child_order(g, ks)):
         kids = _child_order(g, g.successors(k))
         n: CycleNode = g.nodes[k]["node"]
         if kids:
             y = (pos[kids[0]][1] + pos[kids[-1]][1]) / 2
-        else:
-            gap = dropped_gap if n.status == "dropped" else 1.0
+        else:  # thin slots only between two dropped leaves; the bigger bonus box gets more room
+            gap = dropped_gap if n.status == "dropped" and last == "dropped" else 1.25 if n.status == "bonus" else 1.0
             y = -(cursor + gap / 2)
             cursor += gap
+            last = n.status
         pos[k] = (float(n.depth), y)
     return pos
 
@@ -169,17 +170,13 @@ def hover_text(n: CycleNode, view: CycleView) -> str:
 
 
 def _label(n: CycleNode, kind: str, limit: int) -> str:
-    tok = display_token(n.text, limit)
+    """The box text: verdict mark, ↪ for a copied token, the token; at most `limit` characters."""
+    mark = ""
+    if kind == "verify" and limit >= 8:  # in narrow columns the border colour alone says it
+        mark = {"accepted": "✓ ", "rejected": "✗ ", "bonus": "★ "}.get(n.status, "")
     if n.source == "lookup":
-        tok = f"↪{tok}"
-    if kind == "verify":
-        if n.status == "accepted":
-            return f"✓ {tok}"
-        if n.status == "rejected":
-            return f"✗ {tok}"
-        if n.status == "bonus":
-            return f"★ {tok}"
-    return tok
+        mark += "↪"
+    return mark + display_token(n.text, max(2, limit - len(mark)))
 
 
 def _style(n: CycleNode, kind: str, step: int, color_by: str, lo: float) -> dict:
@@ -230,6 +227,12 @@ def _sizes(n_nodes: int) -> tuple[int, int, int]:
     return 10, 17, 10
 
 
+def _fit_label(limit: int, font: int, max_depth: int, width_px: int) -> int:
+    """Characters a label may have so that boxes in neighbouring depth columns don't overlap."""
+    column_px = 0.85 * width_px / (max_depth + 1.2) - 8  # less the box's padding and border
+    return max(3, min(limit, int(column_px / (0.62 * font))))
+
+
 # ---- the figure ----------------------------------------------------------------------------------
 def tree_figure(trace: Trace | None = None, cycle: int = 0, *, view: CycleView | None = None,
                 color_by: str = "value", show_dropped: bool = True, max_dropped: int | None = None,
@@ -254,6 +257,12 @@ def tree_figure(trace: Trace | None = None, cycle: int = 0, *, view: CycleView |
     font, slot_px, limit = _sizes(int(n_boxes))
     if compact:  # half-width figures (the compare view): shorter labels, smaller type
         font, limit = max(9, font - 2), min(limit, 8)
+    max_depth = max((n.depth for n in view.nodes.values() if n.key in g), default=0)
+    fit = _fit_label(limit + 2, font, max_depth, width or (420 if compact else 560))
+    if fit < 7 and font > 11:  # deep trees (long copied chains): smaller type before shorter labels
+        font -= 2
+        fit = _fit_label(limit + 2, font, max_depth, width or (420 if compact else 560))
+    limit = fit
 
     shown = [k for k in keys if _visible(view.nodes[k], kind, step)]
     on_path = {k for k in keys if view.nodes[k].status in ("root", "accepted", "bonus")} if kind == "verify" else set()
@@ -347,20 +356,19 @@ def tree_figure(trace: Trace | None = None, cycle: int = 0, *, view: CycleView |
     # axes, size, title
     ys = [p[1] for p in pos.values()] or [0.0]
     ymin, ymax = min(ys) - 0.8, max(ys) + 0.8
-    max_depth = max((n.depth for n in view.nodes.values() if n.key in g), default=0)
     span = ymax - ymin
     h = height or int(min(1300, max(340, span * slot_px + 130)))
-    note = f"  ·  {hidden} lower-value dropped candidates not drawn" if hidden else ""
+    note = f"  ·  {hidden} more dropped (not drawn)" if hidden else ""
     fig.update_layout(**style.base_layout(
         title=dict(text=title if title is not None else cycle_title(view, kind, step) + note, x=0.01,
                    font=dict(size=16)),
         annotations=annotations, height=h, width=width, hovermode="closest", dragmode="pan",
-        margin=dict(l=20, r=30, t=95, b=20),
-        legend=dict(orientation="h", x=0.0, y=1.0, yanchor="bottom", xanchor="left", font=dict(size=13),
+        margin=dict(l=20, r=30, t=70, b=60),
+        legend=dict(orientation="h", x=0.0, y=-0.01, yanchor="top", xanchor="left", font=dict(size=13),
                     bgcolor="rgba(255,255,255,0)"),
     ))
     fig.update_xaxes(range=[-0.55, max_depth + 0.6], tickvals=list(range(max_depth + 1)),
-                     ticktext=["root"] + [f"depth {d}" for d in range(1, max_depth + 1)], side="bottom",
+                     ticktext=["root"] + [f"depth {d}" for d in range(1, max_depth + 1)], side="top",
                      showgrid=True, gridcolor="#f1f3f5", zeroline=False, fixedrange=False,
                      tickfont=dict(size=12, color="#57606a"))
     fig.update_yaxes(range=[ymin, ymax], visible=False, fixedrange=False)
@@ -394,10 +402,10 @@ def stage_caption(view: CycleView, stage: int | None) -> str:
                     "token's confidence is the measured acceptance rate of copies at its position, so the rerank "
                     "weighs both sources alike.")
         expansions = sum(1 for s in view.steps if not s.get("lookup"))
-        who = "The root" if s["frontier"] == [-1] else f"The {len(s['frontier'])} frontier nodes"
+        who = "The root asks" if s["frontier"] == [-1] else f"The {len(s['frontier'])} frontier nodes ask"
         nxt = (f" The **{len(s['chosen'])} most valuable** (gold border) become the frontier for step {step + 1}."
                if s["chosen"] and step < expansions else " This is the last step.")
-        return (f"**Expansion step {step} of {expansions}.** {who} ask the drafter for their most likely next "
+        return (f"**Expansion step {step} of {expansions}.** {who} the drafter for their most likely next "
                 f"tokens: **{len(s['new'])} new candidates** at depth {step}. Each candidate's *value* is the product "
                 f"of draft confidences along its path (its chance to be accepted).{nxt}")
     if kind == "rerank":

@@ -55,8 +55,13 @@ DEFAULT_POLICY = registry.DEFAULT_POLICY  # like the CLI and the bench
 AUTO_LOOKUP = "eagle2-auto+lookup"  # eagle2-auto plus a prompt-lookup chain copied from the context
 LOOKUP_TOKENS = registry.LOOKUP_TOKENS
 TREE_DEFAULTS = dict(registry.policy_info("eagle2").defaults)  # CPU-sized: top_k, depth, total_tokens
-COMPARE_DEFAULT_A = ("eagle1", TREE_DEFAULTS["top_k"], TREE_DEFAULTS["depth"], TREE_DEFAULTS["total_tokens"])
-COMPARE_DEFAULT_B = ("eagle2", TREE_DEFAULTS["top_k"], TREE_DEFAULTS["depth"], TREE_DEFAULTS["total_tokens"])
+
+
+def total_cap(top_k: int, depth: int) -> int:
+    """The largest total_tokens a top_k x depth tree can hold (within the slider's range)."""
+    from eagle2.tree import max_candidates
+
+    return min(LIMITS["total_tokens"][1], max_candidates(int(top_k), int(depth)))
 
 
 def policy_choices() -> list[str]:
@@ -72,12 +77,25 @@ def policy_sizes(name: str) -> tuple[str, ...]:
 
 
 def policy_defaults(name: str) -> dict:
-    """The sizes a policy starts from (shown when it is picked); the sliders it ignores keep
-    the fixed tree's defaults."""
+    """The sizes a policy starts from (shown when it is picked): its defaults, and the sizes it
+    really runs where it fixes them (eagle1's static tree: 25 nodes, depth 5); sliders for sizes
+    it neither takes nor fixes keep the fixed tree's defaults."""
     try:
-        return {**TREE_DEFAULTS, **registry.policy_info(name).defaults}
-    except ValueError:
+        out = {**TREE_DEFAULTS, **registry.policy_info(name).defaults}
+        runs = registry.resolve_policy(name).describe()
+    except (ValueError, TypeError):
         return dict(TREE_DEFAULTS)
+    out.update({k: v for k, v in runs.items() if k in out and isinstance(v, int) and not isinstance(v, bool)})
+    return out
+
+
+def _compare_default(name: str) -> tuple[str, int, int, int]:
+    d = policy_defaults(name)
+    return name, d["top_k"], d["depth"], d["total_tokens"]
+
+
+COMPARE_DEFAULT_A = _compare_default("eagle1")  # the static tree: its real sizes, greyed out
+COMPARE_DEFAULT_B = _compare_default("eagle2")
 
 
 def load_user_policies() -> dict[str, registry.PolicyInfo]:

@@ -8,18 +8,17 @@ from pathlib import Path
 
 import gradio as gr
 
-from eagle2.tree import max_candidates
 from viz import charts
 from viz.data import cycle_view, policy_label, summary
 from viz.html import tokens_html
 from viz.tree_figure import stage_names
 
-from .config import LIMITS, policy_defaults, policy_sizes
+from .config import policy_defaults, policy_sizes, total_cap
 from .run import MODELS, generate_stream
 from .state import validate
 from .traces import best_cycle, load_trace_path
-from .views import (clamp_cycle, compare_outputs, cycle_outputs, message, safe_tree, stage_outputs, toast,
-                    trace_outputs)
+from .views import (clamp_cycle, compare_outputs, cycle_outputs, message, running_outputs, safe_tree,
+                    settings_outputs, stage_outputs, toast, trace_outputs)
 
 # run_handler's inputs, in order (the components app.py passes)
 RUN_INPUTS = ("prompt", "target", "head", "policy", "top_k", "depth", "total_tokens", "temperature", "top_p",
@@ -42,29 +41,36 @@ def _phase_status(kind: str, target: str, label: str) -> str:
 
 def run_handler(prompt, target, head, policy, top_k, depth, total_tokens, temperature, top_p, max_new_tokens,
                 seed, color_by="value", show_dropped=True, calib_by="value"):
-    """Generator: stream the answer, then fill every view."""
+    """Generator: clear every view, stream the answer, then fill every view with this run."""
     try:
         p = validate(prompt, target, head, policy, top_k, depth, total_tokens, temperature, top_p, max_new_tokens,
                      seed)
     except ValueError as e:
         toast(str(e))
-        yield {"status": message("warn", str(e))}
+        yield {"status": message("warn", f"{e} (Nothing was run: the views still show the previous trace.)")}
         return
     label = policy_label(p.describe())
+    yield running_outputs(_phase_status("wait", p.target, label))
+    streamed = False
     for kind, payload in generate_stream(p):
         if kind in ("wait", "load", "calibrate", "run"):
             yield {"status": _phase_status(kind, p.target, label)}
         elif kind == "tokens":
+            streamed = True
             yield {"status": message("busy", f"Generating with {label}: {len(payload)} tokens so far…"),
                    "answer": tokens_html(payload, live=True)}
         elif kind == "error":
             toast(payload)
-            yield {"status": message("error", payload)}
+            out = {"status": message("error", payload), "cycle_info": ""}
+            if not streamed:
+                out["answer"] = tokens_html(None, empty="No answer: this run failed (see the message above).")
+            out["summary"] = ""
+            yield out
         elif kind == "done":
-            s = summary(payload)
-            yield trace_outputs(payload, color_by, show_dropped, calib_by, status=message(
-                "ok", f"Done: {s['new_tokens']} tokens in {s['cycles']} cycles with {label}, "
-                      f"τ = {s['tau']:.2f} tokens per target forward, {s['tokens_per_s']:.1f} tokens/s."))
+            s, best = summary(payload), best_cycle(payload)
+            yield trace_outputs(payload, color_by, show_dropped, calib_by, cycle=best, status=message(
+                "ok", f"Done: {s['new_tokens']} tokens in {s['cycles']} cycles, τ = {s['tau']:.2f}. "
+                      f"Showing cycle {best}, the one that accepted the most drafts."))
 
 
 CMP_PHASES = {"wait": "waiting for another run…", "load": "preparing…",
@@ -81,6 +87,10 @@ def compare_handler(prompt, target, head, temperature, top_p, max_new_tokens, se
         toast(str(e))
         yield {"cmp_status": message("warn", str(e))}
         return
+    yield {"cmp_state": None, "cmp_table": "", "cmp_tree_a": None, "cmp_tree_b": None,
+           "cmp_answer_a": tokens_html(None, empty="Run A's answer appears here."),
+           "cmp_answer_b": tokens_html(None, empty="Run B's answer appears here."),
+           "cmp_cycle": gr.update(value=0, maximum=1, interactive=False)}
     traces = []
     for tag, p in (("A", a), ("B", b)):
         label = policy_label(p.describe())
@@ -114,15 +124,16 @@ def open_trace_handler(path, color_by="value", show_dropped=True, calib_by="valu
         msg = f"Could not open the {source} trace: {e}"
         toast(msg)
         return {"status": message("error", msg)}
-    s = summary(trace)
     name = Path(getattr(path, "name", path)).name
     example = source == "example"
-    status = message("info", f"{'Example' if example else 'Uploaded'} trace {name}: "
-                             f"{policy_label({**trace.meta, **s})} on {trace.meta.get('model', '?')}, "
-                             f"{s['new_tokens']} tokens, τ = {s['tau']:.2f}. "
-                             "No model was run. Type a prompt and press Run to generate your own.")
-    return trace_outputs(trace, color_by, show_dropped, calib_by, status=status, download=not example,
-                         cycle=best_cycle(trace) if example else 0)
+    status = message("info", f"{'Example' if example else 'Uploaded'} trace {name} (no model was run; the sidebar "
+                             "shows its settings). Type a prompt and press Run to generate your own.")
+    out = trace_outputs(trace, color_by, show_dropped, calib_by, status=status, cycle=best_cycle(trace))
+    out.update(settings_outputs(trace))
+    prompt = trace.meta.get("prompt")
+    if isinstance(prompt, str):
+        out["prompt"] = prompt
+    return out
 
 
 def on_upload(path, color_by, show_dropped, calib_by):
@@ -139,6 +150,7 @@ def open_on_load(path: str):
     """A page-load callback that opens the trace at `path`, so the whole UI shows something at once."""
     def on_load(color_by, show_dropped, calib_by):
         out = open_trace_handler(path, color_by, show_dropped, calib_by, source="example")
+        out.pop("prompt", None)  # what a fast visitor typed already stays
         out["example_trace"] = gr.update(value=None)
         return out
 
@@ -147,30 +159,40 @@ def open_on_load(path: str):
 
 # ---- the selected cycle and its stages ---------------------------------------------------------------------
 def on_cycle(trace, cycle, color_by, show_dropped, stage):
+    if trace is None:  # a run is streaming: its answer stays; the cycle views fill in when it ends
+        return {}
     return cycle_outputs(trace, cycle, color_by, show_dropped, stage)
 
 
 def on_token_click(trace, color_by, show_dropped, stage, evt: gr.EventData):
     """A click on a token of the answer selects its cycle (the page sends {cycle: n})."""
+    if trace is None:  # a click on a streaming token: keep the live answer
+        return {}
     data = getattr(evt, "_data", None) or {}
     cycle = data.get("cycle", 0) if isinstance(data, dict) else 0
     return cycle_outputs(trace, max(0, int(cycle or 0)), color_by, show_dropped, stage)
 
 
 def on_tree_opts(trace, cycle, color_by, show_dropped, stage):
+    if trace is None:
+        return {}
     out = {"tree": safe_tree(trace, cycle, color_by=color_by, show_dropped=show_dropped)}
     out.update(stage_outputs(trace, cycle, stage, color_by))
     return out
 
 
 def on_stage(trace, cycle, stage, color_by):
+    if trace is None:
+        return {}
     return stage_outputs(trace, cycle, stage, color_by)
 
 
 def step(delta: int):
     """The Prev (-1) / Next (+1) button's callback."""
     def go(trace, cycle, stage, color_by):
-        if trace is None or not trace.cycles:
+        if trace is None:
+            return {}
+        if not trace.cycles:
             return stage_outputs(trace, cycle, stage, color_by)
         names = stage_names(cycle_view(trace, clamp_cycle(trace, cycle)))
         i = names.index(stage) if stage in names else 0
@@ -182,7 +204,9 @@ def step(delta: int):
 
 def play(trace, cycle, stage, color_by):
     """Generator: every stage of the selected cycle in turn."""
-    if trace is None or not trace.cycles:
+    if trace is None:
+        return
+    if not trace.cycles:
         yield stage_outputs(trace, cycle, stage, color_by)
         return
     for name in stage_names(cycle_view(trace, clamp_cycle(trace, cycle))):
@@ -195,11 +219,6 @@ def on_calib(trace, by):
 
 
 # ---- policy widgets (these return gr.update tuples for (top_k, depth, total_tokens)) -----------------------
-def total_cap(top_k: int, depth: int) -> int:
-    """The largest total_tokens a top_k x depth tree can hold (within the slider's range)."""
-    return min(LIMITS["total_tokens"][1], max_candidates(int(top_k), int(depth)))
-
-
 def on_policy(name):
     """A new policy: its own default sizes, and grey out the ones it ignores."""
     used, d = policy_sizes(name), policy_defaults(name)

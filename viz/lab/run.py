@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import os
 import queue
+import sys
 import threading
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from eagle2.policies import Policy
 from eagle2.trace import Observer, TraceRecorder, token_texts
 from viz.data import TokenSpan
 
+from . import guard
 from .config import ROOT
 from .state import RunParams
 
@@ -164,11 +166,28 @@ class Streamer(Observer):
         self.q.put((cycle, list(tokens), list(origins)))
 
 
+MAX_ERROR_CHARS = 400
+
+
 def _friendly(e: BaseException) -> str:
-    msg = str(e).strip() or type(e).__name__
-    if isinstance(e, ValueError) and "not shipped yet" in msg:
-        return default_head_missing() or msg
-    return msg
+    """The one line the page shows for a failed run: the cause, never a traceback. Library errors
+    (ValueError: bad model/head/prompt) are already one line; anything else gets its type named
+    and its traceback goes to the server log."""
+    text = str(e).strip()
+    if isinstance(e, ValueError) and "not shipped yet" in text:
+        return default_head_missing() or text
+    first = (text.splitlines() or [""])[0].strip()
+    if not isinstance(e, ValueError):
+        import traceback
+
+        print(f"[tree-lab] run failed: {type(e).__name__}", file=sys.stderr)
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+        if isinstance(e, MemoryError):
+            first = "out of memory (the model or the request is too large for this machine)"
+        first = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    if len(first) > MAX_ERROR_CHARS:
+        first = first[:MAX_ERROR_CHARS - 1] + "…"
+    return first or type(e).__name__
 
 
 def _work(p: RunParams, q: queue.Queue, cancel: threading.Event, box: dict, phase: dict) -> None:
@@ -178,6 +197,8 @@ def _work(p: RunParams, q: queue.Queue, cancel: threading.Event, box: dict, phas
             if cancel.is_set():
                 raise Cancelled()
             phase["v"] = "load"
+            if p.target not in MODELS.loaded():
+                guard.check_model_size(p.target)  # before any download: one line with its size
             target = MODELS.target(p.target)
             if p.policy_obj is None:
                 phase["v"] = "calibrate"
@@ -194,7 +215,7 @@ def _work(p: RunParams, q: queue.Queue, cancel: threading.Event, box: dict, phas
             box["trace"] = rec.trace
     except Cancelled:
         box["error"] = "cancelled"
-    except Exception as e:  # model/head load failures, bad sizes, context overflow ...
+    except BaseException as e:  # model/head load failures, bad sizes, context overflow, anything else
         box["error"] = _friendly(e)
     finally:
         q.put(None)
@@ -254,6 +275,9 @@ def generate_stream(p: RunParams, cancel: threading.Event | None = None):
     try:
         yield from _relay(q, box, phase)
         worker.join()
-        yield ("error", box["error"]) if "error" in box else ("done", box["trace"])
+        if "trace" in box:
+            yield ("done", box["trace"])
+        else:
+            yield ("error", box.get("error") or "the run stopped without an answer")
     finally:
         cancel.set()  # the client went away (or we finished): stop the worker at its next cycle

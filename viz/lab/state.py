@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from eagle2 import registry
 from eagle2.policies import Policy
 
+from . import guard
 from .config import LIMITS, MAX_PROMPT_CHARS, policy_choices
+
+MAX_SPEC_CHARS = 300  # a hub id is at most 96 characters; a path rarely longer
 
 
 @dataclass
@@ -81,6 +84,18 @@ def validate(prompt, target, head, policy, top_k, depth, total_tokens, temperatu
         choice = registry.resolve_policy(policy, defaults=sizes)
     except (ValueError, TypeError) as e:
         raise ValueError(f"Bad tree size: {e}") from None
-    return RunParams(prompt=prompt, target=str(target or "default").strip() or "default",
-                     head=str(head or "default").strip() or "default", policy=policy, **sizes, **rest,
+    target = _spec(target, "model")
+    head = _spec(head, "head")
+    guard.check_specs(target, head)  # a public Space loads no local paths
+    return RunParams(prompt=prompt, target=target, head=head, policy=policy, **sizes, **rest,
                      choice=choice, policy_obj=None if choice.needs_target else choice.build())
+
+
+def _spec(value, label: str) -> str:
+    """A model / head box's text: blank = "default"; one line of at most MAX_SPEC_CHARS."""
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"The {label} must be text, got {type(value).__name__}.")
+    text = (value or "").strip() or "default"
+    if len(text) > MAX_SPEC_CHARS or any(c in text for c in "\n\r\t\0"):
+        raise ValueError(f"The {label} must be one short line: a hub id, a shipped name or a folder.")
+    return text

@@ -4,9 +4,15 @@ from viz.html import CSS as VIZ_CSS
 
 APP_CSS = VIZ_CSS + """
 .gradio-container { max-width: 1800px !important; margin: 0 auto; }
-#tl-header h1 { margin-bottom: 0; }
-#tl-header p { margin-top: 4px; color: #57606a; font-size: 15px; }
-.tl-status { font-size: 15px; padding: 6px 10px; border-radius: 6px; background: #f6f8fa; }
+#tl-header h1 { margin: 0; font-size: 26px; }
+#tl-header p { margin: 2px 0 0; color: #57606a; font-size: 14px; }
+#tree-howto p { font-size: 13.5px; color: #57606a; margin: 0; line-height: 1.45; }
+#summary .tl-card { padding: 5px 9px; flex-basis: 90px; }
+#summary .tl-card .tl-num { font-size: 20px; }
+#summary .tl-card.tl-wide .tl-num { font-size: 15px; padding-top: 2px; }
+#summary .tl-card .tl-lbl { font-size: 12px; }
+.tl-pending { color: #57606a; font-size: 14px; padding: 10px 4px; }
+.tl-status { font-size: 14px; padding: 5px 10px; border-radius: 6px; background: #f6f8fa; }
 .tl-status.tl-error, .tl-status.tl-warn { background: #fff1f0; color: #a40e26; border: 1px solid #ffccc7; }
 .tl-status.tl-ok { background: #effaf1; }
 .tl-status.tl-busy { background: #fff8e6; }
@@ -23,8 +29,11 @@ element.addEventListener('click', (e) => {
 });
 """
 
-HEADER = ("# EAGLE-2 Tree Lab\nSpeculative decoding with a dynamic draft tree: watch it grow, "
-          "get pruned and verified, token by token.")
+HEADER = ("# EAGLE-2 Tree Lab\nSpeculative decoding with a dynamic draft tree, token by token. "
+          "Model, head, tree policy, sampling and traces: the settings sidebar (the › / ‹ button at the top left).")
+TREE_HOWTO = ("**Read it left to right:** the drafter's guesses for the next tokens; the target checked them all "
+              "in one forward pass: **✓** accepted, **✗** rejected, **★** its own bonus token. Darker = higher "
+              "draft value. Hover a node for its numbers.")
 FIRST_STATUS = "Type a prompt and press Run, or open an example trace."
 POLICY_INFO = ("eagle2-auto sizes the tree for this machine each cycle (+lookup: also copies from the context, "
                "marked ↪); eagle2 keeps total_tokens")
@@ -39,6 +48,16 @@ whole tree in **one** forward pass, keeps the longest path it agrees with (✓) 
 """
 
 COLOR_CHOICES = [("draft value (path)", "value"), ("confidence (per step)", "confidence")]
+# On narrow screens the settings sidebar starts closed (the answer and the tree need the width);
+# the resize makes an open sidebar push the page instead of covering it.
+ON_LOAD_JS = """() => { setTimeout(() => {
+  const b = document.querySelector('#settings .toggle-button');
+  if (window.innerWidth < 1440 && b && document.querySelector('#settings.open')) b.click();
+  window.dispatchEvent(new Event('resize'));
+  // the sidebar pushes the page with a CSS transition: let the plots re-fit afterwards
+  if (b) b.addEventListener('click', () => setTimeout(() => window.dispatchEvent(new Event('resize')), 400));
+}, 300); }"""
+EXAMPLE_PROMPT_HINT = "Example prompts…"
 CALIBRATION_NOTE = """
 *Draft value* is the product of confidences along the path: EAGLE-2's estimate that the whole path is
 accepted. So against value, every verified draft node counts, and "accepted" means it ended on the accepted path.

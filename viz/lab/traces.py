@@ -26,25 +26,38 @@ def load_trace_path(path) -> Trace:
     if not path.is_file():
         raise ValueError(f"Trace file {path.name} was not found.")
     size = path.stat().st_size
-    if size > MAX_TRACE_BYTES:
+    if size > MAX_TRACE_BYTES:  # refused before it is read, let alone parsed
         raise ValueError(f"That trace is too large ({_size(size)}; at most {_size(MAX_TRACE_BYTES)}).")
     if size == 0:
         raise ValueError("That file is empty: not an eagle2 trace.")
-    trace = Trace.from_json(path.read_bytes())  # ValueError with a clear message on bad input
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"Trace file {path.name} cannot be read ({e.strerror or type(e).__name__}).") from None
+    trace = Trace.from_json(data)  # a one-line ValueError naming the bad field on bad input
     check_trace(trace)
     return trace
 
 
 def check_trace(trace: Trace) -> None:
-    """Reject traces that parse but cannot be drawn (so bad uploads fail here, not in a figure)."""
-    try:
-        for i in range(len(trace.cycles)):
+    """Reject traces that parse but cannot be drawn (so bad uploads fail here, not in a figure),
+    naming the cycle that cannot be drawn."""
+    for i in range(len(trace.cycles)):
+        try:
             cycle_view(trace, i)
+        except Exception as e:
+            raise ValueError(f"trace is malformed: cycle {i} cannot be drawn ({_reason(e)})") from None
+    try:
         summary(trace)
-    except ValueError:
-        raise
     except Exception as e:
-        raise ValueError(f"trace is malformed: {type(e).__name__}: {e}") from None
+        raise ValueError(f"trace is malformed: its summary cannot be computed ({_reason(e)})") from None
+
+
+def _reason(e: Exception) -> str:
+    text = (str(e).strip().splitlines() or [""])[0][:160]
+    if isinstance(e, KeyError):
+        return f"it refers to {text}, which it does not hold"
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def example_traces() -> list[tuple[str, str]]:

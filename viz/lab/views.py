@@ -14,7 +14,12 @@ from viz.data import BONUS_KEY, ROOT_KEY, cycle_view, display_token, policy_labe
 from viz.html import summary_html, tokens_html
 from viz.tree_figure import stage_caption, stage_names, tree_figure
 
+from .config import LIMITS, policy_choices, policy_sizes, total_cap
 from .traces import trace_file
+
+RUNNING_INFO = "*Running… each view fills in when this run ends (the answer streams in meanwhile).*"
+CHART_NAMES = ("tokens_per_cycle", "time_split", "accepted_histogram", "acceptance_by_depth", "calibration",
+               "context_dependence")
 
 
 def message(kind: str, text: str) -> str:
@@ -88,9 +93,59 @@ def cycle_outputs(trace: Trace | None, cycle, color_by: str = "value", show_drop
     return out
 
 
+def running_outputs(status: str) -> dict:
+    """Every view while a run streams: this run's answer and placeholders, never the previous trace
+    (so a slider move or a token click during the run has nothing old to bring back)."""
+    out = {"status": status, "trace": None, "cycle_info": RUNNING_INFO, "tree": None, "stage_plot": None,
+           "summary": '<div class="tl-cards tl-pending">Running… the summary appears when the run ends.</div>',
+           "answer": tokens_html(None, live=True, empty="Waiting for the first token…"),
+           "cycle": gr.update(minimum=0, maximum=1, value=0, interactive=False,
+                              label="Cycle: available when the run ends"),
+           "stage": gr.update(choices=["Verify"], value="Verify"), "stage_caption": "",
+           "download": gr.update(value=None, interactive=False)}
+    out.update({f"chart_{k}": None for k in CHART_NAMES})
+    return out
+
+
+def settings_outputs(trace: Trace) -> dict:
+    """The settings widgets set to what produced `trace` (an example or an upload), so the panel
+    says what is on screen; values the widgets cannot show are left alone."""
+    meta = trace.meta or {}
+    out: dict = {}
+    policy = meta.get("policy")
+    if policy and meta.get("lookup") and f"{policy}+lookup" in policy_choices():
+        policy = f"{policy}+lookup"
+    if policy in policy_choices():
+        used = policy_sizes(policy)
+        out["policy"] = gr.update(value=policy)
+        sizes = {k: meta.get(k) for k in ("top_k", "depth", "total_tokens")}
+        sizes = {k: v for k, v in sizes.items() if isinstance(v, int) and not isinstance(v, bool)
+                 and LIMITS[k][0] <= v <= LIMITS[k][1]}
+        for k in ("top_k", "depth", "total_tokens"):
+            out[k] = gr.update(interactive=k in used, **({"value": sizes[k]} if k in sizes else {}))
+        if "top_k" in sizes and "depth" in sizes:
+            cap = total_cap(sizes["top_k"], sizes["depth"])
+            out["total_tokens"] = gr.update(interactive="total_tokens" in used, maximum=cap,
+                                            **({"value": min(sizes["total_tokens"], cap)} if "total_tokens" in sizes
+                                               else {}))
+    for k in ("temperature", "top_p"):
+        v = meta.get(k, 0.0 if k == "temperature" else 1.0)
+        if isinstance(v, (int, float)) and LIMITS[k][0] <= v <= LIMITS[k][1]:
+            out[k] = gr.update(value=v)
+    for k in ("max_new_tokens", "seed"):
+        v = meta.get(k)
+        if isinstance(v, int) and LIMITS[k][0] <= v <= LIMITS[k][1]:
+            out[k] = gr.update(value=v)
+    for k, key in (("head", "head"), ("target", "target_spec")):
+        if isinstance(meta.get(key), str) and meta[key]:
+            out[k] = gr.update(value=meta[key])
+    return out
+
+
 def trace_outputs(trace: Trace, color_by="value", show_dropped=True, calib_by="value", status="",
-                  download=True, cycle: int = 0) -> dict:
-    """The whole UI for one trace (a fresh run, an upload or an example), showing `cycle`."""
+                  cycle: int = 0) -> dict:
+    """The whole UI for one trace (a fresh run, an upload or an example), showing `cycle`; the
+    download button always serves this trace."""
     n = len(trace.cycles)
     cycle = clamp_cycle(trace, cycle)
     out = cycle_outputs(trace, cycle, color_by, show_dropped)
@@ -99,7 +154,7 @@ def trace_outputs(trace: Trace, color_by="value", show_dropped=True, calib_by="v
                                    label=f"Cycle (0–{max(0, n - 1)}): drag, or click a token in the answer")})
     figs = charts.all_charts(trace, calib_by)
     out.update({f"chart_{k}": f for k, f in figs.items()})
-    out["download"] = gr.update(value=trace_file(trace), interactive=True) if download else gr.update()
+    out["download"] = gr.update(value=trace_file(trace), interactive=True)
     return out
 
 
