@@ -12,6 +12,8 @@ Environment knobs:
     EAGLE2_APP_MAX_NEW_TOKENS  upper bound for max_new_tokens (default 256)
     EAGLE2_APP_POLICIES        extra user policies, "module:Class" or "path/file.py:Class", comma-separated
     EAGLE2_APP_PRELOAD=0       don't load the default model in the background at start-up
+    EAGLE2_APP_MAX_TRACE_BYTES trace uploads above this are refused (default and ceiling: 50 MiB)
+    EAGLE2_APP_MAX_MODEL_BYTES / SPACE_ID  see viz/lab/guard.py (model size cap, public-Space mode)
 """
 
 from __future__ import annotations
@@ -23,13 +25,12 @@ import threading
 
 import gradio as gr
 
-from eagle2.trace import MAX_TRACE_BYTES
 from viz.html import legend_html, tokens_html
 from viz.lab import handlers as H
 from viz.lab import texts
 from viz.lab.config import (COMPARE_DEFAULT_A, COMPARE_DEFAULT_B, DEFAULT_NEW_TOKENS, DEFAULT_POLICY, LIMITS,
-                            MAX_PROMPT_CHARS, PROMPTS_FILE, SPECIAL_HEADS, install_user_policies, policy_choices,
-                            policy_defaults, policy_sizes, total_cap)
+                            MAX_PROMPT_CHARS, MAX_UPLOAD_BYTES, PROMPTS_FILE, SPECIAL_HEADS, install_user_policies,
+                            policy_choices, policy_defaults, policy_sizes, total_cap)
 from viz.lab.run import default_head_missing, limit_malloc_arenas, preload
 from viz.lab.traces import example_traces
 from viz.lab.views import message
@@ -317,8 +318,8 @@ def main():
     theme = gr.themes.Soft(primary_hue="blue", neutral_hue="slate",
                            font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
                            font_mono=["ui-monospace", "DejaVu Sans Mono", "monospace"])
-    demo.launch(css=texts.APP_CSS, js=texts.ON_LOAD_JS, theme=theme, max_file_size=MAX_TRACE_BYTES + 1024 * 1024, ssr_mode=False,
-                show_error=True, run_history=False, footer_links=["api", "settings"])
+    demo.launch(css=texts.APP_CSS, js=texts.ON_LOAD_JS, theme=theme, max_file_size=MAX_UPLOAD_BYTES,
+                ssr_mode=False, show_error=True, run_history=False, footer_links=["api", "settings"])
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ def test_bad_uploads_are_clear_errors(tmp_path, content, match):
 
 
 def test_oversized_upload_is_refused_before_reading(tmp_path, monkeypatch):
-    monkeypatch.setattr(traces, "MAX_TRACE_BYTES", 1000)
+    monkeypatch.setattr(traces, "MAX_UPLOAD_BYTES", 1000)
     path = tmp_path / "big.json"
     path.write_bytes(b" " * 2000)
     with pytest.raises(ValueError, match="too large"):

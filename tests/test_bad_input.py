@@ -434,7 +434,7 @@ def test_oversized_trace_states_the_limit(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"trace big\.json is too large \(2 KiB; at most 1000 bytes\)"):
         Trace.load(big)
     # the app: refused from its size alone, before the file is read (let alone parsed)
-    monkeypatch.setattr(traces, "MAX_TRACE_BYTES", 1000)
+    monkeypatch.setattr(traces, "MAX_UPLOAD_BYTES", 1000)
     monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("an oversized upload was read"))
     status = handlers.open_trace_handler(str(big))["status"]
     assert "That trace is too large (2 KiB; at most 1000 bytes)." in status
@@ -443,7 +443,7 @@ def test_oversized_trace_states_the_limit(tmp_path, monkeypatch):
 def test_real_limit_is_stated(tmp_path, monkeypatch):
     path = tmp_path / "huge.json"
     with open(path, "wb") as f:
-        f.truncate(traces.MAX_TRACE_BYTES + 1)  # sparse: no 50 MiB written
+        f.truncate(traces.MAX_UPLOAD_BYTES + 1)  # sparse: no 50 MiB written
     monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("an oversized upload was read"))
     assert "That trace is too large (50.0 MiB; at most 50.0 MiB)." in handlers.open_trace_handler(str(path))["status"]
 

@@ -46,17 +46,19 @@ def _default_head_shipped() -> bool:
     return all((f / "config.json").exists() for f in DEFAULT_HEADS.values())
 
 
-@pytest.fixture(scope="module")
-def app_url():
+def _start_app(**env_extra):
+    """Start app.py on a free port; yields its URL, stops it afterwards."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is absent: apt-get install -y chromium (Playwright can't download browsers here)")
     port = _free_port()
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
-               GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT), EAGLE2_APP_PRELOAD="1", HF_HUB_OFFLINE="1")
+               GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT), EAGLE2_APP_PRELOAD="1", HF_HUB_OFFLINE="1",
+               **env_extra)
     if not _default_head_shipped():  # until the trained head ships, the target drafts for itself
         env["EAGLE2_APP_HEAD"] = "self"
     ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "browser-app.log", "w")
+    name = "browser-app-space.log" if "SPACE_ID" in env_extra else "browser-app.log"
+    log = open(ARTIFACTS / name, "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -64,7 +66,7 @@ def app_url():
         deadline = time.time() + 90
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"app.py exited with {proc.returncode}; see {ARTIFACTS / 'browser-app.log'}")
+                pytest.fail(f"app.py exited with {proc.returncode}; see {ARTIFACTS / name}")
             try:
                 urllib.request.urlopen(url, timeout=2)
                 break
@@ -80,6 +82,11 @@ def app_url():
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    yield from _start_app()
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +108,12 @@ def page_at(browser, app_url, request):
 
     opened = []
 
-    def open_page(viewport=WIDE):
+    def open_page(viewport=WIDE, url=app_url):
         page = browser.new_page(viewport=viewport, accept_downloads=True)
         page.errors = []
         page.on("pageerror", lambda e: page.errors.append(str(e)))
         opened.append(page)
-        page.goto(app_url, wait_until="domcontentloaded", timeout=90_000)
+        page.goto(url, wait_until="domcontentloaded", timeout=90_000)
         page.wait_for_selector("#run-btn", timeout=60_000)
         expect(page.locator("#status")).to_contain_text("Example trace", timeout=60_000)  # opened on load
         page.wait_for_timeout(600)  # the sidebar settles (it starts closed below 1440 px)
@@ -355,3 +362,33 @@ def test_compare_shows_real_sizes(page_at):
     assert page.locator("#cmp-total-a input[type=number]").input_value() == "25"  # eagle1's static tree
     assert page.locator("#cmp-total-a input[type=range]").is_disabled()
     assert page.locator("#cmp-total-b input[type=number]").input_value() == "12"
+
+
+def test_public_space_refuses_local_paths_and_big_uploads(page_at, tmp_path):
+    """As a public Space (SPACE_ID set): local paths as model or head are refused, an upload over
+    the configured limit is refused, and the default model still runs."""
+    from playwright.sync_api import expect
+
+    for url in _start_app(SPACE_ID="tree-lab/test", EAGLE2_APP_MAX_TRACE_BYTES="200000"):
+        page = page_at(url=url)
+        status = page.locator("#status")
+        page.locator("#prompt textarea").fill("Hello")
+        _type_choice(page, "head", "/etc")
+        page.locator("#run-btn").click()
+        expect(status).to_contain_text("local paths are disabled on a public Space", timeout=20_000)
+        _pick(page, "head", "default: the trained")
+        _type_choice(page, "target", "./models/x")
+        page.locator("#run-btn").click()
+        expect(status).to_contain_text("local paths are disabled on a public Space", timeout=20_000)
+        _type_choice(page, "target", "default")
+
+        big = tmp_path / "big-trace.json"
+        big.write_text(GPU_EXAMPLE.read_text() + " " * 300_000)
+        with page.expect_file_chooser() as chooser:
+            page.locator("#upload-trace").click()
+        chooser.value.set_files(str(big))  # Gradio refuses it in the page, before it is sent
+        expect(page.locator(".toast-body").first).to_contain_text("exceed the maximum allowed size", timeout=20_000)
+
+        _run(page, "Name three colours.", max_new_tokens=12)
+        assert page.locator("#answer .tl-tok").count() >= 2
+        page.screenshot(path=str(ARTIFACTS / "browser-space.png"))

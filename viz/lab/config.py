@@ -14,6 +14,7 @@ from pathlib import Path
 import eagle2
 from eagle2 import registry
 from eagle2.head import HEAD_KIND_LABELS, head_kind
+from eagle2.trace import MAX_TRACE_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_TRACES = ROOT / "examples" / "traces"
@@ -22,6 +23,8 @@ PROMPTS_FILE = ROOT / "examples" / "prompts.json"
 MAX_NEW_TOKENS = max(1, int(os.environ.get("EAGLE2_APP_MAX_NEW_TOKENS", "256")))
 DEFAULT_NEW_TOKENS = min(64, MAX_NEW_TOKENS)
 MAX_PROMPT_CHARS = 4000
+# trace uploads: eagle2.trace's limit, or less (EAGLE2_APP_MAX_TRACE_BYTES, e.g. on a small Space)
+MAX_UPLOAD_BYTES = min(MAX_TRACE_BYTES, int(float(os.environ.get("EAGLE2_APP_MAX_TRACE_BYTES", MAX_TRACE_BYTES))))
 # Widget ranges; the server checks the same ranges (and the registry the tree's capacity).
 LIMITS = {"top_k": (1, 12), "depth": (1, 10), "total_tokens": (1, 128), "temperature": (0.0, 2.0),
           "top_p": (0.05, 1.0), "max_new_tokens": (1, MAX_NEW_TOKENS), "seed": (0, 2**31 - 1)}

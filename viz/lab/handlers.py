@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from eagle2.trace import MAX_TRACE_BYTES
 from viz import charts
 from viz.data import cycle_view, policy_label, summary
 from viz.html import tokens_html
@@ -119,7 +120,7 @@ def on_cmp_cycle(state, cycle, color_by):
 # ---- traces ------------------------------------------------------------------------------------------------
 def open_trace_handler(path, color_by="value", show_dropped=True, calib_by="value", source="uploaded"):
     try:
-        trace = load_trace_path(path)
+        trace = load_trace_path(path, max_bytes=MAX_TRACE_BYTES if source == "example" else None)
     except ValueError as e:
         msg = f"Could not open the {source} trace: {e}"
         toast(msg)

@@ -8,26 +8,28 @@ import time
 import uuid
 from pathlib import Path
 
-from eagle2.trace import MAX_TRACE_BYTES, Trace
+from eagle2.trace import Trace
 from viz.data import cycle_view, policy_label, summary
 
-from .config import EXAMPLE_TRACES
+from .config import EXAMPLE_TRACES, MAX_UPLOAD_BYTES
 
 
 def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB" if n >= 1024 else f"{n} bytes"
 
 
-def load_trace_path(path) -> Trace:
-    """Read an uploaded / example trace, with clear errors for bad files."""
+def load_trace_path(path, max_bytes: int | None = None) -> Trace:
+    """Read an uploaded / example trace, with clear errors for bad files; uploads are limited to
+    MAX_UPLOAD_BYTES (the shipped examples pass their own limit)."""
+    max_bytes = MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
     if path is None:
         raise ValueError("No file was uploaded.")
     path = Path(getattr(path, "name", path))
     if not path.is_file():
         raise ValueError(f"Trace file {path.name} was not found.")
     size = path.stat().st_size
-    if size > MAX_TRACE_BYTES:  # refused before it is read, let alone parsed
-        raise ValueError(f"That trace is too large ({_size(size)}; at most {_size(MAX_TRACE_BYTES)}).")
+    if size > max_bytes:  # refused before it is read, let alone parsed
+        raise ValueError(f"That trace is too large ({_size(size)}; at most {_size(max_bytes)}).")
     if size == 0:
         raise ValueError("That file is empty: not an eagle2 trace.")
     try:
