@@ -52,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompt", default="Explain in three sentences how a rainbow forms.")
     ap.add_argument("--head", default=None, help="default: the trained head when shipped, else self")
-    ap.add_argument("--policy", default="eagle2", help="tree policy to pick in the UI (eagle2: a fixed 12-node tree)")
+    ap.add_argument("--policy", default="eagle2-auto", help="tree policy to pick in the UI (default: the app's)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--cycle", type=int, default=-1, help="cycle to show (default: the one with most accepted)")
     args = ap.parse_args()
@@ -78,9 +78,10 @@ def main() -> None:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1440, "height": 1500}, device_scale_factor=1)
+            page = browser.new_page(viewport={"width": 1440, "height": 900}, device_scale_factor=1)
             page.goto(url)
             expect(page.locator("#status")).to_contain_text("Example trace", timeout=60_000)
+            time.sleep(1.0)  # the settings sidebar is open at this width
             page.locator("#policy input").click()
             page.get_by_role("option", name=args.policy, exact=True).click()
             time.sleep(0.5)
@@ -90,42 +91,27 @@ def main() -> None:
             page.locator("#prompt textarea").fill(args.prompt)
             page.locator("#run-btn").click()
             expect(page.locator("#status")).to_contain_text("Done", timeout=300_000)
-            cycle = args.cycle
-            if cycle < 0:  # the cycle that accepted the most draft tokens
-                cycle = page.evaluate("""() => {
-                    let best = 0, most = -1;
-                    document.querySelectorAll('#answer .tl-cyc').forEach(c => {
-                        const n = c.querySelectorAll('.tl-draft').length;
-                        if (n > most) { most = n; best = parseInt(c.dataset.cycle); }
-                    });
-                    return Math.max(best, 0);
-                }""")
-            cyc = page.locator(f'#answer .tl-cyc[data-cycle="{cycle}"]')
-            if cyc.count():
-                cyc.first.click()
-                time.sleep(1.5)
-            main = page.locator("#main-col")
-            box = main.bounding_box()
-            tree = page.locator("#tree-plot").bounding_box()
-            top = page.locator("#prompt").bounding_box()["y"] - 10
-            page.screenshot(path=str(DOCS / "tree-lab-run.png"),
-                            clip={"x": box["x"] - 12, "y": top, "width": box["width"] + 24,
-                                  "height": tree["y"] + tree["height"] - top + 10}, full_page=True)
+            if args.cycle >= 0:  # else: the run opens on the cycle that accepted the most drafts
+                page.locator(f'#answer .tl-cyc[data-cycle="{args.cycle}"]').first.click()
+            page.locator("#settings .toggle-button").click()  # what a newcomer sees: sidebar closed
+            time.sleep(2.0)
+            page.evaluate("window.scrollTo(0, 0)")
+            page.screenshot(path=str(DOCS / "tree-lab-run.png"))
+            col = page.locator("#tree-col").bounding_box()
             page.get_by_role("tab", name="Step-through").click()
             page.locator("#stage").get_by_text("Rerank", exact=True).click()
             time.sleep(1.5)
-            tabs = page.locator("#stage").bounding_box()
             plot = page.locator("#stage-plot").bounding_box()
             page.screenshot(path=str(DOCS / "tree-lab-steps.png"),
-                            clip={"x": box["x"] - 12, "y": tabs["y"] - 60, "width": box["width"] + 24,
-                                  "height": plot["y"] + plot["height"] - tabs["y"] + 70}, full_page=True)
+                            clip={"x": col["x"] - 8, "y": col["y"] - 8, "width": col["width"] + 16,
+                                  "height": plot["y"] + plot["height"] - col["y"] + 16}, full_page=True)
             page.get_by_role("tab", name="Insights").click()
             time.sleep(2.0)
             plots = page.locator(".js-plotly-plot:visible")
             first = plots.first.bounding_box()
             last = plots.last.bounding_box()
             page.screenshot(path=str(DOCS / "tree-lab-insights.png"),
-                            clip={"x": box["x"] - 12, "y": first["y"] - 10, "width": box["width"] + 24,
+                            clip={"x": col["x"] - 8, "y": first["y"] - 10, "width": col["width"] + 16,
                                   "height": last["y"] + last["height"] - first["y"] + 20}, full_page=True)
             browser.close()
     finally:

@@ -3,7 +3,8 @@
     PYTHONPATH=. python examples/traces/regenerate.py                 # the trained default head
     PYTHONPATH=. python examples/traces/regenerate.py --head self     # placeholder: the target drafts itself
 
-Each trace is a real run of the eagle2 decoder on the embedded default target (greedy).
+Each trace is a real run of the eagle2 decoder on the embedded default target (greedy); the app
+opens the first on page load, so it uses the app's default policy (eagle2-auto).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ PROMPT = "Explain in three sentences how a rainbow forms."
 CODE_PROMPT = "Add type hints and a docstring to this function:\n\ndef area(width, height):\n    return width * height"
 RUNS = (
     # file name, policy, sizes, max_new_tokens, prompt (None = --prompt)
-    ("01-cpu-eagle2", "eagle2", {}, 96, None),
+    ("01-cpu-eagle2-auto", "eagle2", {"total_tokens": "auto"}, 96, None),  # the app's default policy
     ("02-gpu-eagle2-k10-d6-t60", "eagle2", {"top_k": 10, "depth": 6, "total_tokens": 60}, 64, None),
     ("03-cpu-eagle1-static", "eagle1", {}, 96, None),
     # the auto tree size with prompt lookup: copied chains (↪) next to the head's drafts
@@ -35,8 +36,7 @@ def drafter_for(target, head: str):
         torch.manual_seed(0)
         return eagle2.EagleDrafter(eagle2.EagleHead.for_target(target.model.config), target.model,
                                    name="random head (untrained)")
-    return eagle2.EagleDrafter(eagle2.load_head(head, target), target.model,
-                               name="EAGLE head (default)" if head == "default" else head)
+    return eagle2.load_drafter(target, head=head)  # as the CLI and the app: reduced draft vocabulary where it pays
 
 
 def main() -> None:
