@@ -5,7 +5,9 @@ sequences for every head, so heads trained on other data compare fairly).
 
 RUN_FOLDER is a `python -m eagle2 train --out` folder with features.pt and config.json; its
 --val-frac and --seed give the split. Prints one JSON line per head (agreement by draft step
-1..6 over the full vocabulary, the chain score, step-1 losses).
+1..6 over the full vocabulary, the chain score, step-1 losses). `--from-sequence N` keeps only
+held-out sequences N, N+1, ... of the run's data (e.g. the data this run added, which a head
+trained on an earlier split has never seen: a fair comparison of an old and a continued head).
 """
 import argparse
 import json
@@ -21,6 +23,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("run", type=Path)
 ap.add_argument("heads", nargs="+")
 ap.add_argument("--threads", type=int, default=0)
+ap.add_argument("--from-sequence", type=int, default=0)
 args = ap.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
@@ -28,6 +31,7 @@ run_args = argparse.Namespace(**json.loads((args.run / "config.json").read_text(
 target = load_target(run_args.model, dtype=run_args.dtype, device=run_args.device)
 data = train.FeatureData(args.run / "features.pt")
 _, val_idx = train.split(len(data), run_args.val_frac, run_args.seed)
+val_idx = [i for i in val_idx if i >= args.from_sequence]
 ac = train.use_autocast(run_args, target)
 for folder in args.heads:
     head = load_head_folder(folder).to(target.device)
