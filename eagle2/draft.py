@@ -124,7 +124,7 @@ class EagleDrafter(Drafter):
     def __init__(self, head: EagleHead | Eagle3Head, target_model, name: str = "eagle-head"):
         # beside the target's last layers (its lm_head), where its features come out
         super().__init__(output_device(target_model), next(target_model.parameters()).dtype)
-        check_head_fits(head, target_model)
+        check_head_fits(head, target_model, name=name)
         self.head = head.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.kind = head.kind
         self.feature_layers = head.feature_layers(target_model.config.num_hidden_layers)
@@ -318,8 +318,7 @@ def resolve_head(spec: str | os.PathLike, target) -> Path:
                                                                    "token_counts.json"],
                                       cache_dir=hub.cache_dir(), local_files_only=src.local_only))
     except Exception as e:  # a download cut short
-        raise ValueError(f"cannot fetch draft head {spec!r}: {type(e).__name__}: "
-                         f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
+        raise ValueError(f"cannot fetch draft head {spec!r}: {hub.one_line(e)}") from None
 
 
 def load_head(spec: str | os.PathLike, target) -> EagleHead | Eagle3Head:
@@ -349,9 +348,7 @@ def load_drafter(target, head: str | None = "default", draft_model: str | None =
             raise ValueError("draft model vocab does not match the target's")
         return ModelDrafter(small.model, name=small.name)
     folder = resolve_head(head or "default", target)
-    loaded = load_head_folder(folder)
-    check_head_fits(loaded, target.model, name=str(head))
-    drafter = EagleDrafter(loaded, target.model, name=str(head))
+    drafter = EagleDrafter(load_head_folder(folder), target.model, name=str(head))  # checks that the head fits
     if draft_vocab == "auto" or (draft_vocab and draft_vocab != "0"):
         return reduce_drafter(drafter, target, folder, draft_vocab)
     return drafter

@@ -42,6 +42,14 @@ class SpecError(ValueError):
     """A model/head spec that cannot be used; the message is one line naming the cause."""
 
 
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its first line, with its type unless it is a plain OSError/ValueError."""
+    text = str(e).strip().splitlines()[0].strip() if str(e).strip() else ""
+    if type(e) in (OSError, ValueError) and text:
+        return text[:300]
+    return f"{type(e).__name__}: {text}"[:300] if text else type(e).__name__
+
+
 @dataclass
 class Source:
     """A checked spec: `path` for a folder (kind "folder"), `repo_id` for the Hub (kind "hub");

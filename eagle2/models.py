@@ -154,14 +154,6 @@ def _check_type(model, name: str) -> None:
         raise ValueError(f"model {name!r} is a {mtype!r} model; supported: {', '.join(SUPPORTED_TYPES)}")
 
 
-def _one_line(e: BaseException) -> str:
-    """An exception as one line: its first line, with its type unless it is a plain OSError/ValueError."""
-    text = str(e).strip().splitlines()[0].strip() if str(e).strip() else ""
-    if type(e) in (OSError, ValueError, EnvironmentError) and text:
-        return text[:300]
-    return f"{type(e).__name__}: {text}"[:300] if text else type(e).__name__
-
-
 def _load_config(src: "hub.Source", name: str):
     """The model's config, its type checked (one line) before any weights are downloaded or read."""
     from transformers import AutoConfig
@@ -170,7 +162,7 @@ def _load_config(src: "hub.Source", name: str):
         try:
             raw = json.loads((src.path / "config.json").read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise hub.SpecError(f"model folder {name} has a config.json that is not valid JSON ({_one_line(e)})") from None
+            raise hub.SpecError(f"model folder {name} has a config.json that is not valid JSON ({hub.one_line(e)})") from None
         if not isinstance(raw, dict):
             raise hub.SpecError(f"model folder {name} has a config.json that is not a JSON object")
         mtype = raw.get("model_type")
@@ -248,7 +240,7 @@ def load_target(
         except hub.SpecError:
             raise
         except Exception as e:  # missing/corrupt files, a download cut short, out of memory: one line
-            raise ValueError(f"cannot load model {name!r}: {_one_line(e)}") from None
+            raise ValueError(f"cannot load model {name!r}: {hub.one_line(e)}") from None
         label = name
     _check_type(model, label)
     used_map = None

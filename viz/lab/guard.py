@@ -25,9 +25,10 @@ from pathlib import Path
 import eagle2
 from eagle2 import hub
 
+from .config import SPECIAL_HEADS
+
 SPACE_MAX_MODEL_BYTES = 2_000_000_000
 LOCAL_MAX_MODEL_BYTES = 16_000_000_000
-SPECIAL_HEADS = ("default", "self", "random")
 
 
 def public() -> bool:
@@ -36,9 +37,8 @@ def public() -> bool:
 
 
 def allowed_heads() -> set[str]:
-    from eagle2.draft import shipped_heads
-
-    return set(SPECIAL_HEADS) | set(shipped_heads(eagle2.models.DEFAULT_NAME))
+    """The head menu's names (default, the shipped heads, self, random): never paths."""
+    return set(SPECIAL_HEADS)
 
 
 def check_specs(target: str, head: str) -> None:
