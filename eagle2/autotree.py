@@ -196,8 +196,6 @@ def calibrate(model, sizes=CALIBRATION_SIZES, prefix_len: int = DEFAULT_PREFIX, 
     Sizes are visited round-robin (so a slow spell on a shared machine hits all of them), each
     after one untimed warm-up, and the cache is truncated back to the prefix after every forward.
     """
-    from transformers import DynamicCache
-
     from . import cache as kv
     from .models import target_forward
 
@@ -213,7 +211,7 @@ def calibrate(model, sizes=CALIBRATION_SIZES, prefix_len: int = DEFAULT_PREFIX, 
     prefix_len = max(1, min(prefix_len, limit - sizes[-1] - 1))
     gen = torch.Generator().manual_seed(seed)
     prefix = torch.randint(0, vocab, (prefix_len,), generator=gen).to(device)
-    cache = DynamicCache()
+    cache = kv.new_cache()  # the decoder's cache
     target_forward(model, prefix, cache)
     trees = {n: _calibration_tree(n) for n in sizes}
     tokens = {n: torch.randint(0, vocab, (n,), generator=gen).to(device) for n in sizes}

@@ -1,13 +1,66 @@
-"""KV-cache surgery on transformers' DynamicCache: keep only the accepted path.
+"""The decoder's KV cache, and surgery on it: keep only the accepted path.
 
 After a tree forward the cache holds prefix + every tree node; re-indexing each layer's keys
 and values along the sequence axis keeps the prefix plus the accepted nodes, which is exactly
 the cache a fresh prefill of the accepted sequence would build (tested).
+
+`new_cache()` is transformers' DynamicCache with one change of storage (`BufferedLayer`): each
+layer's keys and values are views of buffers allocated ahead, so a forward writes its new rows
+in place instead of concatenating (which copies the whole cache, every layer, every forward),
+and cutting the cache back after a verification is a view. Any DynamicCache works with the
+surgery below; the decoder and the drafters use `new_cache()`.
 """
 
 from __future__ import annotations
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+MIN_CAPACITY = 256  # rows a buffer starts with; it doubles when full
+
+
+class BufferedLayer(DynamicLayer):
+    """A DynamicLayer whose keys/values are prefix views of larger buffers (seq axis -2)."""
+
+    _keys_buf: torch.Tensor | None = None
+    _values_buf: torch.Tensor | None = None
+
+    def _holds_view(self) -> bool:
+        """Are keys/values still views of the buffers? (Surgery that builds new tensors, e.g.
+        keep_positions, makes them plain tensors; the next update copies them back in.)"""
+        buf = self._keys_buf
+        return (buf is not None and self.keys.data_ptr() == buf.data_ptr() and self.keys.stride() == buf.stride()
+                and self.values.data_ptr() == self._values_buf.data_ptr())
+
+    def _move_to_buffers(self, key_states: torch.Tensor, value_states: torch.Tensor, rows: int) -> None:
+        """New buffers of at least `rows` rows (at least twice what is held), holding the cache so far."""
+        n = self.get_seq_length()
+        cap = max(rows, 2 * n, MIN_CAPACITY)
+        keys = key_states.new_empty(key_states.shape[:-2] + (cap, key_states.shape[-1]))
+        values = value_states.new_empty(value_states.shape[:-2] + (cap, value_states.shape[-1]))
+        if n:
+            keys[..., :n, :], values[..., :n, :] = self.keys, self.values
+        self._keys_buf, self._values_buf = keys, values
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, m = self.get_seq_length(), key_states.shape[-2]
+        if self._keys_buf is None or n + m > self._keys_buf.shape[-2] or (n and not self._holds_view()):
+            self._move_to_buffers(key_states, value_states, n + m)
+        self._keys_buf[..., n:n + m, :] = key_states
+        self._values_buf[..., n:n + m, :] = value_states
+        self.keys = self._keys_buf[..., :n + m, :]
+        self.values = self._values_buf[..., :n + m, :]
+        return self.keys, self.values
+
+
+def new_cache() -> DynamicCache:
+    """An empty cache whose layers are BufferedLayer (created as the model first writes them)."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = BufferedLayer
+    return cache
 
 
 def cache_length(cache) -> int:

@@ -17,14 +17,14 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
 from . import cache as kv
+from .attention import use_tree_attention
 from .models import clock, output_device, target_forward
 from .policies import Policy, Vanilla
 from .trace import Observer, Timings, Verification, VerifiedNode
 from .tree import DraftTree
-from .verify import Verdict, check_sampling, greedy_accept, sample_accept, target_probs
+from .verify import Verdict, argmax, check_sampling, greedy_accept, sample_accept, target_probs
 
 
 @dataclass
@@ -158,7 +158,7 @@ class Sampler:
 
     def choose(self, logits_row: torch.Tensor) -> int:
         if self.temperature <= 0:
-            return int(logits_row.argmax())
+            return int(argmax(logits_row))
         return int(torch.multinomial(self.probs(logits_row), 1, generator=self.generator))
 
     def accept(self, tree: DraftTree, logits: torch.Tensor, probs) -> Verdict:
@@ -177,7 +177,7 @@ class Decoding:
     eos: set[int]
     max_new_tokens: int
     result: GenerationResult
-    cache: DynamicCache
+    cache: object  # eagle2.cache.new_cache(): a DynamicCache
     seq: torch.Tensor  # prompt + accepted tokens, on the model's device
     layers: tuple[int, ...] | None  # target layers the drafter reads (None: the last hidden state)
     root_logprobs: torch.Tensor | None = None
@@ -251,6 +251,7 @@ def generate(
 ) -> GenerationResult:
     """Speculative decoding with a draft tree. `policy=Vanilla()` gives plain decoding."""
     policy = policy or Vanilla()
+    use_tree_attention(model)
     device = output_device(model)  # the lm_head's: logits, features, drafter (a device map spreads the rest)
     sampler = Sampler.make(temperature, top_p, sample_top_k, seed, device)
     ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(-1).to(device)
@@ -258,7 +259,7 @@ def generate(
     if policy.needs_drafter and drafter is None:
         raise ValueError(f"policy {policy.name!r} needs a drafter (an EAGLE head or a draft model)")
     t_start = clock(device)
-    cache = DynamicCache()
+    cache = kv.new_cache()
     layers = drafter.feature_layers if drafter is not None and policy.needs_drafter else None
     hidden, logits = target_forward(model, ids, cache, feature_layers=layers)
     first = sampler.choose(logits[-1])

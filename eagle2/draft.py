@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import DynamicCache
 
 from . import cache as kv
+from .attention import use_tree_attention
 from . import hub
 from .head import Eagle3Head, EagleHead, load_head_folder
 from .models import module_device, output_device
@@ -52,7 +52,7 @@ class Drafter:
 
     def __init__(self, device: torch.device, dtype: torch.dtype):
         self.device, self.dtype = device, dtype
-        self.cache = DynamicCache()
+        self.cache = kv.new_cache()
         self.committed = 0  # cache positions that belong to the accepted prefix
         self._slots = 0  # draft nodes fed this cycle
         self._anc = torch.zeros(0, 0, dtype=torch.bool, device=device)  # [i, j]: slot j is i or an ancestor
@@ -60,7 +60,7 @@ class Drafter:
         self._clear_slots()
 
     def reset(self) -> None:
-        self.cache = DynamicCache()
+        self.cache = kv.new_cache()
         self.committed = 0
         self._clear_slots()
 
@@ -126,6 +126,7 @@ class EagleDrafter(Drafter):
         super().__init__(output_device(target_model), next(target_model.parameters()).dtype)
         check_head_fits(head, target_model, name=name)
         self.head = head.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        use_tree_attention(self.head)
         self.kind = head.kind
         self.feature_layers = head.feature_layers(target_model.config.num_hidden_layers)
         self.embed = head.embed_tokens if head.embed_tokens is not None else target_model.get_input_embeddings()
@@ -200,6 +201,7 @@ class ModelDrafter(Drafter):
         p = next(model.parameters())
         super().__init__(p.device, p.dtype)
         self.model = model.eval().requires_grad_(False)
+        use_tree_attention(self.model)
         self.name = name
 
     def _forward(self, tokens, pos, mask):

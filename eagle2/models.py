@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from . import hub
+from .attention import use_tree_attention
 
 DEFAULT_TARGET = "default"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
@@ -251,6 +252,7 @@ def load_target(
         _refuse_offload(used_map)
     model = model.eval()
     model.requires_grad_(False)
+    use_tree_attention(model)
     return Target(model=model, tokenizer=tok, name=label, load_seconds=time.perf_counter() - t0, source=source,
                   device_map=used_map)
 

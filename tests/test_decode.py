@@ -116,6 +116,38 @@ def test_target_cache_compaction_equals_fresh_prefill(models):
     assert torch.allclose(h1, h2, atol=1e-5)
 
 
+def test_buffered_cache_matches_dynamic_through_surgery_and_growth(models, monkeypatch):
+    """new_cache() writes in place into buffers; through tree forwards, compaction, a cut, a
+    re-indexing that leaves plain tensors (keep_positions) and buffer growth, its keys, values
+    and logits stay those of transformers' DynamicCache, and updates stop copying the cache."""
+    monkeypatch.setattr(kv, "MIN_CAPACITY", 8)  # so the buffers grow several times
+    target, _ = models
+    g = torch.Generator().manual_seed(3)
+    ours, ref = kv.new_cache(), DynamicCache()
+    prefix = torch.randint(4, VOCAB, (6,), generator=g)
+    for c in (ours, ref):
+        target_forward(target, prefix, c)
+    n = 6
+    tree = DraftTree([40, 41, 42, 43, 44, 45], [-1, 0, 0, 1, 2, 4])
+    for step in range(6):
+        outs = [target_forward(target, tree.tokens, c, tree.position_ids(n), tree.attention_mask(n)) for c in (ours, ref)]
+        assert torch.equal(outs[0][1], outs[1][1])
+        path = [0, 2, 4, 5] if step % 2 else [0, 1]
+        for c in (ours, ref):
+            if step == 3:
+                kv.keep_positions(c, torch.cat([torch.arange(n), n + torch.tensor(path)]))
+            else:
+                kv.keep_prefix_and(c, n, path)
+        n += len(path)
+        for a, b in zip(ours.layers, ref.layers):
+            assert isinstance(a, kv.BufferedLayer) and torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    layer = ours.layers[0]
+    assert layer._holds_view() and layer._keys_buf.shape[-2] >= n > 8  # grew past MIN_CAPACITY, still a view
+    before = layer._keys_buf.data_ptr()
+    target_forward(target, torch.tensor([7]), ours, torch.tensor([[n]]))
+    assert layer._keys_buf.data_ptr() == before and layer.keys.data_ptr() == before  # written in place
+
+
 @pytest.mark.parametrize("kind", ["head", "model"])
 def test_drafter_cache_after_commit_equals_fresh(models, kind):
     """Draft a tree, accept a path, commit: the drafter's cache equals a fresh one built at once."""
