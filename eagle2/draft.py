@@ -55,8 +55,10 @@ class Drafter:
         self.cache = kv.new_cache()
         self.committed = 0  # cache positions that belong to the accepted prefix
         self._slots = 0  # draft nodes fed this cycle
-        self._anc = torch.zeros(0, 0, dtype=torch.bool, device=device)  # [i, j]: slot j is i or an ancestor
-        self._depth = torch.zeros(0, dtype=torch.long, device=device)  # slot depths (1 = a child of the root)
+        # Row/column i + 1 is slot i; row 0 stands for the root (no ancestors among the slots, depth
+        # 0), so a parent p (-1 = the root) is looked up at p + 1 without a special case.
+        self._anc = torch.zeros(1, 1, dtype=torch.bool, device=device)  # [i, j]: slot j is i or an ancestor
+        self._depth = torch.zeros(1, dtype=torch.long, device=device)  # slot depths (1 = a child of the root)
         self._clear_slots()
 
     def reset(self) -> None:
@@ -72,11 +74,11 @@ class Drafter:
     def _clear_slots(self) -> None:
         kv.truncate(self.cache, self.committed)
         if self._slots:
-            self._anc[:self._slots, :self._slots] = False
+            self._anc[1:self._slots + 1, 1:self._slots + 1] = False
         self._slots = 0
 
     def _reserve_slots(self, n: int) -> None:
-        cap = self._anc.shape[0]
+        cap, n = self._anc.shape[0], n + 1  # + the root's row
         if n > cap:
             new = max(n, 2 * cap, 64)
             anc = torch.zeros(new, new, dtype=torch.bool, device=self.device)
@@ -88,21 +90,18 @@ class Drafter:
     def _add_slots(self, parents) -> tuple[torch.Tensor, torch.Tensor]:
         """Register new slots (parents: earlier slots, -1 = the root), a batch at a time; returns
         their position ids (1, m) and additive mask (1, 1, m, kv)."""
-        parents = torch.as_tensor(parents, dtype=torch.long, device=self.device).reshape(-1)
-        s, m = self._slots, parents.shape[0]
+        up = torch.as_tensor(parents, dtype=torch.long, device=self.device).reshape(-1) + 1  # rows of the parents
+        s, m = self._slots, up.shape[0]
         self._reserve_slots(s + m)
-        rows = self._anc[s:s + m, :s + m]
+        rows = self._anc[s + 1:s + m + 1, 1:s + m + 1]
         if s:
-            up, has = parents.clamp_min(0), parents >= 0
-            rows[:, :s] = self._anc[up, :s] & has[:, None]
-            depths = torch.where(has, self._depth[up], 0) + 1
-        else:
-            depths = torch.ones(m, dtype=torch.long, device=self.device)
+            rows[:, :s] = self._anc[up, 1:s + 1]
         rows[:, s:].fill_diagonal_(True)
-        self._depth[s:s + m] = depths
+        depths = self._depth[up] + 1
+        self._depth[s + 1:s + m + 1] = depths
         self._slots = s + m
         # A depth-d node sits d-1 places after the committed prefix (the root is its last entry).
-        position_ids = (self.committed + depths - 1)[None]
+        position_ids = (depths + (self.committed - 1))[None]
         mask = torch.zeros(m, self.committed + s + m, dtype=self.dtype, device=self.device)
         mask[:, self.committed:].masked_fill_(~rows, torch.finfo(self.dtype).min)
         return position_ids, mask[None, None]

@@ -107,8 +107,12 @@ class Eagle2(Policy):
             if not self.keep_expanding(pool, frontier, step):
                 break
             child_lp, child_tok = draft_topk(drafter, pool.feed(drafter, frontier), k)  # (k, k)
+            start = len(pool)
             new = pool.add(frontier.repeat_interleave(k), child_tok.flatten(), child_lp.flatten(), depth=step)
-            chosen = new if new.shape[0] <= k else new[torch.topk(pool.log_value[new], k).indices.sort().values]
+            if new.shape[0] <= k:
+                chosen = new
+            else:  # the new ids are start, start + 1, ...: the best k, in creation order
+                chosen = torch.topk(pool.log_value[start:], k).indices.sort().values + start
             if observer:
                 observer.on_expand(cycle, ExpansionStep(step, frontier.tolist(), pool.records(new), chosen.tolist()))
             frontier = chosen

@@ -127,11 +127,12 @@ class CandidatePool:
     def feed(self, drafter, ids) -> torch.Tensor:
         """Feed candidates to the drafter (their parents already fed); returns their children's log-probs."""
         ids = _long(ids, self.device)
-        par = self.parents[ids]
-        parent_slots = torch.where(par >= 0, self.slot[par.clamp_min(0)], -1)
+        tokens, parents, _, slots, _ = self._ints.unbind(0)  # whole rows: ids index only filled columns
+        par = parents[ids]
+        parent_slots = torch.where(par >= 0, slots[par.clamp_min(0)], -1)
         first = drafter.num_slots
-        logp = drafter.step(self.tokens[ids], parent_slots)
-        self._ints[3, ids] = torch.arange(first, first + ids.shape[0], device=self.device)
+        logp = drafter.step(tokens[ids], parent_slots)
+        slots[ids] = torch.arange(first, first + ids.shape[0], device=self.device)
         return logp
 
     def revalue(self) -> None:
