@@ -4,7 +4,8 @@ A tree verification (and a drafter's tree step) is a query of several tokens und
 mask. For that case transformers' "sdpa" attention copies each layer's whole key/value cache
 to every query head (`repeat_kv`) when the model groups its key/value heads (SmolLM2: 9 query
 heads share 3), while a one-token decode step avoids the copy. torch's SDPA reads shared heads
-itself (`enable_gqa`): the same attention without the copy.
+itself (`enable_gqa`): the same attention without the copy. On CPUs only: on CUDA a masked
+`enable_gqa` call may leave the fused kernels for the math one, which this code has not measured.
 
 `TREE_SDPA` is that attention registered with transformers' AttentionInterface (and sdpa's
 mask builder under the same name); every other call goes to the library's sdpa attention
@@ -24,8 +25,8 @@ TREE_SDPA = "eagle2_tree_sdpa"
 
 def tree_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """(B, H, q, d) query over (B, H_kv, kv, d) keys/values; returns (B, q, H, d), like sdpa's."""
-    groups = getattr(module, "num_key_value_groups", 1)
-    if (groups > 1 and attention_mask is not None and query.shape[2] > 1 and dropout == 0.0
+    tree_query = query.shape[2] > 1 and attention_mask is not None and query.device.type == "cpu"
+    if (tree_query and getattr(module, "num_key_value_groups", 1) > 1 and dropout == 0.0
             and kwargs.get("position_bias") is None and kwargs.get("softcap") is None):
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
                                                                scale=scaling, enable_gqa=True)
