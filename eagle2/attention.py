@@ -39,13 +39,18 @@ AttentionInterface.register(TREE_SDPA, tree_sdpa_attention)
 AttentionMaskInterface.register(TREE_SDPA, sdpa_mask)
 
 
-def use_tree_attention(module: torch.nn.Module) -> None:
-    """Switch the configs under `module` that use "sdpa" to TREE_SDPA (others are kept)."""
+def set_attention(module: torch.nn.Module, impl: str, only_from: str | None = None) -> None:
+    """Put the configs under `module` on attention `impl` (only those now on `only_from`, if given)."""
     seen = set()
     for m in module.modules():
         cfg = getattr(m, "config", None)
-        if cfg is None or id(cfg) in seen:
+        if cfg is None or id(cfg) in seen or not hasattr(cfg, "_attn_implementation"):
             continue
         seen.add(id(cfg))
-        if getattr(cfg, "_attn_implementation", None) == "sdpa":
-            cfg._attn_implementation = TREE_SDPA
+        if only_from is None or cfg._attn_implementation == only_from:
+            cfg._attn_implementation = impl
+
+
+def use_tree_attention(module: torch.nn.Module) -> None:
+    """Switch the configs under `module` that use "sdpa" to TREE_SDPA (others are kept)."""
+    set_attention(module, TREE_SDPA, only_from="sdpa")

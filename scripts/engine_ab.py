@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 import eagle2
-from eagle2.attention import TREE_SDPA
+from eagle2.attention import TREE_SDPA, set_attention
 from eagle2.bench import cpu_model, load_questions
 from eagle2.registry import make_policy
 
@@ -39,15 +39,6 @@ def import_before(checkout: Path):
     sys.modules["eagle2_before"] = mod
     spec.loader.exec_module(mod)
     return mod
-
-
-def set_attention(modules, impl: str) -> None:
-    """Put every config under `modules` on attention `impl` ("sdpa": what the code before this
-    change ran, and HF generate's; TREE_SDPA: what the decoder sets now)."""
-    for module in modules:
-        for m in module.modules():
-            if getattr(m, "config", None) is not None and hasattr(m.config, "_attn_implementation"):
-                m.config._attn_implementation = impl
 
 
 def main(argv=None) -> int:
@@ -84,7 +75,8 @@ def main(argv=None) -> int:
     mismatches = 0
     warm = eagle2.encode_prompt(target.tokenizer, "Say hello.")
     for name, (pol, dr, gen, obs) in policies.items():  # warm-up (and the latency calibration)
-        set_attention([target.model, drafter_now.head], "sdpa" if obs else TREE_SDPA)
+        for module in (target.model, drafter_now.head):  # each decoder on the attention its code sets
+            set_attention(module, "sdpa" if obs else TREE_SDPA)
         gen(target.model, warm, pol, dr, max_new_tokens=16, eos_token_ids=target.eos_token_ids,
             observers=[pol] if obs else [])
     for qi, q in enumerate(tqdm(questions, desc="questions")):
@@ -92,8 +84,8 @@ def main(argv=None) -> int:
         order = names[qi % len(names):] + names[: qi % len(names)]
         outs = {}
         for name in order:
-            # the target and head are shared: each decoder runs on the attention its own code sets
-            set_attention([target.model, drafter_now.head], TREE_SDPA if " now" in name else "sdpa")
+            for module in (target.model, drafter_now.head):  # shared: each decoder on its own code's attention
+                set_attention(module, TREE_SDPA if " now" in name else "sdpa")
             if name == "hf":
                 r = eagle2.hf_generate(target.model, ids, max_new_tokens=args.max_new_tokens,
                                        eos_token_ids=target.eos_token_ids)
