@@ -67,7 +67,7 @@ import torch
 from .models import clock, output_device
 from .policies import Eagle2, check_lookup
 from .trace import ExpansionStep, Timings
-from .tree import SOURCES, CandidatePool, DraftTree, chase, max_candidates
+from .tree import SOURCES, CandidatePool, DraftTree, max_candidates
 from .verify import Verdict
 
 CALIBRATION_SIZES = (1, 2, 4, 8, 16, 32, 48, 64)
@@ -517,10 +517,7 @@ def drafted_outcome(tree: DraftTree, pool: CandidatePool, path: list[int]) -> tu
         return 0, 0.0
     copied = pool.source[tree.candidates.clamp_min(0)] != SOURCES.index("draft")
     copied[0] = False
-    tainted = copied.clone()
-    for up in chase(tree.parents, tree.depth_bound):
-        tainted |= torch.where(up >= 0, copied[up.clamp_min(0)], False)
-    drafted = ~tainted
+    drafted = ~(tree.ancestor_matrix() & copied[None, :]).any(dim=-1)  # no copied node on the path
     on_path = torch.zeros_like(drafted)
     on_path[path] = True
     both = torch.stack([(drafted & on_path)[1:].sum().double(), (tree.log_values.double().exp() * drafted)[1:].sum()])

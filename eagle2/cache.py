@@ -98,6 +98,6 @@ def keep_prefix_and(cache, prefix_len: int, tree_nodes: list[int]) -> None:
             if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
                 continue
             d, s = dst.to(layer.keys.device), src.to(layer.keys.device)
-            layer.keys[..., d, :] = layer.keys[..., s, :]
-            layer.values[..., d, :] = layer.values[..., s, :]
+            layer.keys.index_copy_(-2, d, layer.keys.index_select(-2, s))
+            layer.values.index_copy_(-2, d, layer.values.index_select(-2, s))
     truncate(cache, prefix_len + len(tree_nodes))

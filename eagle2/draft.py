@@ -87,17 +87,16 @@ class Drafter:
             depth[:cap] = self._depth
             self._anc, self._depth = anc, depth
 
-    def _add_slots(self, parents) -> tuple[torch.Tensor, torch.Tensor]:
-        """Register new slots (parents: earlier slots, -1 = the root), a batch at a time; returns
-        their position ids (1, m) and additive mask (1, 1, m, kv)."""
-        up = torch.as_tensor(parents, dtype=torch.long, device=self.device).reshape(-1) + 1  # rows of the parents
+    def _add_slots(self, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Register new slots, a batch at a time (up: the buffer rows of their parents, slot + 1,
+        0 = the root); returns their position ids (1, m) and additive mask (1, 1, m, kv)."""
         s, m = self._slots, up.shape[0]
         self._reserve_slots(s + m)
         rows = self._anc[s + 1:s + m + 1, 1:s + m + 1]
         if s:
             rows[:, :s] = self._anc[up, 1:s + 1]
         rows[:, s:].fill_diagonal_(True)
-        depths = self._depth[up] + 1
+        depths = self._depth.index_select(0, up) + 1
         self._depth[s + 1:s + m + 1] = depths
         self._slots = s + m
         # A depth-d node sits d-1 places after the committed prefix (the root is its last entry).
@@ -186,8 +185,9 @@ class EagleDrafter(Drafter):
             if self._features is not None:
                 grown[1:s + 1] = self._features[1:s + 1]
             self._features = grown
-        feats = self._features[parents + 1]
-        pos, mask = self._add_slots(parents)
+        up = parents + 1  # buffer rows of the parents (row 0: the root)
+        feats = self._features.index_select(0, up)
+        pos, mask = self._add_slots(up)
         hidden = self.head(self._embed(tokens), feats[None], pos, attention_mask=mask, cache=self.cache)[0]
         self._features[s + 1:s + m + 1] = hidden
         return torch.log_softmax(self.lm_head(hidden).float(), dim=-1)
@@ -221,7 +221,7 @@ class ModelDrafter(Drafter):
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, parents) -> torch.Tensor:
-        pos, mask = self._add_slots(parents)
+        pos, mask = self._add_slots(torch.as_tensor(parents, dtype=torch.long, device=self.device).reshape(-1) + 1)
         return self._forward(tokens, pos, mask)
 
 

@@ -27,7 +27,7 @@ def draft_topk(drafter, logp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
     ids). A drafter with a draft vocabulary scores only that (cheaper); its indices are mapped."""
     lp, idx = torch.topk(logp, k, dim=-1)
     ids = getattr(drafter, "token_ids", None)
-    return lp, (ids[idx] if ids is not None else idx)
+    return lp, (ids.index_select(0, idx.reshape(-1)).view(idx.shape) if ids is not None else idx)
 
 
 class Policy:
@@ -126,7 +126,7 @@ class Eagle2(Policy):
         return self.total_tokens
 
     def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
-        pool = CandidatePool(root_logprobs.device)
+        pool = CandidatePool(root_logprobs.device, capacity=max_candidates(self.top_k, self.depth))
         self.expand(root_logprobs, drafter, pool, observer, cycle)
         tree = pool.rerank(root_token, self.tree_size(pool))
         if observer:

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", nargs="+", default=None, metavar="FILE_OR_RUN",
                    help="start from the written data of earlier runs (train_tokens.npz files, shipped beside the "
                         "head, and/or run folders with answers.jsonl): concatenated; the prompts, answers and "
-                        "tasks stages are skipped, features are recomputed")
+                        "tasks stages are skipped, features are recomputed (or copied: --features-from)")
     g.add_argument("--force", nargs="*", choices=STAGES, default=None,
                    help="re-run these stages (and every later one); no names = all")
     g = p.add_argument_group("prompts")
@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("features")
     g.add_argument("--max-seq-len", type=int, default=1024)
     g.add_argument("--feature-batch-tokens", type=int, default=4096)
+    g.add_argument("--features-from", nargs="+", default=None, metavar="FEATURES",
+                   help="features.pt files (or run folders) of earlier runs on the same target and dtype: "
+                        "sequences with the same token ids copy their rows instead of a target forward")
     g = p.add_argument_group("train")
     g.add_argument("--epochs", type=int, default=40, help="upper bound; --train-minutes usually ends it")
     g.add_argument("--train-minutes", type=float, default=55.0, help="time budget of the main run (0 = none)")

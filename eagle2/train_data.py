@@ -385,7 +385,8 @@ def length_batches(lengths: list[int], max_tokens: int, max_rows: int = 64) -> l
 def stage_features(target, args, out: Path) -> dict:
     """One target forward over every prompt + answer (chat answers and task answers): the last
     hidden states (EAGLE-1/2 heads regress them; the target's next-token distribution is
-    lm_head of them) and, for EAGLE-3 heads, the inputs of layers 2, n/2 and n-3."""
+    lm_head of them) and, for EAGLE-3 heads, the inputs of layers 2, n/2 and n-3. Sequences
+    found in --features-from files are copied, not recomputed."""
     from .head import eagle3_feature_layers
 
     rows = read_jsonl(out / "answers.jsonl") + [dict(r, id=f"task-{r['id']}") for r in read_jsonl(out / "tasks.jsonl")]
@@ -403,8 +404,11 @@ def stage_features(target, args, out: Path) -> dict:
     feats = torch.empty((offsets[-1], hidden), dtype=torch.bfloat16)
     aux = torch.empty((offsets[-1], 3 * hidden), dtype=torch.bfloat16) if layers else None
     pad = pad_id(target)
-    groups = length_batches(lengths, args.feature_batch_tokens)
-    bar = tqdm(total=offsets[-1], desc="features", unit="tok", unit_scale=True)
+    reused = copy_known_features(getattr(args, "features_from", None) or [], seqs, offsets, feats, aux, layers,
+                                 getattr(target, "name", None))
+    todo = [i for i in range(len(seqs)) if i not in reused]
+    groups = [[todo[j] for j in g] for g in length_batches([lengths[i] for i in todo], args.feature_batch_tokens)]
+    bar = tqdm(total=sum(lengths[i] for i in todo), desc="features", unit="tok", unit_scale=True)
     base = target.model.model  # the decoder stack; its last_hidden_state is after the final norm
     with torch.no_grad():
         for gi, g in enumerate(groups):
@@ -430,14 +434,51 @@ def stage_features(target, args, out: Path) -> dict:
             "feats": feats, "offsets": torch.tensor(offsets, dtype=torch.int64),
             "answer_start": torch.tensor(starts, dtype=torch.int64),
             "temperature": torch.tensor([r["temperature"] for r in rows], dtype=torch.float32),
-            "ids": [r["id"] for r in rows], "hidden_size": hidden, "aux": aux, "aux_layers": layers}
+            "ids": [r["id"] for r in rows], "hidden_size": hidden, "aux": aux, "aux_layers": layers,
+            "target": getattr(target, "name", None)}
     tmp = out / "features.pt.tmp"
     torch.save(data, tmp)
     tmp.replace(out / "features.pt")
     return {"sequences": len(seqs), "tokens": offsets[-1], "task_sequences": sum(str(r["id"]).startswith("task-") for r in rows),
-            "eagle3_layers": layers,
+            "eagle3_layers": layers, "reused_sequences": len(reused),
             "answer_tokens": sum(n - s for n, s in zip(lengths, starts)),
             "bytes": (out / "features.pt").stat().st_size}
+
+
+def copy_known_features(sources: list, seqs: list[list[int]], offsets: list[int], feats: torch.Tensor,
+                        aux: torch.Tensor | None, layers: list[int] | None, target_name: str | None = None) -> set[int]:
+    """Fill the rows of sequences that an earlier run's features.pt already holds (same token
+    ids), so a run that adds data to an old one recomputes only the new sequences. Returns the
+    indices filled. Files that name their target must name this one (older files name none: the
+    caller vouches for the same target and dtype)."""
+    want: dict[bytes, list[int]] = {}
+    for i, s in enumerate(seqs):
+        want.setdefault(torch.tensor(s, dtype=torch.int32).numpy().tobytes(), []).append(i)
+    filled: set[int] = set()
+    for src in sources:
+        path = Path(src) / "features.pt" if Path(src).is_dir() else Path(src)
+        if not path.exists():
+            raise ValueError(f"--features-from: {path} does not exist")
+        old = torch.load(path, weights_only=False, mmap=True)
+        if target_name and old.get("target") and old["target"] != target_name:
+            raise ValueError(f"--features-from: {path} holds features of {old['target']}, not {target_name}")
+        if old["feats"].shape[1] != feats.shape[1]:
+            raise ValueError(f"--features-from: {path} has hidden size {old['feats'].shape[1]}, "
+                             f"this target {feats.shape[1]}")
+        if aux is not None and (old.get("aux") is None or old.get("aux_layers") != layers):
+            continue  # EAGLE-3 runs need the same fused layers; this file has none or others
+        offs = old["offsets"].tolist()
+        for j in range(len(offs) - 1):
+            a, b = offs[j], offs[j + 1]
+            for i in want.get(old["tokens"][a:b].numpy().tobytes(), ()):
+                if i not in filled:
+                    feats[offsets[i]: offsets[i + 1]] = old["feats"][a:b]
+                    if aux is not None:
+                        aux[offsets[i]: offsets[i + 1]] = old["aux"][a:b]
+                    filled.add(i)
+    if sources:
+        tqdm.write(f"features: {len(filled)} of {len(seqs)} sequences copied from {', '.join(map(str, sources))}")
+    return filled
 
 
 # ---- the data as token ids: what a later run resumes from ------------------------------------

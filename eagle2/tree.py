@@ -34,6 +34,8 @@ class Node:
 
 
 def _long(x, device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor) and x.dtype == torch.long and (device is None or x.device == device):
+        return x.reshape(-1)  # the hot path: already a long tensor where it belongs
     return torch.as_tensor(x, dtype=torch.long, device=device).reshape(-1)
 
 
@@ -92,7 +94,7 @@ class CandidatePool:
             floats[1] = log_conf
             ints[2] = 1
         elif depth is not None:
-            floats[1] = self._floats[1, parents] + log_conf
+            floats[1] = self._floats[1].index_select(0, parents) + log_conf
             ints[2] = depth
         else:
             up, root = parents.clamp_min(0), parents < 0
@@ -128,11 +130,11 @@ class CandidatePool:
         """Feed candidates to the drafter (their parents already fed); returns their children's log-probs."""
         ids = _long(ids, self.device)
         tokens, parents, _, slots, _ = self._ints.unbind(0)  # whole rows: ids index only filled columns
-        par = parents[ids]
-        parent_slots = torch.where(par >= 0, slots[par.clamp_min(0)], -1)
+        par = parents.index_select(0, ids)
+        parent_slots = torch.where(par >= 0, slots.index_select(0, par.clamp_min(0)), -1)
         first = drafter.num_slots
-        logp = drafter.step(tokens[ids], parent_slots)
-        slots[ids] = torch.arange(first, first + ids.shape[0], device=self.device)
+        logp = drafter.step(tokens.index_select(0, ids), parent_slots)
+        slots.index_copy_(0, ids, torch.arange(first, first + ids.shape[0], device=self.device))
         return logp
 
     def revalue(self) -> None:
@@ -169,13 +171,13 @@ class CandidatePool:
         position[0] = 0
         position[keep + 1] = torch.arange(1, k + 1, device=self.device)
         ints = torch.empty(4, k + 1, dtype=torch.long, device=self.device)  # token, parent, depth, candidate
-        ints[:3, 1:] = self._ints[:3, keep]
-        ints[1, 1:] = position[ints[1, 1:] + 1]
+        ints[:3, 1:] = self._ints[:3].index_select(1, keep)
+        ints[1, 1:] = position.index_select(0, ints[1, 1:] + 1)
         ints[3, 1:] = keep
         ints[:, 0] = _long([0, -1, 0, -1], self.device)
         ints[0, :1] = _long(root_token, self.device)[:1]
         floats = torch.zeros(2, k + 1, dtype=torch.float32, device=self.device)  # log confidence, log value
-        floats[:, 1:] = self._floats[:, keep]
+        floats[:, 1:] = self._floats.index_select(1, keep)
         return DraftTree(ints[0], ints[1], floats[0], candidates=ints[3], depths=ints[2], log_values=floats[1],
                          depth_bound=self.max_depth, check=False)
 
@@ -209,7 +211,7 @@ class DraftTree:
 
     def __init__(self, tokens, parents, log_confidences=None, candidate_ids=None, *, candidates=None,
                  depths=None, log_values=None, depth_bound: int | None = None, check: bool = True):
-        self.tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
+        self.tokens = _long(tokens, None)
         device = self.tokens.device
         self.parents = _long(parents, device)
         n = self.tokens.shape[0]
@@ -221,7 +223,9 @@ class DraftTree:
                 raise ValueError("parents must precede children and node 0 must be the root")
         if log_confidences is None:
             log_confidences = torch.zeros(n)
-        self.log_confidences = torch.as_tensor(log_confidences, dtype=torch.float32).reshape(-1).to(device)
+        if not (isinstance(log_confidences, torch.Tensor) and log_confidences.dtype == torch.float32):
+            log_confidences = torch.as_tensor(log_confidences, dtype=torch.float32)
+        self.log_confidences = log_confidences.reshape(-1).to(device)
         if n == 1:
             depths, log_values = torch.zeros(1, dtype=torch.long, device=device), self.log_confidences * 0
         elif depths is None or log_values is None:  # walk down level by level: parents come first
@@ -275,14 +279,19 @@ class DraftTree:
         return kids
 
     def ancestor_matrix(self) -> torch.Tensor:
-        """(N, N) bool: [i, j] is True when j is i or one of i's ancestors (cached)."""
+        """(N, N) bool: [i, j] is True when j is i or one of i's ancestors (cached). Built in
+        one scatter of every node's [self, parent, grandparent, ...] columns; the root is its
+        own parent here, so chasing past it stays on it (it is every node's ancestor anyway)."""
         if self._anc is None:
-            n = len(self)
-            rows = torch.arange(n, device=self.tokens.device)
-            anc = torch.eye(n, dtype=torch.bool, device=self.tokens.device)
-            for up in chase(self.parents, self.depth_bound):
-                anc[rows, up.clamp_min(0)] = True  # past the root: 0, every node's ancestor anyway
-            self._anc = anc
+            n, dev = len(self), self.tokens.device
+            up = self.parents.clamp_min(0)
+            cols, cur = [torch.arange(n, device=dev)], up
+            for level in range(self.depth_bound):
+                cols.append(cur)
+                if level + 1 < self.depth_bound:
+                    cur = up.index_select(0, cur)
+            anc = torch.zeros(n, n, dtype=torch.bool, device=dev)
+            self._anc = anc.scatter_(1, torch.stack(cols, 1), True)
         return self._anc
 
     def attention_mask(self, prefix_len: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:

@@ -69,13 +69,14 @@ def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> Verdict:
     if n == 1:  # nothing drafted (vanilla decoding)
         return Verdict([0], int(argmax(logits[0])), [], [])
     best = argmax(logits)
-    match = tree.tokens == best[tree.parents.clamp_min(0)]
+    up = tree.parents.clamp_min(0)
+    match = tree.tokens == best.index_select(0, up)
     match[0] = True
     anc = tree.ancestor_matrix()
-    reach = ~(anc & ~match[None, :]).any(dim=-1)
-    end = torch.argmax(torch.where(reach, tree.depths, -1))
-    on_path = anc[end]
-    rejected = on_path[tree.parents.clamp_min(0)] & ~on_path
+    reach = (match[None, :] | ~anc).all(dim=-1)  # every ancestor (and the node) matches
+    end = torch.argmax(torch.where(reach, tree.depths, -1)).reshape(1)
+    on_path = anc.index_select(0, end)[0]
+    rejected = on_path.index_select(0, up) & ~on_path
     rejected[0] = False
     host = torch.cat([on_path.long(), rejected.long(), tree.tokens, best[end].reshape(1)]).tolist()
     path = [i for i in range(n) if host[i]]

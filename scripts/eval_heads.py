@@ -8,6 +8,9 @@ RUN_FOLDER is a `python -m eagle2 train --out` folder with features.pt and confi
 1..6 over the full vocabulary, the chain score, step-1 losses). `--from-sequence N` keeps only
 held-out sequences N, N+1, ... of the run's data (e.g. the data this run added, which a head
 trained on an earlier split has never seen: a fair comparison of an old and a continued head).
+`--not-in RUN [RUN ...]` keeps only held-out sequences whose token ids none of those runs'
+features.pt holds (the data this run added, wherever the import put it); `--kind task|chat`
+keeps one kind of sequence.
 """
 import argparse
 import json
@@ -24,6 +27,8 @@ ap.add_argument("run", type=Path)
 ap.add_argument("heads", nargs="+")
 ap.add_argument("--threads", type=int, default=0)
 ap.add_argument("--from-sequence", type=int, default=0)
+ap.add_argument("--not-in", nargs="+", type=Path, default=[])
+ap.add_argument("--kind", choices=("all", "task", "chat"), default="all")
 args = ap.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
@@ -32,8 +37,21 @@ target = load_target(run_args.model, dtype=run_args.dtype, device=run_args.devic
 data = train.FeatureData(args.run / "features.pt")
 _, val_idx = train.split(len(data), run_args.val_frac, run_args.seed)
 val_idx = [i for i in val_idx if i >= args.from_sequence]
+
+
+def key(tokens, offsets, i):
+    return tokens[int(offsets[i]):int(offsets[i + 1])].numpy().tobytes()
+
+
+seen = set()
+for other in args.not_in:
+    d = torch.load(other / "features.pt" if other.is_dir() else other, weights_only=False, mmap=True)
+    seen |= {key(d["tokens"], d["offsets"], i) for i in range(len(d["offsets"]) - 1)}
+ids = torch.load(args.run / "features.pt", weights_only=False, mmap=True)["ids"]
+val_idx = [i for i in val_idx if key(data.tokens, data.offsets, i) not in seen
+           and (args.kind == "all" or str(ids[i]).startswith("task-") == (args.kind == "task"))]
 ac = train.use_autocast(run_args, target)
 for folder in args.heads:
     head = load_head_folder(folder).to(target.device)
     ev = train.evaluate(head, data, val_idx, target, run_args, ac)
-    print(json.dumps({"head": folder, "val_sequences": len(val_idx), **ev}), flush=True)
+    print(json.dumps({"head": folder, "val_sequences": len(val_idx), "kind": args.kind, **ev}), flush=True)

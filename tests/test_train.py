@@ -162,7 +162,7 @@ def test_features_match_target_hidden_states(tiny_dir, tmp_path):
     argv = ["--out", str(out), "--model", tiny_dir, "--dtype", "float32", "--device", "cpu",
             "--n-prompts", "3", "--prompt-batch", "3", "--prompt-max-tokens", "6",
             "--prompt-filter", "loose", "--answer-batch", "3", "--answer-max-tokens", "5",
-            "--until", "features"]
+            "--n-tasks", "2", "--until", "features"]
     assert train.main(argv) == 0
     from eagle2.models import load_target
 
@@ -174,6 +174,30 @@ def test_features_match_target_hidden_states(tiny_dir, tmp_path):
         h = tgt.model.model(input_ids=ids).last_hidden_state[0]
     assert torch.allclose(data["feats"][a:b].float(), h, atol=0.05, rtol=0.02)
     assert not (out / "head").exists()
+
+
+def test_features_from_an_earlier_run_copy_known_sequences_and_compute_the_rest(tiny_dir, tmp_path):
+    first = tmp_path / "first"
+    common = ["--model", tiny_dir, "--dtype", "float32", "--device", "cpu", "--until", "features"]
+    assert train.main(["--out", str(first), "--n-prompts", "4", "--prompt-batch", "4", "--prompt-max-tokens", "6",
+                       "--prompt-filter", "loose", "--answer-batch", "4", "--answer-max-tokens", "5", "--n-tasks", "2"] + common) == 0
+    full = torch.load(first / "features.pt", weights_only=False)
+    n = len(full["offsets"]) - 1
+    cut = int(full["offsets"][n - 1])  # an older file without the last sequence
+    old = dict(full, tokens=full["tokens"][:cut], feats=full["feats"][:cut].clone() + 1.0,
+               offsets=full["offsets"][:n], aux=None)
+    torch.save(old, tmp_path / "old.pt")
+    second = tmp_path / "second"
+    assert train.main(["--out", str(second), "--data", str(first), "--features-from", str(tmp_path / "old.pt")] + common) == 0
+    got = torch.load(second / "features.pt", weights_only=False)
+    assert torch.equal(got["tokens"], full["tokens"]) and got["target"] == full["target"]
+    assert torch.equal(got["feats"][:cut], old["feats"])  # copied, not recomputed (shifted by +1 above)
+    assert torch.allclose(got["feats"][cut:].float(), full["feats"][cut:].float(), atol=0.05, rtol=0.02)
+    assert json.loads((second / "stage_features.json").read_text())["reused_sequences"] == n - 1
+    with pytest.raises(ValueError, match="holds features of"):
+        torch.save(dict(old, target="another-model"), tmp_path / "other.pt")
+        train.main(["--out", str(tmp_path / "third"), "--data", str(first), "--features-from",
+                    str(tmp_path / "other.pt")] + common)
 
 
 def test_parser_defaults():
