@@ -24,7 +24,7 @@ from .models import clock, output_device, target_forward
 from .policies import Policy, Vanilla
 from .trace import Observer, Timings, Verification, VerifiedNode
 from .tree import DraftTree
-from .verify import Verdict, argmax, check_sampling, greedy_accept, sample_accept, target_probs
+from .verify import RowProbs, Verdict, argmax, check_sampling, greedy_accept, sample_accept, target_probs
 
 
 @dataclass
@@ -153,13 +153,15 @@ class Sampler:
             gen.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
         return cls(temperature, top_p, top_k, gen)
 
-    def probs(self, logits: torch.Tensor) -> torch.Tensor | None:
-        return target_probs(logits, self.temperature, self.top_p, self.top_k) if self.temperature > 0 else None
+    def probs(self, logits: torch.Tensor) -> RowProbs | None:
+        """The processed target distribution of each node, computed per row when asked for."""
+        return RowProbs(logits, self.temperature, self.top_p, self.top_k) if self.temperature > 0 else None
 
     def choose(self, logits_row: torch.Tensor) -> int:
         if self.temperature <= 0:
             return int(argmax(logits_row))
-        return int(torch.multinomial(self.probs(logits_row), 1, generator=self.generator))
+        probs = target_probs(logits_row, self.temperature, self.top_p, self.top_k)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
 
     def accept(self, tree: DraftTree, logits: torch.Tensor, probs) -> Verdict:
         return sample_accept(tree, probs, self.generator) if probs is not None else greedy_accept(tree, logits)
@@ -293,7 +295,7 @@ def _emitted(verdict: Verdict, eos: set[int], budget: int) -> tuple[list[int], b
 
 def _verification_record(tree: DraftTree, logits: torch.Tensor, probs, verdict: Verdict) -> Verification:
     """What the target thought of every node (only built when someone records)."""
-    p = probs if probs is not None else torch.softmax(logits.float(), dim=-1)
+    p = probs.full() if probs is not None else torch.softmax(logits.float(), dim=-1)
     top_p, top_tok = p.max(dim=-1)
     tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
     par_idx = tree.parents.clamp_min(0)

@@ -53,6 +53,28 @@ def target_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0, t
     return probs
 
 
+class RowProbs:
+    """target_probs of a tree's logits, one row at a time as sampling visits nodes: acceptance
+    walks one root path, so the rows it never reaches (most of a tree) cost nothing. Each row is
+    computed exactly as target_probs computes it over the whole tree."""
+
+    def __init__(self, logits: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 0):
+        self.logits, self.settings = logits, (temperature, top_p, top_k)
+        self._rows: dict[int, torch.Tensor] = {}
+
+    def __getitem__(self, node: int) -> torch.Tensor:
+        if node not in self._rows:
+            self._rows[node] = target_probs(self.logits[node:node + 1], *self.settings)[0]
+        return self._rows[node]
+
+    def __len__(self) -> int:
+        return self.logits.shape[0]
+
+    def full(self) -> torch.Tensor:
+        """Every row at once (for records)."""
+        return target_probs(self.logits, *self.settings)
+
+
 def argmax(logits: torch.Tensor) -> torch.Tensor:
     """Argmax over the last axis in fp32: the same indices (bf16/fp16 -> fp32 is exact, first
     maximum wins either way, as in HF generate, which upcasts too), and on a CPU several times
@@ -83,8 +105,9 @@ def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> Verdict:
     return Verdict(path, host[-1], [i for i in range(n) if host[n + i]], [host[2 * n + i] for i in path[1:]])
 
 
-def sample_accept(tree: DraftTree, probs: torch.Tensor, generator: torch.Generator | None = None) -> Verdict:
-    """Multi-candidate speculative sampling for deterministic drafts (probs: (N, V) processed)."""
+def sample_accept(tree: DraftTree, probs, generator: torch.Generator | None = None) -> Verdict:
+    """Multi-candidate speculative sampling for deterministic drafts (probs: (N, V) processed,
+    or a RowProbs that computes the rows it is asked for)."""
     tokens = tree.tokens.tolist()
     kids = tree.children()
     path, rejected, node = [0], [], 0

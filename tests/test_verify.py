@@ -141,3 +141,15 @@ def test_target_probs_filters():
     assert (p[0, 2:] == 0).all() and (p[0, :2] > 0).all()
     p = target_probs(logits, 1.0, top_p=1e-6)
     assert float(p[0, 0]) == 1.0  # the top token always survives
+
+
+@pytest.mark.parametrize("top_p, top_k", [(1.0, 0), (0.9, 0), (0.95, 7)])
+def test_row_probs_are_the_rows_of_target_probs(top_p, top_k):
+    """Sampling computes only the rows it visits; each must be exactly the whole-tree row."""
+    from eagle2.verify import RowProbs
+
+    logits = torch.randn(9, 300, generator=torch.Generator().manual_seed(5)).mul(3).to(torch.bfloat16)
+    full, rows = target_probs(logits, 0.8, top_p, top_k), RowProbs(logits, 0.8, top_p, top_k)
+    assert len(rows) == 9 and torch.equal(rows.full(), full)
+    for i in (4, 0, 8, 4):
+        assert torch.equal(rows[i], full[i])
