@@ -61,6 +61,7 @@ import random
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -745,11 +746,12 @@ def main(argv=None) -> int:
             dst = Path(args.head_out)
             dst.mkdir(parents=True, exist_ok=True)
             files = ["config.json", "model.safetensors", "report.json", "TRAINING.md", TOKENS_FILE]
-            if (out / "answers.jsonl").exists():  # token frequencies for the reduced draft vocabulary
+            sources = [out / f for f in ("answers.jsonl", "tasks.jsonl") if (out / f).exists() and (out / f).stat().st_size]
+            if sources:  # token frequencies of every answer (chat and task): the reduced draft vocabulary
                 from eagle2.vocab import COUNTS_FILE, count_answers, save_counts
 
-                save_counts(count_answers(out / "answers.jsonl"), out / "head" / COUNTS_FILE,
-                            {"source": str(out / "answers.jsonl")})
+                save_counts(sum((count_answers(f) for f in sources), Counter()), out / "head" / COUNTS_FILE,
+                            {"source": ", ".join(map(str, sources))})
                 files.append(COUNTS_FILE)
             for f in files:
                 shutil.copyfile(out / "head" / f, dst / f)

@@ -96,7 +96,8 @@ def test_pipeline_end_to_end(tiny_dir, tmp_path):
         assert (head_out / name).exists(), name
     from eagle2.vocab import load_counts
 
-    answer_tokens = sum(len(json.loads(x)["answer_ids"]) for x in (out / "answers.jsonl").read_text().splitlines())
+    answer_tokens = sum(len(json.loads(x)["answer_ids"]) for name in ("answers.jsonl", "tasks.jsonl")
+                        for x in (out / name).read_text().splitlines())  # chat and task answers
     assert sum(load_counts(head_out / "token_counts.json").values()) == answer_tokens
     head = EagleHead.from_pretrained(head_out)
     assert head.hidden_size == 64 and head.embed_tokens is None
