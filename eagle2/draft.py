@@ -87,6 +87,10 @@ class Drafter:
             depth[:cap] = self._depth
             self._anc, self._depth = anc, depth
 
+    def _parent_rows(self, parents) -> torch.Tensor:
+        """Buffer rows of the parent slots (-1, the root, is row 0)."""
+        return torch.as_tensor(parents, dtype=torch.long, device=self.device).reshape(-1) + 1
+
     def _add_slots(self, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Register new slots, a batch at a time (up: the buffer rows of their parents, slot + 1,
         0 = the root); returns their position ids (1, m) and additive mask (1, 1, m, kv)."""
@@ -177,15 +181,14 @@ class EagleDrafter(Drafter):
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, parents) -> torch.Tensor:
-        parents = torch.as_tensor(parents, dtype=torch.long, device=self.device).reshape(-1)
-        s, m = self._slots, parents.shape[0]
+        up = self._parent_rows(parents)  # row 0: the root
+        s, m = self._slots, up.shape[0]
         if self._features is None or self._features.shape[0] < s + m + 1:  # grow the feature rows
             grown = self._root_feature.new_empty(max(2 * (s + m + 1), 64), self._root_feature.shape[-1])
             grown[0] = self._root_feature
             if self._features is not None:
                 grown[1:s + 1] = self._features[1:s + 1]
             self._features = grown
-        up = parents + 1  # buffer rows of the parents (row 0: the root)
         feats = self._features.index_select(0, up)
         pos, mask = self._add_slots(up)
         hidden = self.head(self._embed(tokens), feats[None], pos, attention_mask=mask, cache=self.cache)[0]
@@ -221,7 +224,7 @@ class ModelDrafter(Drafter):
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, parents) -> torch.Tensor:
-        pos, mask = self._add_slots(torch.as_tensor(parents, dtype=torch.long, device=self.device).reshape(-1) + 1)
+        pos, mask = self._add_slots(self._parent_rows(parents))
         return self._forward(tokens, pos, mask)
 
 

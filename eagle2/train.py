@@ -206,6 +206,7 @@ class FeatureData:
         self.tokens, self.feats, self.offsets = d["tokens"], d["feats"], d["offsets"]
         self.aux = d.get("aux")  # EAGLE-3 inputs: the fused three target layers, or None
         self.answer_start, self.temperature = d["answer_start"], d["temperature"]
+        self.ids = d.get("ids")  # row ids ("task-…" for task answers)
         self.lengths = (self.offsets[1:] - self.offsets[:-1]).tolist()
 
     def __len__(self) -> int:

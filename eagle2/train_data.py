@@ -445,6 +445,13 @@ def stage_features(target, args, out: Path) -> dict:
             "bytes": (out / "features.pt").stat().st_size}
 
 
+def sequence_keys(tokens: torch.Tensor, offsets) -> list[bytes]:
+    """One key per sequence of a features.pt (tokens int32, offsets): its token ids as bytes, so
+    the same sequence matches across runs wherever an import put it."""
+    offs = [int(o) for o in offsets]
+    return [tokens[a:b].numpy().tobytes() for a, b in zip(offs[:-1], offs[1:])]
+
+
 def copy_known_features(sources: list, seqs: list[list[int]], offsets: list[int], feats: torch.Tensor,
                         aux: torch.Tensor | None, layers: list[int] | None, target_name: str | None = None) -> set[int]:
     """Fill the rows of sequences that an earlier run's features.pt already holds (same token
@@ -452,8 +459,9 @@ def copy_known_features(sources: list, seqs: list[list[int]], offsets: list[int]
     indices filled. Files that name their target must name this one (older files name none: the
     caller vouches for the same target and dtype)."""
     want: dict[bytes, list[int]] = {}
-    for i, s in enumerate(seqs):
-        want.setdefault(torch.tensor(s, dtype=torch.int32).numpy().tobytes(), []).append(i)
+    flat = torch.tensor([t for s in seqs for t in s], dtype=torch.int32)
+    for i, key in enumerate(sequence_keys(flat, offsets)):
+        want.setdefault(key, []).append(i)
     filled: set[int] = set()
     for src in sources:
         path = Path(src) / "features.pt" if Path(src).is_dir() else Path(src)
@@ -468,9 +476,9 @@ def copy_known_features(sources: list, seqs: list[list[int]], offsets: list[int]
         if aux is not None and (old.get("aux") is None or old.get("aux_layers") != layers):
             continue  # EAGLE-3 runs need the same fused layers; this file has none or others
         offs = old["offsets"].tolist()
-        for j in range(len(offs) - 1):
+        for j, key in enumerate(sequence_keys(old["tokens"], offs)):
             a, b = offs[j], offs[j + 1]
-            for i in want.get(old["tokens"][a:b].numpy().tobytes(), ()):
+            for i in want.get(key, ()):
                 if i not in filled:
                     feats[offsets[i]: offsets[i + 1]] = old["feats"][a:b]
                     if aux is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from eagle2 import train
+from eagle2 import train_data as td
 from eagle2.head import load_head_folder
 from eagle2.models import load_target
 
@@ -37,19 +38,13 @@ target = load_target(run_args.model, dtype=run_args.dtype, device=run_args.devic
 data = train.FeatureData(args.run / "features.pt")
 _, val_idx = train.split(len(data), run_args.val_frac, run_args.seed)
 val_idx = [i for i in val_idx if i >= args.from_sequence]
-
-
-def key(tokens, offsets, i):
-    return tokens[int(offsets[i]):int(offsets[i + 1])].numpy().tobytes()
-
-
 seen = set()
 for other in args.not_in:
     d = torch.load(other / "features.pt" if other.is_dir() else other, weights_only=False, mmap=True)
-    seen |= {key(d["tokens"], d["offsets"], i) for i in range(len(d["offsets"]) - 1)}
-ids = torch.load(args.run / "features.pt", weights_only=False, mmap=True)["ids"]
-val_idx = [i for i in val_idx if key(data.tokens, data.offsets, i) not in seen
-           and (args.kind == "all" or str(ids[i]).startswith("task-") == (args.kind == "task"))]
+    seen.update(td.sequence_keys(d["tokens"], d["offsets"]))
+keys = td.sequence_keys(data.tokens, data.offsets)
+val_idx = [i for i in val_idx if keys[i] not in seen
+           and (args.kind == "all" or str(data.ids[i]).startswith("task-") == (args.kind == "task"))]
 ac = train.use_autocast(run_args, target)
 for folder in args.heads:
     head = load_head_folder(folder).to(target.device)
