@@ -27,8 +27,8 @@ uses the written token t_{i+2} as EAGLE does. Accuracy is agreement with the tar
 token at that position: the token greedy verification accepts.
 Cross-entropy through the 49k-vocabulary lm_head dominates the cost, so it is computed on a
 random subsample of the loss positions (--ce-frac) and over the lm_head rows of the most
-frequent answer tokens only (--train-vocab, 8192 by default: the step runs 2.5x faster for
-SmolLM2; the target's distribution is renormalised over the same rows, as a reduced draft
+frequent answer tokens only (--train-vocab, 8192 by default: the step reads a sixth of SmolLM2's
+lm_head; the target's distribution is renormalised over the same rows, as a reduced draft
 vocabulary sees it). Accuracy is always measured on all positions and the full vocabulary.
 
 Training-time test (EAGLE-3 style, --ttt-steps N): after step 1 the head is unrolled N more
