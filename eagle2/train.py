@@ -61,7 +61,6 @@ import random
 import shutil
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -749,9 +748,9 @@ def main(argv=None) -> int:
             files = ["config.json", "model.safetensors", "report.json", "TRAINING.md", TOKENS_FILE]
             sources = [out / f for f in ("answers.jsonl", "tasks.jsonl") if (out / f).exists() and (out / f).stat().st_size]
             if sources:  # token frequencies of every answer (chat and task): the reduced draft vocabulary
-                from eagle2.vocab import COUNTS_FILE, count_answers, save_counts
+                from eagle2.vocab import COUNTS_FILE, count_answer_files, save_counts
 
-                save_counts(sum((count_answers(f) for f in sources), Counter()), out / "head" / COUNTS_FILE,
+                save_counts(count_answer_files(sources), out / "head" / COUNTS_FILE,
                             {"source": ", ".join(map(str, sources))})
                 files.append(COUNTS_FILE)
             for f in files:

@@ -13,7 +13,7 @@ Token frequencies come from the head's training data (the target's own answers, 
 eagle2/train.py) or from the target's answers to the prompts written below, never from
 evaluation sets.
 
-    python -m eagle2.vocab --from-answers runs/smollm2-head/answers.jsonl --out counts.json
+    python -m eagle2.vocab --from-answers runs/smollm2-head/answers.jsonl runs/smollm2-head/tasks.jsonl --out counts.json
     python -m eagle2.vocab --generate --out counts.json          # the target answers PROMPTS
 """
 
@@ -215,9 +215,15 @@ def count_answers(path: str | os.PathLike, field: str = "answer_ids", every: int
         if every and (part == "fit") == (i % every == 0):
             continue
         counts.update(json.loads(line).get(field) or [])
-    if not counts:
+    if not counts and part == "all":  # one part of a short file may be empty
         raise ValueError(f"{path}: no {field!r} lists found")
     return counts
+
+
+def count_answer_files(paths, every: int = 0, part: str = "all") -> Counter:
+    """count_answers summed over several files: a training run's chat answers (answers.jsonl)
+    and task answers (tasks.jsonl) together."""
+    return sum((count_answers(p, every=every, part=part) for p in paths), Counter())
 
 
 @torch.inference_mode()
@@ -306,7 +312,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m eagle2.vocab",
                                 description="Count the target's output tokens for a reduced draft vocabulary.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-answers", metavar="JSONL", help="the head's training answers (answers.jsonl)")
+    src.add_argument("--from-answers", metavar="JSONL", nargs="+",
+                     help="the head's training answers (a run's answers.jsonl and tasks.jsonl)")
     src.add_argument("--generate", action="store_true", help="let the target answer eagle2.vocab.PROMPTS")
     p.add_argument("--model", default="default")
     p.add_argument("--out", required=True, help="where to write the counts JSON")
@@ -318,11 +325,13 @@ def main(argv=None) -> int:
         args = p.parse_args(argv)
         held = fit = None
         if args.from_answers and args.holdout > 1:  # the two parts add up to all answers
-            fit = count_answers(args.from_answers, every=args.holdout, part="fit")
-            held = count_answers(args.from_answers, every=args.holdout, part="held")
-            counts, meta = fit + held, {"source": str(args.from_answers)}
+            fit = count_answer_files(args.from_answers, every=args.holdout, part="fit")
+            held = count_answer_files(args.from_answers, every=args.holdout, part="held")
+            counts, meta = fit + held, {"source": ", ".join(args.from_answers)}
+            if not counts:
+                raise ValueError(f"{', '.join(args.from_answers)}: no 'answer_ids' lists found")
         elif args.from_answers:
-            counts, meta = count_answers(args.from_answers), {"source": str(args.from_answers)}
+            counts, meta = count_answer_files(args.from_answers), {"source": ", ".join(args.from_answers)}
         else:
             from .models import load_target
 

@@ -95,6 +95,10 @@ def test_counts_files(tmp_path):
         load_counts(tmp_path / "bad.json")
     assert main(["--from-answers", str(answers), "--out", str(tmp_path / "m.json"), "--sizes", "1,2"]) == 0
     assert load_counts(tmp_path / "m.json") == counts
+    tasks = tmp_path / "tasks.jsonl"  # a run's task answers count too, summed with the chat answers
+    tasks.write_text(json.dumps({"answer_ids": [9, 7]}) + "\n")
+    assert main(["--from-answers", str(answers), str(tasks), "--out", str(tmp_path / "both.json"), "--sizes", "1"]) == 0
+    assert load_counts(tmp_path / "both.json") == counts + Counter({9: 1, 7: 1})
 
 
 def test_counts_from_the_targets_own_answers(tiny_target, tmp_path, monkeypatch):
