@@ -65,6 +65,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .models import clock, output_device
+from .packed import has_packed_weights
 from .policies import Eagle2, check_lookup
 from .trace import ExpansionStep, Timings
 from .tree import SOURCES, CandidatePool, DraftTree, max_candidates
@@ -177,6 +178,7 @@ def calibration_key(model, device: torch.device, dtype: torch.dtype, prefix_len:
         "model": getattr(cfg, "_name_or_path", "") or "", "model_type": getattr(cfg, "model_type", ""),
         "hidden": getattr(cfg, "hidden_size", 0), "layers": getattr(cfg, "num_hidden_layers", 0),
         "vocab": getattr(cfg, "vocab_size", 0), "dtype": str(dtype), "prefix": prefix_len, "sizes": list(sizes),
+        "fp16_weights": has_packed_weights(model),
     }
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cli import device_map_arg, draft_vocab_arg, int_at_least, positive_int, total_tokens_arg
+from .models import DTYPE_CHOICES, DTYPE_HELP
 
 if TYPE_CHECKING:
     from .registry import PolicySpec
@@ -215,8 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=positive_int, default=256, help="per answer")
     p.add_argument("--temperature", type=_temperature, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="sampling nucleus (with --temperature > 0)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
-                   help="auto = bf16 on GPUs and CPUs with native bf16, else fp32")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     where.add_argument("--device-map", type=device_map_arg, default=None, metavar="auto|balanced|FILE.json",
@@ -752,7 +752,7 @@ def run(args) -> dict:
         "turns": sum(len(q.turns) for q in questions), "limit": args.limit, "category": args.category,
         "first_turn_only": args.first_turn_only, "methods": {m.name: m.describe() for m in methods},
         "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
-        "seed": args.seed, "model": target.name, "head": args.head, "dtype": str(target.dtype).replace("torch.", ""),
+        "seed": args.seed, "model": target.name, "head": args.head, "dtype": target.precision,
         "device": str(target.device), "device_map": target.device_map, "pld_tokens": args.pld_tokens,
         "draft_vocab": args.draft_vocab, "lookup": args.lookup,
         "warmup": not args.no_warmup, "wall_s": time.time() - t_start, "autotree": autotree,

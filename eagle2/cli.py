@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+from .models import DTYPE_CHOICES, DTYPE_HELP
+
 ORIGIN_COLOURS = {"draft": "\033[32m", "target": "\033[0m"}  # accepted drafts green, target tokens plain
 CYCLE_MARK = "\033[2m|\033[0m"
 
@@ -111,7 +113,7 @@ def generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=_float, default=1.0)
     p.add_argument("--sample-top-k", type=int, default=0, help="sampling top-k filter (0 = off)")
     p.add_argument("--max-new-tokens", type=positive_int, default=128)
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--device", default="auto")
     where.add_argument("--device-map", type=device_map_arg, default=None, metavar="auto|balanced|FILE.json",
@@ -180,7 +182,7 @@ def run_generate(argv: list[str]) -> int:
     if recorder:
         recorder.trace.save(args.trace)
     summary = {"text": result.text, **result.summary(), "model": target.name,
-               "head": args.draft_model or (args.head if drafter else None), "dtype": str(target.dtype).replace("torch.", "")}
+               "head": args.draft_model or (args.head if drafter else None), "dtype": target.precision}
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
         return 0

@@ -26,6 +26,7 @@ from .attention import use_tree_attention
 from . import hub
 from .head import Eagle3Head, EagleHead, load_head_folder
 from .models import module_device, output_device
+from .packed import has_packed_weights, pack_fp16_weights
 from . import vocab as vocab_lib
 from .vocab import ReducedLMHead
 
@@ -128,6 +129,8 @@ class EagleDrafter(Drafter):
         super().__init__(output_device(target_model), next(target_model.parameters()).dtype)
         check_head_fits(head, target_model, name=name)
         self.head = head.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        if has_packed_weights(target_model) and not has_packed_weights(self.head):
+            pack_fp16_weights(self.head)  # the head's few-row products gain as the target's do
         use_tree_attention(self.head)
         self.kind = head.kind
         self.feature_layers = head.feature_layers(target_model.config.num_hidden_layers)
@@ -347,7 +350,7 @@ def load_drafter(target, head: str | None = "default", draft_model: str | None =
     if draft_model:
         from .models import load_target
 
-        small = load_target(draft_model, dtype=target.dtype, device=target.device)
+        small = load_target(draft_model, dtype=target.precision, device=target.device)
         if small.model.lm_head.weight.shape[0] != target.model.lm_head.weight.shape[0]:
             raise ValueError("draft model vocab does not match the target's")
         return ModelDrafter(small.model, name=small.name)

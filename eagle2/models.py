@@ -21,6 +21,7 @@ import torch
 
 from . import hub
 from .attention import use_tree_attention
+from .packed import FP16_WEIGHTS, fbgemm_fp16_available, has_packed_weights, pack_fp16_weights
 
 DEFAULT_TARGET = "default"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
@@ -49,6 +50,11 @@ class Target:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @property
+    def precision(self) -> str:
+        """What runs: "bfloat16", "float32", or "fp16-weights" (fp32 with FBGEMM fp16 weights)."""
+        return FP16_WEIGHTS if has_packed_weights(self.model) else str(self.dtype).replace("torch.", "")
 
     @property
     def config(self):
@@ -82,20 +88,39 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+DTYPE_CHOICES = ("auto", "bfloat16", "float32", FP16_WEIGHTS)  # what --dtype offers (CLI, bench, train)
+DTYPE_HELP = (f"auto = bf16 on GPUs and CPUs with native bf16, else fp32 with fp16 weights ({FP16_WEIGHTS}, "
+              "FBGEMM) where it runs, else fp32")
+
+
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
-    """auto = bf16 on GPUs and on CPUs with native bf16 (AVX-512 BF16), else fp32."""
+    """The parameters' and activations' dtype. auto = bf16 on GPUs and on CPUs with native bf16
+    (AVX-512 BF16), else fp32 (with fp16-packed weights where FBGEMM runs: uses_fp16_weights)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
-             "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
+             "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16, FP16_WEIGHTS: torch.float32}
     if dtype == "auto":
         device = device or resolve_device()
         if device.type == "cuda":
             return torch.bfloat16
         return torch.bfloat16 if has_cpu_bf16() else torch.float32
     if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}: use auto, bfloat16 or float32")
+        raise ValueError(f"unknown dtype {dtype!r}: use {', '.join(DTYPE_CHOICES)}")
     return names[dtype]
+
+
+def uses_fp16_weights(dtype: str | torch.dtype, device: torch.device) -> bool:
+    """Whether the linear layers multiply with fp16-packed weights (eagle2.packed): asked for
+    with "fp16-weights" (CPU only), or chosen by "auto" on a CPU without native bf16 where FBGEMM
+    runs (there fp32's few-row products cost ~1.7x a one-row one, and bf16 is emulated)."""
+    if dtype == FP16_WEIGHTS:
+        if device.type != "cpu":
+            raise ValueError(f"dtype {FP16_WEIGHTS} is a CPU path (FBGEMM); on {device.type} use auto or bfloat16")
+        if not fbgemm_fp16_available():
+            raise ValueError(f"dtype {FP16_WEIGHTS} needs PyTorch's FBGEMM on an x86 CPU with AVX2; use float32")
+        return True
+    return dtype == "auto" and device.type == "cpu" and not has_cpu_bf16() and fbgemm_fp16_available()
 
 
 def default_gguf_path() -> Path:
@@ -204,6 +229,9 @@ def load_target(
     else:
         dev = resolve_device(device or "auto")
     dt = resolve_dtype(dtype, dev)
+    if dtype == FP16_WEIGHTS and device_map is not None:
+        raise ValueError(f"dtype {FP16_WEIGHTS} runs on one CPU; give no device_map")
+    fp16_weights = device_map is None and uses_fp16_weights(dtype, dev)
     placed = {"device_map": device_map} if device_map is not None else {}
     t0 = time.perf_counter()
     name = str(name)
@@ -252,6 +280,8 @@ def load_target(
         _refuse_offload(used_map)
     model = model.eval()
     model.requires_grad_(False)
+    if fp16_weights:
+        pack_fp16_weights(model)
     use_tree_attention(model)
     return Target(model=model, tokenizer=tok, name=label, load_seconds=time.perf_counter() - t0, source=source,
                   device_map=used_map)

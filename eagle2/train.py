@@ -69,6 +69,7 @@ from tqdm.auto import tqdm
 
 from eagle2 import train_data as td
 from eagle2.cli import int_at_least
+from eagle2.models import DTYPE_CHOICES, DTYPE_HELP
 from eagle2.vocab import ReducedLMHead, top_tokens
 
 STAGES = ("prompts", "answers", "tasks", "features", "train")
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="working folder for the stage outputs")
     g.add_argument("--model", default="default", help="target: 'default' (SmolLM2-135M-Instruct), a folder or hub id")
     g.add_argument("--head-out", default=None, help="also copy the final head + report here")
-    g.add_argument("--dtype", default="auto", help="target dtype: auto, bfloat16 or float32")
+    g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="the target's " + DTYPE_HELP)
     g.add_argument("--device", default="auto")
     g.add_argument("--threads", type=int, default=0,
                    help="torch threads (0 = all cores, fewer while other processes compete for them)")
@@ -709,7 +710,7 @@ def main(argv=None) -> int:
         from eagle2.models import load_target
 
         target = load_target(args.model, dtype=args.dtype, device=args.device)
-        log(f"target {target.name}: {target.dtype} on {target.device}, loaded in {target.load_seconds:.1f}s")
+        log(f"target {target.name}: {target.precision} on {target.device}, loaded in {target.load_seconds:.1f}s")
     if args.data and not (out / "answers.jsonl").exists():
         meta = td.import_tokens([Path(d) for d in args.data], out, target.tokenizer)
         write_json(out / "stage_data.json", meta)

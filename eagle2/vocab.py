@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .packed import Fp16WeightLinear, packed_linear, prepack
+
 
 COUNTS_SCHEMA = "eagle2-token-counts/1"
 COUNTS_FILE = "token_counts.json"  # looked for next to a head's config.json
@@ -106,9 +108,13 @@ class ReducedLMHead(nn.Module):
         bias = getattr(lm_head, "bias", None)
         self.bias = None if bias is None else nn.Parameter(bias.detach()[ids.to(bias.device)].clone(),
                                                            requires_grad=False)
+        # a target with fp16-packed weights (eagle2.packed): its kept rows are packed alike
+        self.packed = prepack(self.weight, self.bias) if isinstance(lm_head, Fp16WeightLinear) else None
 
     def rows(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of the kept tokens only, in `token_ids` order (training scores these)."""
+        if self.packed is not None and not hidden.requires_grad:
+            return packed_linear(hidden, self.packed)
         return nn.functional.linear(hidden, self.weight, self.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -161,6 +167,7 @@ def choice_key(target, folder, size: int) -> str:
     ident = {"node": platform.node(), "cpu": platform.processor() or platform.machine(),
              "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
              "torch": torch.__version__, "device": str(p.device.type), "dtype": str(p.dtype),
+             "fp16_weights": isinstance(target.model.lm_head, Fp16WeightLinear),
              "gpu": torch.cuda.get_device_name(p.device) if p.device.type == "cuda" else None,
              "model": getattr(cfg, "_name_or_path", ""), "vocab": cfg.vocab_size, "hidden": cfg.hidden_size,
              "head": str(Path(folder).resolve()), "size": size}

@@ -7,6 +7,10 @@ relative). Greedy outputs are compared token for token.
 
     PYTHONPATH=. python scripts/engine_ab.py /tmp/old --questions ../shared/data/mt_bench.jsonl \
         --max-new-tokens 256 --threads 1 --out runs/ab-mt
+
+With --before-dtype the other checkout runs on a second target of that precision (its own head
+copy and its own `hf before` baseline): e.g. float32, the previous auto choice on a CPU without
+native bf16, against this checkout's auto (fp16-weights there).
 """
 
 from __future__ import annotations
@@ -50,62 +54,78 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="eagle2,eagle2@lookup=10", help="each run by both decoders")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--full-vocab", action="store_true", help="also run eagle2 now with the whole vocabulary")
+    ap.add_argument("--dtype", default="auto", help="this checkout's target precision (--dtype of the CLI)")
+    ap.add_argument("--before-dtype", default=None,
+                    help="the other checkout's target precision, as a second target with its own head and its own "
+                         "hf baseline (`hf before`); default: both share this checkout's target")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     before = import_before(args.before.resolve())
-    target = eagle2.load_target("default")
+    target = eagle2.load_target("default", dtype=args.dtype)
     drafter_now = eagle2.load_drafter(target, head="default")
-    drafter_before = before.EagleDrafter(drafter_now.head, target.model, name="default")
+    if args.before_dtype:  # e.g. float32 (the previous auto on a CPU without native bf16) against fp16-weights
+        target_before = eagle2.load_target("default", dtype=args.before_dtype)
+        head_before = eagle2.load_drafter(target_before, head="default", draft_vocab=0).head
+    else:
+        target_before, head_before = target, drafter_now.head
+    drafter_before = before.EagleDrafter(head_before, target_before.model, name="default")
     drafter_full = eagle2.EagleDrafter(drafter_now.head, target.model, name="default")  # now, whole vocabulary
     questions = load_questions(args.questions, limit=args.limit, first_turn_only=True)
     lookups = [int(m.split("lookup=")[1]) if "lookup=" in m else 0 for m in args.methods.split(",")]
     policies = {}
     for m, lk in zip(args.methods.split(","), lookups):
         policies[f"{m} now"] = (make_policy("eagle2", total_tokens="auto", target=target, lookup=lk), drafter_now,
-                                 eagle2.generate, False)
-        old = before.make_policy("eagle2", total_tokens="auto", target=target, lookup=lk)
-        policies[f"{m} before"] = (old, drafter_before, before.generate, True)
+                                 eagle2.generate, False, target)
+        old = before.make_policy("eagle2", total_tokens="auto", target=target_before, lookup=lk)
+        policies[f"{m} before"] = (old, drafter_before, before.generate, True, target_before)
         if args.full_vocab and not lk:  # how much of the change is the reduced draft vocabulary
             policies[f"{m} now, full vocabulary"] = (make_policy("eagle2", total_tokens="auto", target=target),
-                                                     drafter_full, eagle2.generate, False)
-    names = ["hf"] + list(policies)
+                                                     drafter_full, eagle2.generate, False, target)
+    baselines = {"hf": target} if target_before is target else {"hf": target, "hf before": target_before}
+    names = list(baselines) + list(policies)
     totals = {n: {"tokens": 0, "seconds": 0.0, "cycles": 0, "new_tokens_in_cycles": 0} for n in names}
     mismatches = 0
     warm = eagle2.encode_prompt(target.tokenizer, "Say hello.")
-    for name, (pol, dr, gen, obs) in policies.items():  # warm-up (and the latency calibration)
-        for module in (target.model, drafter_now.head):  # each decoder on the attention its code sets
+    for name, (pol, dr, gen, obs, tg) in policies.items():  # warm-up (and the latency calibration)
+        for module in (tg.model, dr.head):  # each decoder on the attention its code sets
             set_attention(module, "sdpa" if obs else TREE_SDPA)
-        gen(target.model, warm, pol, dr, max_new_tokens=16, eos_token_ids=target.eos_token_ids,
+        gen(tg.model, warm, pol, dr, max_new_tokens=16, eos_token_ids=target.eos_token_ids,
             observers=[pol] if obs else [])
     for qi, q in enumerate(tqdm(questions, desc="questions")):
         ids = eagle2.encode_prompt(target.tokenizer, q.turns[0])
         order = names[qi % len(names):] + names[: qi % len(names)]
         outs = {}
         for name in order:
-            for module in (target.model, drafter_now.head):  # shared: each decoder on its own code's attention
-                set_attention(module, TREE_SDPA if " now" in name else "sdpa")
-            if name == "hf":
-                r = eagle2.hf_generate(target.model, ids, max_new_tokens=args.max_new_tokens,
+            if name in baselines:
+                set_attention(baselines[name].model, "sdpa")
+                r = eagle2.hf_generate(baselines[name].model, ids, max_new_tokens=args.max_new_tokens,
                                        eos_token_ids=target.eos_token_ids)
             else:
-                pol, dr, gen, obs = policies[name]
-                r = gen(target.model, ids, pol, dr, max_new_tokens=args.max_new_tokens,
+                pol, dr, gen, obs, tg = policies[name]
+                for module in (tg.model, dr.head):  # may be shared: each decoder on its own code's attention
+                    set_attention(module, TREE_SDPA if " now" in name else "sdpa")
+                r = gen(tg.model, ids, pol, dr, max_new_tokens=args.max_new_tokens,
                         eos_token_ids=target.eos_token_ids, observers=[pol] if obs else [])
                 totals[name]["cycles"] += len(r.cycles)
                 totals[name]["new_tokens_in_cycles"] += sum(c.new_tokens for c in r.cycles)
             totals[name]["tokens"] += len(r.tokens)
             totals[name]["seconds"] += r.seconds
             outs[name] = r.tokens
-        mismatches += sum(outs[n] != outs["hf"] for n in policies)
+        mismatches += sum(outs[n] != outs["hf before" if policies[n][4] is not target else "hf"] for n in policies)
     hf_rate = totals["hf"]["tokens"] / totals["hf"]["seconds"]
     summary = {"command": "python " + " ".join(sys.argv), "cpu": cpu_model(), "threads": torch.get_num_threads(),
+               "precision_now": target.precision,
+               "precision_before": getattr(target_before, "precision", str(target_before.dtype)),
                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"), "questions": len(questions),
                "max_new_tokens": args.max_new_tokens, "outputs_differing_from_hf": mismatches, "methods": {}}
     for n, t in totals.items():
         rate = t["tokens"] / t["seconds"]
+        own = "hf before" if n == "hf before" or (n in policies and policies[n][4] is not target) else "hf"
+        own_rate = totals[own]["tokens"] / totals[own]["seconds"]
         summary["methods"][n] = {"tokens_per_s": round(rate, 2), "x_hf": round(rate / hf_rate, 3),
+                                 "x_own_precision_hf": round(rate / own_rate, 3),
                                  "drafter": getattr(policies[n][1], "name", None) if n in policies else None,
                                  "tau": round(t["new_tokens_in_cycles"] / t["cycles"], 3) if t["cycles"] else None,
                                  "ms_per_cycle": round(1e3 * t["seconds"] / t["cycles"], 2) if t["cycles"] else None}

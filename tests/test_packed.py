@@ -1,0 +1,162 @@
+"""fp16-packed weights (eagle2.packed, `--dtype fp16-weights`): the same layers, FBGEMM's kernel,
+and decoding on a packed target stays lossless for every policy, drafter and head kind."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import eagle2.models as models
+from eagle2.decode import generate
+from eagle2.draft import EagleDrafter, ModelDrafter
+from eagle2.head import Eagle3Head, EagleHead
+from eagle2.packed import Fp16WeightLinear, fbgemm_fp16_available, has_packed_weights, pack_fp16_weights
+from eagle2.policies import Chain, Eagle1, Eagle2, Vanilla
+from eagle2.vocab import ReducedLMHead
+
+from conftest import make_tiny_llama, run_cli
+from test_verify import _exact_first_tokens, chi2_critical, g_stat
+
+pytestmark = pytest.mark.skipif(not fbgemm_fp16_available(), reason="no FBGEMM fp16 kernel on this CPU / build")
+VOCAB = 96
+
+
+def packed_tiny(seed=0, layers=2, **kw):
+    model = make_tiny_llama(VOCAB if "vocab" not in kw else kw.pop("vocab"), seed=seed, layers=layers, **kw)
+    model.requires_grad_(False)
+    pack_fp16_weights(model)
+    return model
+
+
+def test_packed_linear_is_the_linear_with_fp16_weights():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96)
+    packed = Fp16WeightLinear(lin)
+    w16 = lin.weight.detach().half().float()
+    for x in (torch.randn(64), torch.randn(1, 64), torch.randn(7, 64), torch.randn(2, 5, 64)):
+        want = F.linear(x, w16, lin.bias.detach())
+        got = packed(x)
+        assert got.shape == want.shape and got.dtype == torch.float32
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(got, F.linear(x, lin.weight.detach(), lin.bias.detach()), atol=1e-7, rtol=0)
+    assert packed(torch.randn(0, 64)).shape == (0, 96)
+    assert packed.weight is lin.weight  # the rows stay readable (tied embeddings, draft vocabulary)
+
+
+def test_a_gradient_still_flows_through_a_packed_layer():
+    """Training a head on a packed target's lm_head needs d(logits)/d(hidden)."""
+    lin = torch.nn.Linear(16, 8).requires_grad_(False)
+    packed = Fp16WeightLinear(lin)
+    x = torch.randn(3, 16, requires_grad=True)
+    packed(x).square().sum().backward()
+    y = x.detach().clone().requires_grad_(True)
+    F.linear(y, lin.weight, lin.bias).square().sum().backward()
+    assert torch.allclose(x.grad, y.grad)
+
+
+def test_pack_replaces_every_linear_of_a_model():
+    model = make_tiny_llama(VOCAB, layers=2)
+    n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
+    assert pack_fp16_weights(model) == n_linear == 2 * 7 + 1
+    assert not any(type(m) is torch.nn.Linear for m in model.modules()) and has_packed_weights(model)
+
+
+@pytest.fixture(scope="module")
+def packed_pair():
+    target = packed_tiny(seed=0)
+    other = make_tiny_llama(VOCAB, seed=1)
+    with torch.no_grad():  # a noisy copy of the target (before packing): it agrees often, not always
+        plain = make_tiny_llama(VOCAB, seed=0)
+        for p_t, p_o in zip(plain.parameters(), other.parameters()):
+            p_o.copy_(p_t + 0.1 * p_o.std() * torch.randn_like(p_o))
+    other.requires_grad_(False)
+    pack_fp16_weights(other)
+    return target, other
+
+
+@pytest.mark.parametrize("policy", [lambda: Eagle2(top_k=3, depth=4, total_tokens=10), lambda: Eagle1(),
+                                    lambda: Chain(depth=4)], ids=["eagle2", "eagle1", "chain"])
+@pytest.mark.parametrize("drafter_name", ["self", "noisy", "head"])
+def test_greedy_on_a_packed_target_equals_vanilla(packed_pair, policy, drafter_name):
+    target, other = packed_pair
+    drafter = {"self": lambda: ModelDrafter(target), "noisy": lambda: ModelDrafter(other),
+               "head": lambda: EagleDrafter(EagleHead.for_target(target.config), target)}[drafter_name]()
+    if drafter_name == "head":
+        assert has_packed_weights(drafter.head)  # a packed target's head is packed alike
+    g, accepted = torch.Generator().manual_seed(0), 0
+    for _ in range(10):
+        ids = torch.randint(4, VOCAB, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g)
+        ref = generate(target, ids, Vanilla(), max_new_tokens=30)
+        out = generate(target, ids, policy(), drafter, max_new_tokens=30)
+        assert out.tokens == ref.tokens
+        accepted += out.origins.count("draft")
+    if drafter_name == "self":
+        assert accepted > 10 * 15
+
+
+def test_greedy_with_an_eagle3_head_and_a_reduced_vocabulary_on_a_packed_target():
+    target = packed_tiny(seed=0, layers=6)
+    head = Eagle3Head.for_target(target.config, torch.arange(4, 40))
+    e3 = EagleDrafter(head, target)
+    assert has_packed_weights(e3.head)
+    from eagle2.draft import ReducedVocabDrafter
+
+    reduced = ReducedVocabDrafter(EagleHead.for_target(target.config), target, list(range(3, 50)))
+    assert reduced.reduced.packed is not None
+    for drafter in (e3, reduced):
+        for seed in range(4):
+            ids = torch.randint(4, VOCAB, (6,), generator=torch.Generator().manual_seed(seed))
+            assert (generate(target, ids, Eagle2(top_k=3, depth=3, total_tokens=8), drafter, max_new_tokens=20).tokens
+                    == generate(target, ids, Vanilla(), max_new_tokens=20).tokens)
+
+
+def test_reduced_vocabulary_rows_of_a_packed_lm_head():
+    lin = torch.nn.Linear(32, 50, bias=False)
+    rows = ReducedLMHead(Fp16WeightLinear(lin), [3, 7, 11])
+    h = torch.randn(4, 32)
+    assert torch.allclose(rows.rows(h), F.linear(h, lin.weight.detach()[[3, 7, 11]].half().float()), atol=1e-5)
+    assert ReducedLMHead(lin, [3, 7]).packed is None  # an unpacked lm_head keeps the fp32 product
+
+
+def test_sampling_on_a_packed_target_matches_its_distribution():
+    """First 3 sampled tokens of eagle2 against the packed target's own exact distribution."""
+    vocab, k = 5, 3
+    target = make_tiny_llama(vocab, seed=3, hidden=32, eos=None, init=0.1).requires_grad_(False)
+    draft = make_tiny_llama(vocab, seed=4, hidden=32, eos=None, init=0.1).requires_grad_(False)
+    pack_fp16_weights(target)
+    pack_fp16_weights(draft)
+    prompt = torch.tensor([1, 2, 0, 4])
+    exact = _exact_first_tokens(target, prompt, k, 1.0, 1.0)
+    n, counts, accepted = 2000, {}, 0
+    for i in range(n):
+        r = generate(target, prompt, Eagle2(top_k=2, depth=2, total_tokens=4), ModelDrafter(draft),
+                     max_new_tokens=k, temperature=1.0, seed=i)
+        counts[tuple(r.tokens)] = counts.get(tuple(r.tokens), 0) + 1
+        accepted += r.origins.count("draft")
+    assert accepted > n * 0.3
+    g, df = g_stat(counts, exact, n)
+    assert g < chi2_critical(df), (g, chi2_critical(df))
+
+
+def test_load_target_and_cli_with_fp16_weights(tiny_dir, tiny_head, capsys):
+    t = models.load_target(tiny_dir, dtype="fp16-weights", device="cpu")
+    assert t.precision == "fp16-weights" and t.dtype == torch.float32 and has_packed_weights(t.model)
+    assert models.load_target(tiny_dir, dtype="float32", device="cpu").precision == "float32"
+    code, out, err = run_cli(capsys, "generate", "--model", tiny_dir, "--head", tiny_head, "--dtype", "fp16-weights",
+                             "--prompt", "hello world", "--max-new-tokens", "8", "--json")
+    assert code == 0, err
+    assert '"dtype": "fp16-weights"' in out
+
+
+def test_where_fp16_weights_apply(tiny_dir, monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(models, "has_cpu_bf16", lambda: False)
+    assert models.uses_fp16_weights("auto", cpu) and models.uses_fp16_weights("fp16-weights", cpu)
+    assert not models.uses_fp16_weights("auto", cuda) and not models.uses_fp16_weights("float32", cpu)
+    monkeypatch.setattr(models, "has_cpu_bf16", lambda: True)
+    assert not models.uses_fp16_weights("auto", cpu)  # native bf16 stays the choice there
+    with pytest.raises(ValueError, match="CPU path"):
+        models.uses_fp16_weights("fp16-weights", cuda)
+    with pytest.raises(ValueError, match="no device_map"):
+        models.load_target(tiny_dir, dtype="fp16-weights", device_map={"": "cpu"})
+    with pytest.raises(ValueError, match="unknown dtype"):
+        models.resolve_dtype("int4")
