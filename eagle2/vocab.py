@@ -166,8 +166,7 @@ def choice_key(target, folder, size: int) -> str:
     p = next(target.model.parameters())
     ident = {"node": platform.node(), "cpu": platform.processor() or platform.machine(),
              "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-             "torch": torch.__version__, "device": str(p.device.type), "dtype": str(p.dtype),
-             "fp16_weights": isinstance(target.model.lm_head, Fp16WeightLinear),
+             "torch": torch.__version__, "device": str(p.device.type), "dtype": target.precision,
              "gpu": torch.cuda.get_device_name(p.device) if p.device.type == "cuda" else None,
              "model": getattr(cfg, "_name_or_path", ""), "vocab": cfg.vocab_size, "hidden": cfg.hidden_size,
              "head": str(Path(folder).resolve()), "size": size}
