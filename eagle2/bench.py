@@ -658,7 +658,8 @@ def run(args) -> dict:
     import torch
 
     from .decode import context_limit
-    from .models import has_cpu_bf16, load_target
+    from .models import cache_dir, has_cpu_bf16, load_target
+    from .precision import LayerShapes, cached_probe
 
     specs = parse_methods(args.methods)
     choices = [method_policy(s, args) for s in specs]  # checked before the model loads
@@ -758,7 +759,9 @@ def run(args) -> dict:
         "warmup": not args.no_warmup, "wall_s": time.time() - t_start, "autotree": autotree,
         "method_order": "rotated per question", **extra,
     }
+    probe = cached_probe(LayerShapes.of(target.config), cache_dir()) if target.device.type == "cpu" else None
     machine = {**machine_info(), "cpu_bf16": has_cpu_bf16(), "loadavg_start": load0,
+               "precision_probe_ms": probe.ms if probe else None,  # what --dtype auto measured (eagle2.precision)
                "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None}
     summary = {"methods": _round(table, 6), "by_category": _round(by_cat, 6), "config": _round(config, 6),
                "machine": machine}

@@ -22,6 +22,7 @@ import torch
 from . import hub
 from .attention import use_tree_attention
 from .packed import FP16_WEIGHTS, fbgemm_fp16_available, has_packed_weights, pack_fp16_weights
+from .precision import auto_cpu_precision, has_cpu_bf16  # noqa: F401  (has_cpu_bf16: bench, train)
 
 DEFAULT_TARGET = "default"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
@@ -73,15 +74,6 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def has_cpu_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
-
-
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -89,38 +81,45 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 DTYPE_CHOICES = ("auto", "bfloat16", "float32", FP16_WEIGHTS)  # what --dtype offers (CLI, bench, train)
-DTYPE_HELP = (f"auto = bf16 on GPUs and CPUs with native bf16, else fp32 with fp16 weights ({FP16_WEIGHTS}, "
-              "FBGEMM) where it runs, else fp32")
+DTYPE_HELP = (f"auto = bf16 on GPUs; on a CPU the faster of bf16 and fp32 with fp16 weights ({FP16_WEIGHTS}, "
+              "FBGEMM), measured once on the target's layer shapes where both run, else whichever runs, else fp32")
+_NAMES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
+          "float16": torch.float16, "fp16": torch.float16, FP16_WEIGHTS: torch.float32}
 
 
-def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
-    """The parameters' and activations' dtype. auto = bf16 on GPUs and on CPUs with native bf16
-    (AVX-512 BF16), else fp32 (with fp16-packed weights where FBGEMM runs: uses_fp16_weights)."""
+def resolve_precision(dtype: str | torch.dtype = "auto", device: torch.device | None = None, config=None,
+                      packable: bool = True) -> str:
+    """What a target runs in: "bfloat16", "float32", "float16" or FP16_WEIGHTS (fp32 activations,
+    fp16-packed weights: eagle2.packed). auto = bf16 on GPUs; on a CPU, eagle2.precision decides
+    (measured on `config`'s layer shapes where both bf16 and FBGEMM run). packable=False (a
+    device map) leaves fp16-weights out."""
     if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
-             "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16, FP16_WEIGHTS: torch.float32}
-    if dtype == "auto":
-        device = device or resolve_device()
-        if device.type == "cuda":
-            return torch.bfloat16
-        return torch.bfloat16 if has_cpu_bf16() else torch.float32
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}: use {', '.join(DTYPE_CHOICES)}")
-    return names[dtype]
-
-
-def uses_fp16_weights(dtype: str | torch.dtype, device: torch.device) -> bool:
-    """Whether the linear layers multiply with fp16-packed weights (eagle2.packed): asked for
-    with "fp16-weights" (CPU only), or chosen by "auto" on a CPU without native bf16 where FBGEMM
-    runs (there fp32's few-row products cost ~1.7x a one-row one, and bf16 is emulated)."""
+        return str(dtype).replace("torch.", "")
+    device = device or resolve_device()
     if dtype == FP16_WEIGHTS:
         if device.type != "cpu":
             raise ValueError(f"dtype {FP16_WEIGHTS} is a CPU path (FBGEMM); on {device.type} use auto or bfloat16")
         if not fbgemm_fp16_available():
             raise ValueError(f"dtype {FP16_WEIGHTS} needs PyTorch's FBGEMM on an x86 CPU with AVX2; use float32")
-        return True
-    return dtype == "auto" and device.type == "cpu" and not has_cpu_bf16() and fbgemm_fp16_available()
+        return FP16_WEIGHTS
+    if dtype == "auto":
+        if device.type == "cuda":
+            return "bfloat16"
+        return auto_cpu_precision(config, allow_fp16_weights=packable and device.type == "cpu", cache=cache_dir())
+    if dtype not in _NAMES:
+        raise ValueError(f"unknown dtype {dtype!r}: use {', '.join(DTYPE_CHOICES)}")
+    return str(_NAMES[dtype]).replace("torch.", "")
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None, config=None) -> torch.dtype:
+    """The parameters' and activations' dtype for `dtype` (resolve_precision; fp16-weights keeps fp32)."""
+    return _NAMES[resolve_precision(dtype, device, config)]
+
+
+def uses_fp16_weights(dtype: str | torch.dtype, device: torch.device, config=None) -> bool:
+    """Whether the linear layers multiply with fp16-packed weights (eagle2.packed): asked for
+    with "fp16-weights" (CPU only), or chosen by "auto" (eagle2.precision)."""
+    return resolve_precision(dtype, device, config) == FP16_WEIGHTS
 
 
 def default_gguf_path() -> Path:
@@ -228,10 +227,14 @@ def load_target(
             _refuse_offload(device_map)
     else:
         dev = resolve_device(device or "auto")
-    dt = resolve_dtype(dtype, dev)
     if dtype == FP16_WEIGHTS and device_map is not None:
         raise ValueError(f"dtype {FP16_WEIGHTS} runs on one CPU; give no device_map")
-    fp16_weights = device_map is None and uses_fp16_weights(dtype, dev)
+    packable = device_map is None
+    precision = resolve_precision(dtype, dev, packable=packable)  # a bad dtype fails before any loading
+
+    def for_config(config) -> str:  # auto on a CPU measures the target's own layer shapes (eagle2.precision)
+        return resolve_precision(dtype, dev, config, packable) if dtype == "auto" else precision
+
     placed = {"device_map": device_map} if device_map is not None else {}
     t0 = time.perf_counter()
     name = str(name)
@@ -239,7 +242,10 @@ def load_target(
         gguf = default_gguf_path()
         cached = _gguf_cache_folder(gguf)
         if use_cache and (cached / "model.safetensors").exists():
-            model = AutoModelForCausalLM.from_pretrained(cached, dtype=dt, **placed)
+            from transformers import AutoConfig
+
+            precision = for_config(AutoConfig.from_pretrained(cached))
+            model = AutoModelForCausalLM.from_pretrained(cached, dtype=_NAMES[precision], **placed)
             tok = AutoTokenizer.from_pretrained(cached)
             source = "cache"
         else:
@@ -251,7 +257,8 @@ def load_target(
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 if not cached.exists():
                     os.replace(tmp, cached)
-            model = model.to(dt)
+            precision = for_config(model.config)
+            model = model.to(_NAMES[precision])
             if device_map is not None:
                 model = dispatch(model, _infer_device_map(model, device_map))
             source = "gguf"
@@ -263,7 +270,9 @@ def load_target(
         source = src.kind
         try:
             config = _load_config(src, name)  # the type is checked before any weights are read
-            model = AutoModelForCausalLM.from_pretrained(src.load_name, config=config, dtype=dt, **placed,
+            precision = for_config(config)
+            model = AutoModelForCausalLM.from_pretrained(src.load_name, config=config, dtype=_NAMES[precision],
+                                                         **placed,
                                                          **src.load_kwargs())
             tok = AutoTokenizer.from_pretrained(src.load_name, **src.load_kwargs())
         except hub.SpecError:
@@ -280,7 +289,7 @@ def load_target(
         _refuse_offload(used_map)
     model = model.eval()
     model.requires_grad_(False)
-    if fp16_weights:
+    if precision == FP16_WEIGHTS:
         pack_fp16_weights(model)
     use_tree_attention(model)
     return Target(model=model, tokenizer=tok, name=label, load_seconds=time.perf_counter() - t0, source=source,

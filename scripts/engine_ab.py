@@ -79,7 +79,8 @@ def main(argv=None) -> int:
         policies[f"{m} now"] = (make_policy("eagle2", total_tokens="auto", target=target, lookup=lk), drafter_now,
                                  eagle2.generate, False, target)
         old = before.make_policy("eagle2", total_tokens="auto", target=target_before, lookup=lk)
-        policies[f"{m} before"] = (old, drafter_before, before.generate, True, target_before)
+        steers_as_observer = hasattr(old, "on_cycle_end")  # the code before #13: its auto policy learnt as an observer
+        policies[f"{m} before"] = (old, drafter_before, before.generate, steers_as_observer, target_before)
         if args.full_vocab and not lk:  # how much of the change is the reduced draft vocabulary
             policies[f"{m} now, full vocabulary"] = (make_policy("eagle2", total_tokens="auto", target=target),
                                                      drafter_full, eagle2.generate, False, target)
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
             else:
                 pol, dr, gen, obs, tg = policies[name]
                 for module in (tg.model, dr.head):  # may be shared: each decoder on its own code's attention
-                    set_attention(module, TREE_SDPA if " now" in name else "sdpa")
+                    set_attention(module, "sdpa" if obs else TREE_SDPA)
                 r = gen(tg.model, ids, pol, dr, max_new_tokens=args.max_new_tokens,
                         eos_token_ids=target.eos_token_ids, observers=[pol] if obs else [])
                 totals[name]["cycles"] += len(r.cycles)

@@ -84,6 +84,7 @@ def test_bench_end_to_end(tiny_dir, head_dir, questions, counts_file, tmp_path, 
     assert cfg["methods"]["eagle2@total=6@vocab=16"]["draft_vocab"] == 17  # 16 + the EOS token
     assert cfg["latency"]["sizes"][0] == 1 and len(cfg["latency"]["seconds"]) == len(cfg["latency"]["sizes"])
     assert {"cpu", "torch", "torch_threads"} <= set(summary["machine"])
+    assert summary["machine"]["precision_probe_ms"] is None  # float32 was asked for: no precision probe ran
 
     with open(out / "summary.csv") as f:
         rows = list(csv.DictReader(f))

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import eagle2.models as models
+import eagle2.precision as precision
 from eagle2.decode import generate
 from eagle2.draft import EagleDrafter, ModelDrafter
 from eagle2.head import Eagle3Head, EagleHead
@@ -149,14 +150,61 @@ def test_load_target_and_cli_with_fp16_weights(tiny_dir, tiny_head, capsys):
 
 def test_where_fp16_weights_apply(tiny_dir, monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(models, "has_cpu_bf16", lambda: False)
+    monkeypatch.setattr(precision, "has_cpu_bf16", lambda: False)
     assert models.uses_fp16_weights("auto", cpu) and models.uses_fp16_weights("fp16-weights", cpu)
     assert not models.uses_fp16_weights("auto", cuda) and not models.uses_fp16_weights("float32", cpu)
-    monkeypatch.setattr(models, "has_cpu_bf16", lambda: True)
-    assert not models.uses_fp16_weights("auto", cpu)  # native bf16 stays the choice there
+    assert models.resolve_precision("auto", cpu, packable=False) == "float32"  # a device map: not packed
+    monkeypatch.setattr(precision, "has_cpu_bf16", lambda: True)
+    assert not models.uses_fp16_weights("auto", cpu)  # native bf16 and no layer shapes to measure: bf16
     with pytest.raises(ValueError, match="CPU path"):
         models.uses_fp16_weights("fp16-weights", cuda)
     with pytest.raises(ValueError, match="no device_map"):
         models.load_target(tiny_dir, dtype="fp16-weights", device_map={"": "cpu"})
     with pytest.raises(ValueError, match="unknown dtype"):
         models.resolve_dtype("int4")
+
+
+def test_the_probe_measures_both_precisions_on_the_layer_shapes():
+    shapes = precision.LayerShapes(hidden=64, intermediate=160, kv=32)
+    assert shapes.weights()[-1] == (64, 160) and shapes.params() == 64 * 64 * 2 + 32 * 64 * 2 + 160 * 64 * 3
+    result = precision.measure(shapes, rounds=2, params=200_000)
+    assert result.layers == -(-200_000 // shapes.params())
+    assert set(result.ms) == {"bfloat16", "fp16-weights"}
+    assert all(ms > 0 for by_rows in result.ms.values() for ms in by_rows.values())
+    faster = min(result.ms, key=result.score)
+    assert result.choice == faster
+
+
+def _fake_probe(choice, calls):
+    def measure(shapes, **kw):
+        calls.append(shapes)
+        return precision.PrecisionProbe(precision.asdict(shapes), 1, {"bfloat16": {1: 2.0}, "fp16-weights": {1: 1.0}},
+                                        choice, {})
+    return measure
+
+
+@pytest.mark.parametrize("choice", ["bfloat16", "fp16-weights"])
+def test_auto_runs_what_the_probe_measured_faster_once_per_machine(tiny_dir, tmp_path, monkeypatch, choice):
+    monkeypatch.setenv("EAGLE2_CACHE", str(tmp_path))
+    monkeypatch.setattr(precision, "has_cpu_bf16", lambda: True)
+    calls = []
+    monkeypatch.setattr(precision, "measure", _fake_probe(choice, calls))
+    t = models.load_target(tiny_dir, dtype="auto", device="cpu")
+    assert t.precision == choice and has_packed_weights(t.model) == (choice == "fp16-weights")
+    assert [c.hidden for c in calls] == [t.config.hidden_size]  # measured on the target's own shapes
+    assert models.load_target(tiny_dir, dtype="auto", device="cpu").precision == choice
+    assert len(calls) == 1  # the second load read the cached probe
+    assert len(list((tmp_path / "precision").glob("*.json"))) == 1
+    assert models.load_target(tiny_dir, dtype="float32", device="cpu").precision == "float32"  # asked: no probe
+    assert len(calls) == 1
+
+
+def test_a_target_too_big_for_fp16_weights_stays_bf16(monkeypatch):
+    from transformers import LlamaConfig
+
+    monkeypatch.setattr(precision, "has_cpu_bf16", lambda: True)
+    monkeypatch.setattr(precision, "measure", lambda *a, **k: pytest.fail("no probe for a target that cannot fit"))
+    huge = LlamaConfig(hidden_size=16384, intermediate_size=53248, num_hidden_layers=126, num_attention_heads=128,
+                       num_key_value_heads=8, vocab_size=128256)
+    assert not precision.fits_fp16_weights(huge)
+    assert precision.auto_cpu_precision(huge, cache=models.cache_dir()) == "bfloat16"
