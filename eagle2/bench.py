@@ -632,24 +632,10 @@ def _progress(total: int, quiet: bool):
 
 
 # ---- main -----------------------------------------------------------------------------------
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo; the platform's processor string elsewhere):
-    every figure in a report names it."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict:
     """The calibration's machine facts (eagle2.autotree) plus the CPU's model name."""
     from .autotree import machine_info as facts
+    from .precision import cpu_model
 
     return {**facts(), "cpu": cpu_model()}
 
@@ -658,8 +644,8 @@ def run(args) -> dict:
     import torch
 
     from .decode import context_limit
-    from .models import cache_dir, has_cpu_bf16, load_target
-    from .precision import LayerShapes, cached_probe
+    from .models import cache_dir, load_target
+    from .precision import LayerShapes, cached_probe, has_cpu_bf16
 
     specs = parse_methods(args.methods)
     choices = [method_policy(s, args) for s in specs]  # checked before the model loads

@@ -22,7 +22,7 @@ import torch
 from . import hub
 from .attention import use_tree_attention
 from .packed import FP16_WEIGHTS, fbgemm_fp16_available, has_packed_weights, pack_fp16_weights
-from .precision import auto_cpu_precision, has_cpu_bf16  # noqa: F401  (has_cpu_bf16: bench, train)
+from .precision import auto_cpu_precision
 
 DEFAULT_TARGET = "default"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"

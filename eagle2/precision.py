@@ -44,6 +44,12 @@ def cpu_flags_and_name() -> tuple[str, str]:
     return text, name
 
 
+def cpu_model() -> str:
+    """The CPU's model name (the platform's processor string where /proc/cpuinfo is missing):
+    every figure in a report names it."""
+    return cpu_flags_and_name()[1] or platform.processor() or platform.machine()
+
+
 def has_cpu_bf16() -> bool:
     """Whether the CPU has native bf16 instructions (AVX-512 BF16 or AMX)."""
     flags, _ = cpu_flags_and_name()
@@ -136,8 +142,7 @@ def measure(shapes: LayerShapes, threads: int | None = None, rounds: int = PROBE
 
 
 def _machine() -> dict:
-    _, name = cpu_flags_and_name()
-    return {"host": platform.node(), "cpu": name or platform.machine(),
+    return {"host": platform.node(), "cpu": cpu_model(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
             "torch": torch.__version__}
 

@@ -190,7 +190,7 @@ def write_json(path: Path, obj) -> None:
 
 
 def use_autocast(args, target) -> bool:
-    from eagle2.models import has_cpu_bf16
+    from eagle2.precision import has_cpu_bf16
 
     if args.autocast != "auto":
         return args.autocast == "on"

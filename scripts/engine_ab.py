@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 import eagle2
 from eagle2.attention import TREE_SDPA, set_attention
-from eagle2.bench import cpu_model, load_questions
+from eagle2.bench import load_questions
+from eagle2.precision import cpu_model
 from eagle2.registry import make_policy
 
 
@@ -114,7 +115,10 @@ def main(argv=None) -> int:
             totals[name]["tokens"] += len(r.tokens)
             totals[name]["seconds"] += r.seconds
             outs[name] = r.tokens
-        mismatches += sum(outs[n] != outs["hf before" if policies[n][4] is not target else "hf"] for n in policies)
+        for n in policies:  # greedy: each decoder against HF generate() on its own target
+            differs = outs[n] != outs["hf before" if policies[n][4] is not target else "hf"]
+            totals[n]["differing_from_hf"] = totals[n].get("differing_from_hf", 0) + int(differs)
+            mismatches += differs
     hf_rate = totals["hf"]["tokens"] / totals["hf"]["seconds"]
     summary = {"command": "python " + " ".join(sys.argv), "cpu": cpu_model(), "threads": torch.get_num_threads(),
                "precision_now": target.precision,
@@ -129,6 +133,7 @@ def main(argv=None) -> int:
                                  "x_own_precision_hf": round(rate / own_rate, 3),
                                  "drafter": getattr(policies[n][1], "name", None) if n in policies else None,
                                  "tau": round(t["new_tokens_in_cycles"] / t["cycles"], 3) if t["cycles"] else None,
+                                 "answers_differing_from_hf": t.get("differing_from_hf"),
                                  "ms_per_cycle": round(1e3 * t["seconds"] / t["cycles"], 2) if t["cycles"] else None}
     for m in args.methods.split(","):
         a, b = summary["methods"][f"{m} now"], summary["methods"][f"{m} before"]

@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache
 
 import eagle2
-from eagle2.bench import cpu_model
+from eagle2.precision import cpu_model
 
 
 def curve(model, sizes, prefix: int, repeats: int) -> dict[int, float]:
