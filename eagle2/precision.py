@@ -91,11 +91,11 @@ class PrecisionProbe:
     machine: dict
 
     def score(self, precision: str) -> float:
+        """Milliseconds at one row plus at eight: decode steps and tree verifies weigh alike."""
         return sum(self.ms[precision].values())
 
 
-def measure(shapes: LayerShapes, threads: int | None = None, rounds: int = PROBE_ROUNDS,
-            params: int = PROBE_PARAMS) -> PrecisionProbe:
+def measure(shapes: LayerShapes, rounds: int = PROBE_ROUNDS, params: int = PROBE_PARAMS) -> PrecisionProbe:
     """Time bf16 F.linear against fp16-packed weights on `shapes` (as many layers as make
     `params` weights), alternating, median of `rounds`."""
     n_layers = min(PROBE_MAX_LAYERS, max(1, -(-params // shapes.params())))
@@ -122,23 +122,19 @@ def measure(shapes: LayerShapes, threads: int | None = None, rounds: int = PROBE
                     packed_linear(x, w)
         return (time.perf_counter() - t0) * 1e3
 
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        samples: dict = {p: {r: [] for r in PROBE_ROWS} for p in ("bfloat16", FP16_WEIGHTS)}
-        for p in samples:  # warm-up: first touches, kernel selection
-            for r in PROBE_ROWS:
-                run(p, r)
-        for _ in range(rounds):
-            for r in PROBE_ROWS:
-                for p in samples:
-                    samples[p][r].append(run(p, r))
-    finally:
-        torch.set_num_threads(old_threads)
+    samples: dict = {p: {r: [] for r in PROBE_ROWS} for p in ("bfloat16", FP16_WEIGHTS)}
+    for p in samples:  # warm-up: first touches, kernel selection
+        for r in PROBE_ROWS:
+            run(p, r)
+    for _ in range(rounds):
+        for r in PROBE_ROWS:
+            for p in samples:
+                samples[p][r].append(run(p, r))
     ms = {p: {r: round(statistics.median(v), 3) for r, v in by_rows.items()} for p, by_rows in samples.items()}
-    choice = FP16_WEIGHTS if sum(ms[FP16_WEIGHTS].values()) < sum(ms["bfloat16"].values()) else "bfloat16"
-    return PrecisionProbe(asdict(shapes), n_layers, ms, choice, _machine())
+    result = PrecisionProbe(asdict(shapes), n_layers, ms, "bfloat16", _machine())
+    if result.score(FP16_WEIGHTS) < result.score("bfloat16"):  # a tie keeps bf16 (half the memory)
+        result.choice = FP16_WEIGHTS
+    return result
 
 
 def _machine() -> dict:
