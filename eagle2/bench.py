@@ -745,7 +745,8 @@ def run(args) -> dict:
         "warmup": not args.no_warmup, "wall_s": time.time() - t_start, "autotree": autotree,
         "method_order": "rotated per question", **extra,
     }
-    probe = cached_probe(LayerShapes.of(target.config), cache_dir()) if target.device.type == "cpu" else None
+    decided_by_probe = args.dtype == "auto" and target.device.type == "cpu"
+    probe = cached_probe(LayerShapes.of(target.config), cache_dir()) if decided_by_probe else None
     machine = {**machine_info(), "cpu_bf16": has_cpu_bf16(), "loadavg_start": load0,
                "precision_probe_ms": probe.ms if probe else None,  # what --dtype auto measured (eagle2.precision)
                "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None}
