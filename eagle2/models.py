@@ -55,7 +55,7 @@ class Target:
     @property
     def precision(self) -> str:
         """What runs: "bfloat16", "float32", or "fp16-weights" (fp32 with FBGEMM fp16 weights)."""
-        return FP16_WEIGHTS if has_packed_weights(self.model) else str(self.dtype).replace("torch.", "")
+        return FP16_WEIGHTS if has_packed_weights(self.model) else dtype_name(self.dtype)
 
     @property
     def config(self):
@@ -87,6 +87,11 @@ _NAMES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.f
           "float16": torch.float16, "fp16": torch.float16, FP16_WEIGHTS: torch.float32}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> "bfloat16": how precisions are named in reports and keys."""
+    return str(dtype).replace("torch.", "")
+
+
 def resolve_precision(dtype: str | torch.dtype = "auto", device: torch.device | None = None, config=None,
                       packable: bool = True) -> str:
     """What a target runs in: "bfloat16", "float32", "float16" or FP16_WEIGHTS (fp32 activations,
@@ -94,7 +99,7 @@ def resolve_precision(dtype: str | torch.dtype = "auto", device: torch.device | 
     (measured on `config`'s layer shapes where both bf16 and FBGEMM run). packable=False (a
     device map) leaves fp16-weights out."""
     if isinstance(dtype, torch.dtype):
-        return str(dtype).replace("torch.", "")
+        return dtype_name(dtype)
     device = device or resolve_device()
     if dtype == FP16_WEIGHTS:
         if device.type != "cpu":
@@ -108,18 +113,7 @@ def resolve_precision(dtype: str | torch.dtype = "auto", device: torch.device | 
         return auto_cpu_precision(config, allow_fp16_weights=packable and device.type == "cpu", cache=cache_dir())
     if dtype not in _NAMES:
         raise ValueError(f"unknown dtype {dtype!r}: use {', '.join(DTYPE_CHOICES)}")
-    return str(_NAMES[dtype]).replace("torch.", "")
-
-
-def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None, config=None) -> torch.dtype:
-    """The parameters' and activations' dtype for `dtype` (resolve_precision; fp16-weights keeps fp32)."""
-    return _NAMES[resolve_precision(dtype, device, config)]
-
-
-def uses_fp16_weights(dtype: str | torch.dtype, device: torch.device, config=None) -> bool:
-    """Whether the linear layers multiply with fp16-packed weights (eagle2.packed): asked for
-    with "fp16-weights" (CPU only), or chosen by "auto" (eagle2.precision)."""
-    return resolve_precision(dtype, device, config) == FP16_WEIGHTS
+    return dtype_name(_NAMES[dtype])
 
 
 def default_gguf_path() -> Path:

@@ -12,8 +12,9 @@ than a one-token forward (docs/benchmarks.md has the measurements).
 FBGEMM runs, and on CPUs with native bf16 where a probe of the target's layer shapes finds it
 faster than bf16 (eagle2.precision: true of some AVX-512 BF16 CPUs too). The model keeps its
 fp32 parameters (`weight` stays the same tensor, so tied embeddings, shapes and the reduced draft
-vocabulary's rows still read it); the packed copy is what the forward multiplies with. Weights are rounded to fp16 once, like `--dtype bfloat16`
-rounds them to bf16 (fp16 keeps 3 more mantissa bits).
+vocabulary's rows still read it); the packed copy is what the forward multiplies with. Weights
+are rounded to fp16 once, like `--dtype bfloat16` rounds them to bf16 (fp16 keeps 3 more
+mantissa bits).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import eagle2.models as models
 import eagle2.precision as precision
+from eagle2.packed import FP16_WEIGHTS as FP16
 from eagle2.decode import generate
 from eagle2.draft import EagleDrafter, ModelDrafter
 from eagle2.head import Eagle3Head, EagleHead
@@ -151,17 +152,17 @@ def test_load_target_and_cli_with_fp16_weights(tiny_dir, tiny_head, capsys):
 def test_where_fp16_weights_apply(tiny_dir, monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(precision, "has_cpu_bf16", lambda: False)
-    assert models.uses_fp16_weights("auto", cpu) and models.uses_fp16_weights("fp16-weights", cpu)
-    assert not models.uses_fp16_weights("auto", cuda) and not models.uses_fp16_weights("float32", cpu)
+    assert models.resolve_precision("auto", cpu) == models.resolve_precision("fp16-weights", cpu) == FP16
+    assert models.resolve_precision("auto", cuda) != FP16 and models.resolve_precision("float32", cpu) != FP16
     assert models.resolve_precision("auto", cpu, packable=False) == "float32"  # a device map: not packed
     monkeypatch.setattr(precision, "has_cpu_bf16", lambda: True)
-    assert not models.uses_fp16_weights("auto", cpu)  # native bf16 and no layer shapes to measure: bf16
+    assert models.resolve_precision("auto", cpu) != FP16  # native bf16 and no layer shapes to measure: bf16
     with pytest.raises(ValueError, match="CPU path"):
-        models.uses_fp16_weights("fp16-weights", cuda)
+        models.resolve_precision("fp16-weights", cuda)
     with pytest.raises(ValueError, match="no device_map"):
         models.load_target(tiny_dir, dtype="fp16-weights", device_map={"": "cpu"})
     with pytest.raises(ValueError, match="unknown dtype"):
-        models.resolve_dtype("int4")
+        models.resolve_precision("int4")
 
 
 def test_the_probe_measures_both_precisions_on_the_layer_shapes():
