@@ -9,13 +9,14 @@ RUN_FOLDER is a `python -m eagle2 train --out` folder with features.pt and confi
 held-out sequences N, N+1, ... of the run's data (e.g. the data this run added, which a head
 trained on an earlier split has never seen: a fair comparison of an old and a continued head).
 `--not-in RUN [RUN ...]` keeps only held-out sequences whose token ids none of those runs'
-features.pt holds (the data this run added, wherever the import put it); `--kind task|chat`
-keeps one kind of sequence.
+features.pt (or those train_tokens.npz files, e.g. the data shipped beside the previous head) holds:
+the data this run added, wherever the import put it; `--kind task|chat` keeps one kind of sequence.
 """
 import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from eagle2 import train
@@ -40,6 +41,11 @@ _, val_idx = train.split(len(data), run_args.val_frac, run_args.seed)
 val_idx = [i for i in val_idx if i >= args.from_sequence]
 seen = set()
 for other in args.not_in:
+    if other.suffix == ".npz":  # an export_tokens file: the same ids, cut as the features stage cuts them
+        d = np.load(other, allow_pickle=False)
+        ids, offs = d["ids"].astype(np.int32), d["offsets"]
+        seen.update(ids[a: min(b, a + run_args.max_seq_len)].tobytes() for a, b in zip(offs[:-1], offs[1:]))
+        continue
     d = torch.load(other / "features.pt" if other.is_dir() else other, weights_only=False, mmap=True)
     seen.update(td.sequence_keys(d["tokens"], d["offsets"]))
 keys = td.sequence_keys(data.tokens, data.offsets)
