@@ -55,7 +55,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import statistics
 import threading
 import time
@@ -66,6 +65,7 @@ import torch
 
 from .models import clock, output_device
 from .packed import has_packed_weights
+from .precision import machine_info
 from .policies import Eagle2, check_lookup
 from .trace import ExpansionStep, Timings
 from .tree import SOURCES, CandidatePool, DraftTree, max_candidates
@@ -154,18 +154,6 @@ class LatencyModel:
 
 
 # ---- calibration -------------------------------------------------------------------------
-def machine_info() -> dict:
-    """What decides a forward's speed, from the Python and torch APIs: host, processor and its
-    vector capability, threads, accelerator, library versions (tools add the CPU's model name)."""
-    import transformers
-
-    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
 def calibration_key(model, device: torch.device, dtype: torch.dtype, prefix_len: int, sizes) -> str:
     m = machine_info()
     cfg = model.config

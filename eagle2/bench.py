@@ -633,9 +633,8 @@ def _progress(total: int, quiet: bool):
 
 # ---- main -----------------------------------------------------------------------------------
 def machine_info() -> dict:
-    """The calibration's machine facts (eagle2.autotree) plus the CPU's model name."""
-    from .autotree import machine_info as facts
-    from .precision import cpu_model
+    """The calibration's machine facts (eagle2.precision) plus the CPU's model name."""
+    from .precision import cpu_model, machine_info as facts
 
     return {**facts(), "cpu": cpu_model()}
 

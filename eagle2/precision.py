@@ -50,6 +50,19 @@ def cpu_model() -> str:
     return cpu_flags_and_name()[1] or platform.processor() or platform.machine()
 
 
+def machine_info() -> dict:
+    """What decides a forward's speed, from the Python and torch APIs (no /proc read: the latency
+    calibration keys on it): host, processor and its vector capability, threads, accelerator,
+    library versions. Reports add the CPU's model name (`cpu_model`)."""
+    import transformers
+
+    return {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
 def has_cpu_bf16() -> bool:
     """Whether the CPU has native bf16 instructions (AVX-512 BF16 or AMX)."""
     flags, _ = cpu_flags_and_name()
