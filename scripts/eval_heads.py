@@ -44,7 +44,8 @@ for other in args.not_in:
     if other.suffix == ".npz":  # an export_tokens file: the same ids, cut as the features stage cuts them
         d = np.load(other, allow_pickle=False)
         ids, offs = d["ids"].astype(np.int32), d["offsets"]
-        seen.update(ids[a: min(b, a + run_args.max_seq_len)].tobytes() for a, b in zip(offs[:-1], offs[1:]))
+        cut = [ids[a: min(b, a + run_args.max_seq_len)] for a, b in zip(offs[:-1], offs[1:])]
+        seen.update(td.sequence_keys(torch.from_numpy(np.concatenate(cut)), np.cumsum([0] + [len(c) for c in cut])))
         continue
     d = torch.load(other / "features.pt" if other.is_dir() else other, weights_only=False, mmap=True)
     seen.update(td.sequence_keys(d["tokens"], d["offsets"]))
