@@ -18,14 +18,15 @@ import eagle2
 
 HERE = Path(__file__).resolve().parent
 PROMPT = "Explain in three sentences how a rainbow forms."
-CODE_PROMPT = "Add type hints and a docstring to this function:\n\ndef area(width, height):\n    return width * height"
+# an answer that repeats the prompt where the head alone would guess: the copied chains (↪) get accepted
+LOOKUP_PROMPT = "Fix the spelling mistakes in this sentence: The quick brown fox jumpd over the lazzy dog and ran into the forrest."
 RUNS = (
     # file name, policy, sizes, max_new_tokens, prompt (None = --prompt)
     ("01-cpu-eagle2-auto", "eagle2", {"total_tokens": "auto"}, 96, None),  # the app's default policy
     ("02-gpu-eagle2-k10-d6-t60", "eagle2", {"top_k": 10, "depth": 6, "total_tokens": 60}, 64, None),
     ("03-cpu-eagle1-static", "eagle1", {}, 96, None),
     # the auto tree size with prompt lookup: copied chains (↪) next to the head's drafts
-    ("04-cpu-eagle2-auto-lookup", "eagle2", {"total_tokens": "auto", "lookup": 10}, 96, CODE_PROMPT),
+    ("04-cpu-eagle2-auto-lookup", "eagle2", {"total_tokens": "auto", "lookup": 10}, 96, LOOKUP_PROMPT),
 )
 
 
