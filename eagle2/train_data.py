@@ -515,6 +515,31 @@ def export_tokens(out: Path, dest: Path) -> dict:
     return {"rows": len(rows), "tokens": int(ids.size), "bytes": dest.stat().st_size, "path": str(dest)}
 
 
+def select_tokens(src: Path, dest: Path, keep) -> dict:
+    """Write the sequences `keep` (indices, in that order) of an export_tokens file to a new one:
+    a share of old data to train beside new data without recomputing every old feature.
+    Every per-sequence array goes along, whatever fields the file has."""
+    import numpy as np
+
+    try:
+        d = dict(np.load(src, allow_pickle=False))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{src}: not a token file ({e})") from None
+    offsets = d.pop("offsets")
+    ids = d.pop("ids")
+    n = len(offsets) - 1
+    keep = np.asarray(keep, dtype=np.int64)
+    if keep.size == 0 or keep.min() < 0 or keep.max() >= n:
+        raise ValueError(f"{src}: indices must lie in [0, {n}) and be at least one")
+    lengths = offsets[1:] - offsets[:-1]
+    out = {k: (v[keep] if v.ndim and len(v) == n else v) for k, v in d.items()}
+    out["ids"] = np.concatenate([ids[offsets[i]:offsets[i + 1]] for i in keep])
+    out["offsets"] = np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(dest, **out)
+    return {"rows": int(keep.size), "of": n, "tokens": int(out["ids"].size), "path": str(dest)}
+
+
 def _rows_from_tokens(src: Path, tokenizer) -> tuple[list[dict], list[dict]]:
     """Chat and task rows of one export_tokens file."""
     import numpy as np

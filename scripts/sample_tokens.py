@@ -4,12 +4,14 @@ Why: a machine that lost an earlier run's features.pt must recompute the feature
 sequence it trains on (~15 minutes per million tokens on a 2-core CPU). Continuing a head on its
 new data plus a sample of the data it already learned (against forgetting) costs a fraction of that.
 
-    python scripts/sample_tokens.py eagle2/heads/smollm2-135m-instruct/train_tokens.npz runs/old_quarter.npz --frac 0.25 --seed 15
+    PYTHONPATH=. python scripts/sample_tokens.py eagle2/heads/smollm2-135m-instruct/train_tokens.npz runs/old_quarter.npz --frac 0.25 --seed 15
 """
 import argparse
 from pathlib import Path
 
 import numpy as np
+
+from eagle2 import train_data as td
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("source", type=Path)
@@ -20,17 +22,11 @@ args = ap.parse_args()
 if not 0 < args.frac <= 1:
     ap.error(f"--frac must be in (0, 1], got {args.frac}")
 try:
-    d = dict(np.load(args.source, allow_pickle=False))
-except (OSError, ValueError) as e:
+    with np.load(args.source, allow_pickle=False) as f:
+        n = len(f["offsets"]) - 1
+        tasks = f["task"]
+    keep = np.sort(np.random.default_rng(args.seed).choice(n, size=max(1, round(n * args.frac)), replace=False))
+    info = td.select_tokens(args.source, args.dest, keep)
+except (OSError, ValueError, KeyError) as e:
     ap.error(f"{args.source}: {e}")
-offsets = d["offsets"]
-n = len(offsets) - 1
-keep = np.sort(np.random.default_rng(args.seed).choice(n, size=max(1, round(n * args.frac)), replace=False))
-lengths = offsets[1:] - offsets[:-1]
-out = {k: d[k][keep] for k in ("answer_start", "temperature", "finished", "task")}
-out["ids"] = np.concatenate([d["ids"][offsets[i]:offsets[i + 1]] for i in keep])
-out["offsets"] = np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64)
-out["schema"] = d["schema"]
-args.dest.parent.mkdir(parents=True, exist_ok=True)
-np.savez_compressed(args.dest, **out)
-print(f"{args.dest}: {len(keep)} of {n} sequences ({int(out['task'].sum())} task), {out['ids'].size} tokens")
+print(f"{args.dest}: {info['rows']} of {n} sequences ({int(tasks[keep].sum())} task), {info['tokens']} tokens")

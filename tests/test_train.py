@@ -354,3 +354,29 @@ def test_eagle3_training_beats_a_random_head(tmp_path):
         accepted[name] = sum(generate(model, p, Eagle2(top_k=2, depth=4, total_tokens=8), drafter,
                                       max_new_tokens=40).origins.count("draft") for p in prompts)
     assert accepted["trained"] > 2 * accepted["fresh"] + 20, accepted
+
+
+def test_select_tokens_keeps_chosen_sequences_with_every_field(tmp_path):
+    """A share of a token file: the chosen sequences, in order, each with its own per-sequence fields."""
+    import numpy as np
+
+    run = tmp_path / "run"
+    run.mkdir()
+    chat = [{"prompt_ids": [1, 2], "answer_ids": [3, 4, 5], "temperature": 0.0, "finished": True},
+            {"prompt_ids": [6], "answer_ids": [7], "temperature": 0.7, "finished": False}]
+    tasks = [{"prompt_ids": [8, 9, 10], "answer_ids": [11, 12], "temperature": 1.0, "finished": True}]
+    td.write_jsonl(run / "answers.jsonl", chat)
+    td.write_jsonl(run / "tasks.jsonl", tasks)
+    td.export_tokens(run, tmp_path / "all.npz")
+    info = td.select_tokens(tmp_path / "all.npz", tmp_path / "share.npz", [2, 0])
+    assert info == {"rows": 2, "of": 3, "tokens": 10, "path": str(tmp_path / "share.npz")}
+    d = np.load(tmp_path / "share.npz")
+    assert d["ids"].tolist() == [8, 9, 10, 11, 12, 1, 2, 3, 4, 5]
+    assert d["offsets"].tolist() == [0, 5, 10]
+    assert d["answer_start"].tolist() == [3, 2] and d["task"].tolist() == [1, 0]
+    assert d["temperature"].tolist() == [1.0, 0.0] and d["finished"].tolist() == [True, True]
+    assert str(d["schema"]) == str(np.load(tmp_path / "all.npz")["schema"])
+    with pytest.raises(ValueError, match="indices"):
+        td.select_tokens(tmp_path / "all.npz", tmp_path / "bad.npz", [3])
+    with pytest.raises(ValueError, match="not a token file"):
+        td.select_tokens(tmp_path / "missing.npz", tmp_path / "bad.npz", [0])
