@@ -18,7 +18,7 @@ import eagle2
 
 HERE = Path(__file__).resolve().parent
 PROMPT = "Explain in three sentences how a rainbow forms."
-# an answer that repeats the prompt where the head alone would guess: the copied chains (↪) get accepted
+# the answer repeats words of the prompt that the head alone would have to guess, so copied chains (↪) get accepted
 LOOKUP_PROMPT = "Fix the spelling mistakes in this sentence: The quick brown fox jumpd over the lazzy dog and ran into the forrest."
 RUNS = (
     # file name, policy, sizes, max_new_tokens, prompt (None = --prompt)
