@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-tasks", type=int, default=2400,
                    help="task prompts (long texts to summarise/translate/extract/answer from, code, arithmetic)")
     g.add_argument("--task-minutes", type=float, default=22.0, help="time budget for answering them (0 = none)")
+    g.add_argument("--passages", nargs="+", default=None, metavar="FILE_OR_RUN",
+                   help="take the passages of the text tasks from the greedy chat answers in these "
+                        "train_tokens.npz files or run folders instead of this run's own; the prompts and "
+                        "answers stages are skipped (new task data beside a chat run on the other core)")
     g = p.add_argument_group("features")
     g.add_argument("--max-seq-len", type=int, default=1024)
     g.add_argument("--feature-batch-tokens", type=int, default=4096)
@@ -685,7 +689,12 @@ def resolve_arch_defaults(args) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    args = resolve_arch_defaults(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = resolve_arch_defaults(parser.parse_args(argv))
+    if args.passages and args.data:
+        parser.error("--passages feeds the tasks stage, which --data skips: give one of them")
+    if args.passages and STAGES.index(args.until) < STAGES.index("tasks"):
+        parser.error("--passages feeds the tasks stage: --until must be tasks or later")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -704,6 +713,8 @@ def main(argv=None) -> int:
     todo = [s for s in STAGES[: STAGES.index(args.until) + 1]]
     if args.data:  # the written data comes from the file: only features and training run
         todo = [s for s in todo if s in ("features", "train")]
+    if args.passages:  # the passages come from elsewhere: no chat prompts or answers of its own
+        todo = [s for s in todo if s not in ("prompts", "answers")]
     run = [s for s in todo if s in forced or not (out / OUTPUTS[s]).exists()]
     target = None
     if run or (args.data and not (out / "answers.jsonl").exists()):

@@ -308,7 +308,9 @@ def stage_tasks(target, args, out: Path) -> dict:
     arithmetic; see train_tasks.py) and the target's answers to them, in the answers format."""
     from .train_tasks import task_prompts
 
-    chat = [r["answer"] for r in read_jsonl(out / "answers.jsonl") if r.get("temperature") == 0]
+    passages = getattr(args, "passages", None)  # others' chat answers instead of this run's own
+    rows = read_rows([Path(p) for p in passages], target.tokenizer)[0] if passages else read_jsonl(out / "answers.jsonl")
+    chat = [r["answer"] for r in rows if r.get("temperature") == 0]
     prompts = task_prompts(args.n_tasks, answers=chat, seed=args.seed)
     meta = answer_prompts(target, args, prompts, out / "tasks.partial.jsonl", out / "tasks.jsonl", args.task_minutes)
     kinds: dict[str, int] = {}
@@ -562,9 +564,9 @@ def _rows_from_tokens(src: Path, tokenizer) -> tuple[list[dict], list[dict]]:
     return chat, tasks
 
 
-def import_tokens(sources: list[Path], out: Path, tokenizer) -> dict:
-    """Recreate answers.jsonl and tasks.jsonl of a run from export_tokens files and/or earlier
-    run folders (their answers.jsonl / tasks.jsonl), concatenated: data accumulates over runs."""
+def read_rows(sources: list[Path], tokenizer) -> tuple[list[dict], list[dict]]:
+    """The chat and task rows of export_tokens files and/or run folders (their answers.jsonl /
+    tasks.jsonl), concatenated in order."""
     chat, tasks = [], []
     for src in map(Path, sources):
         if src.is_dir():
@@ -576,6 +578,13 @@ def import_tokens(sources: list[Path], out: Path, tokenizer) -> dict:
             c, t = _rows_from_tokens(src, tokenizer)
         chat += c
         tasks += t
+    return chat, tasks
+
+
+def import_tokens(sources: list[Path], out: Path, tokenizer) -> dict:
+    """Recreate answers.jsonl and tasks.jsonl of a run from export_tokens files and/or earlier
+    run folders, concatenated: data accumulates over runs."""
+    chat, tasks = read_rows(sources, tokenizer)
     for rows in (chat, tasks):
         for i, r in enumerate(rows):
             r["id"] = i

@@ -249,6 +249,38 @@ def test_task_prompts_cover_the_kinds_and_leave_out_the_dev_topics():
     assert tt.task_prompts(5, seed=2) == tt.task_prompts(5, seed=2)
 
 
+def test_tasks_stage_takes_passages_from_other_runs(tiny_dir, tmp_path, monkeypatch):
+    """--passages: the tasks stage draws on another run's greedy chat answers, and the prompts and
+    answers stages do not run (new task data beside a chat run on the other core)."""
+    from eagle2 import train_data as td
+    from eagle2 import train_tasks
+
+    chat_run = tmp_path / "chat"
+    chat_run.mkdir()
+    rows = [{"prompt": "p", "prompt_ids": [5, 6], "answer_ids": [7, 8], "finished": True, "temperature": t,
+             "answer": f"answer at temperature {t}"} for t in (0.0, 1.0)]
+    td.write_jsonl(chat_run / "answers.jsonl", rows)
+    seen = []
+    real = train_tasks.task_prompts
+
+    def recording(n, answers=(), seed=0):
+        seen.append(list(answers))
+        return real(n, answers=answers, seed=seed)
+
+    monkeypatch.setattr(train_tasks, "task_prompts", recording)
+    out = tmp_path / "tasks"
+    argv = ["--out", str(out), "--model", tiny_dir, "--dtype", "float32", "--device", "cpu", "--threads", "1",
+            "--until", "tasks", "--n-tasks", "3", "--answer-max-tokens", "3", "--passages", str(chat_run)]
+    assert train.main(argv) == 0
+    assert seen == [["answer at temperature 0.0"]]  # the greedy answer only
+    assert len(td.read_jsonl(out / "tasks.jsonl")) == 3
+    assert not (out / "prompts.jsonl").exists() and not (out / "answers.jsonl").exists()
+    for extra in (["--data", str(chat_run)], ["--until", "answers"]):
+        with pytest.raises(SystemExit) as e:
+            train.main(argv + extra)
+        assert e.value.code == 2
+
+
 @pytest.fixture(scope="module")
 def tiny6_dir(tmp_path_factory):
     """A six-layer tiny Llama (EAGLE-3 fuses layers 2, n/2 and n-3)."""
