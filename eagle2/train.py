@@ -746,6 +746,14 @@ def main(argv=None) -> int:
         name = target.name if target is not None else str(args.model)
         report = write_report(out, args, "SmolLM2-135M-Instruct" if name == "default" else name)
         td.export_tokens(out, out / "head" / TOKENS_FILE)  # what a later run resumes from (--data)
+        files = ["config.json", "model.safetensors", "report.json", "TRAINING.md", TOKENS_FILE]
+        sources = [out / f for f in ("answers.jsonl", "tasks.jsonl") if (out / f).exists() and (out / f).stat().st_size]
+        if sources:  # token frequencies of every answer (chat and task): the reduced draft vocabulary
+            from eagle2.vocab import COUNTS_FILE, count_answer_files, save_counts
+
+            save_counts(count_answer_files(sources), out / "head" / COUNTS_FILE,
+                        {"source": ", ".join(map(str, sources))})
+            files.append(COUNTS_FILE)
         new_score = ((report["training"].get("best") or {}).get("val") or {}).get("score", 0.0)
         old = Path(args.head_out) / "report.json" if args.head_out else None
         old_score = None
@@ -757,14 +765,6 @@ def main(argv=None) -> int:
         elif args.head_out:
             dst = Path(args.head_out)
             dst.mkdir(parents=True, exist_ok=True)
-            files = ["config.json", "model.safetensors", "report.json", "TRAINING.md", TOKENS_FILE]
-            sources = [out / f for f in ("answers.jsonl", "tasks.jsonl") if (out / f).exists() and (out / f).stat().st_size]
-            if sources:  # token frequencies of every answer (chat and task): the reduced draft vocabulary
-                from eagle2.vocab import COUNTS_FILE, count_answer_files, save_counts
-
-                save_counts(count_answer_files(sources), out / "head" / COUNTS_FILE,
-                            {"source": ", ".join(map(str, sources))})
-                files.append(COUNTS_FILE)
             for f in files:
                 shutil.copyfile(out / "head" / f, dst / f)
                 os.chmod(dst / f, 0o644)

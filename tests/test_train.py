@@ -126,6 +126,12 @@ def test_pipeline_end_to_end(tiny_dir, tmp_path):
     meta = json.loads((out / "train.json").read_text())
     assert meta["pilots"] == [] and 40 <= meta["train_vocab"] <= 41  # + EOS when it is not frequent
     assert len(meta["best"]["val"]["acc_train_vocab"]) == 3
+    # without --head-out the run's own head folder is complete too: the bench and the app draft
+    # from its reduced vocabulary, which needs the answer token counts beside it
+    (out / "head" / "token_counts.json").unlink()
+    bare = [a for i, a in enumerate(argv) if "--head-out" not in (a, argv[i - 1])]
+    assert train.main(bare + ["--force", "train", "--ttt-pilot-minutes", "0"]) == 0
+    assert sum(load_counts(out / "head" / "token_counts.json").values()) == answer_tokens
 
 
 def test_train_vocab_rows_are_frequent_answer_tokens_and_ce_matches_a_sliced_lm_head():
