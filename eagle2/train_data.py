@@ -308,8 +308,8 @@ def stage_tasks(target, args, out: Path) -> dict:
     arithmetic; see train_tasks.py) and the target's answers to them, in the answers format."""
     from .train_tasks import task_prompts
 
-    passages = getattr(args, "passages", None)  # others' chat answers instead of this run's own
-    rows = read_rows([Path(p) for p in passages], target.tokenizer)[0] if passages else read_jsonl(out / "answers.jsonl")
+    rows = (read_rows([Path(p) for p in args.passages], target.tokenizer)[0] if args.passages  # others' chat answers
+            else read_jsonl(out / "answers.jsonl"))
     chat = [r["answer"] for r in rows if r.get("temperature") == 0]
     prompts = task_prompts(args.n_tasks, answers=chat, seed=args.seed)
     meta = answer_prompts(target, args, prompts, out / "tasks.partial.jsonl", out / "tasks.jsonl", args.task_minutes)
