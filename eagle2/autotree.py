@@ -415,14 +415,24 @@ class AutoEagle2(Eagle2):
         return expected / cost
 
     def choose_nodes(self, log_values, draft_s: float) -> int:
-        """n* = argmax_n (1 + a * sum of the n largest values) / (draft + overhead + verify(n))."""
-        return int(torch.argmax(self.rates(log_values, draft_s)))  # first maximum: the smaller tree
+        """n* = argmax_n (1 + a * sum of the n largest values) / (draft + overhead + verify(n)).
+        With sampled drafts, the first n whose next node would not raise the rate: then keeping
+        the n-th best node depends only on the n best values (verify.SampledDrafts)."""
+        rates = self.rates(log_values, draft_s)
+        if self.drafts is None:
+            return int(torch.argmax(rates))  # first maximum: the smaller tree
+        falls = torch.nonzero(rates[1:] <= rates[:-1])
+        return int(falls[0, 0]) if falls.numel() else rates.numel() - 1
 
     def should_stop(self, pool: CandidatePool, frontier: torch.Tensor, elapsed: float) -> bool:
         """Before a drafter step: can the next level, born of `frontier`, still raise the best
         rate? (module doc)"""
         values = torch.cat([pool.log_value.double().cpu(), torch.tensor(self._copy_log_values, dtype=torch.float64)])
-        gain = self.value_scale * self.step_mass * float(pool.log_value[frontier].double().exp().sum())
+        frontier_values = pool.log_value[frontier].double().cpu()
+        if self.drafts is not None:  # sampled drafts: decide from the frontier's best and what is worth more
+            best = frontier_values.max()
+            values, frontier_values = values[values >= best], best.reshape(1)
+        gain = self.value_scale * self.step_mass * float(frontier_values.exp().sum())
         return gain / self.step_s <= float(self.rates(values, elapsed).max())
 
     def _learn_step_mass(self, pool: CandidatePool) -> None:
@@ -473,6 +483,11 @@ class AutoEagle2(Eagle2):
         self.nodes_total += n
         self.depth_total += pool.max_depth
         return n
+
+    def use_sampled_drafts(self, drafts) -> None:
+        """Not with prompt lookup: its copied tokens are fixed candidates, and merging them raises
+        the values of the drafted tokens they match, which sampled drafts must not depend on."""
+        super().use_sampled_drafts(None if self.copier else drafts)
 
     def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
         tree = super().draft(root_token, root_logprobs, drafter, observer, cycle)

@@ -24,7 +24,8 @@ from .models import clock, output_device, target_forward
 from .policies import Policy, Vanilla
 from .trace import Observer, Timings, Verification, VerifiedNode
 from .tree import DraftTree
-from .verify import RowProbs, Verdict, argmax, check_sampling, greedy_accept, sample_accept, target_probs
+from .verify import (RowProbs, SampledDrafts, Verdict, argmax, check_sampling, greedy_accept, sample_accept,
+                     sample_index, target_probs)
 
 
 @dataclass
@@ -160,11 +161,18 @@ class Sampler:
     def choose(self, logits_row: torch.Tensor) -> int:
         if self.temperature <= 0:
             return int(argmax(logits_row))
-        probs = target_probs(logits_row, self.temperature, self.top_p, self.top_k)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        return sample_index(target_probs(logits_row, self.temperature, self.top_p, self.top_k), self.generator)
 
-    def accept(self, tree: DraftTree, logits: torch.Tensor, probs) -> Verdict:
-        return sample_accept(tree, probs, self.generator) if probs is not None else greedy_accept(tree, logits)
+    def sampled_drafts(self) -> SampledDrafts | None:
+        """What a policy may draw its drafts with (verify.SampledDrafts); None when greedy."""
+        if self.temperature <= 0:
+            return None
+        return SampledDrafts(self.temperature, self.top_p, self.top_k, self.generator)
+
+    def accept(self, tree: DraftTree, logits: torch.Tensor, probs, drafts: SampledDrafts | None = None) -> Verdict:
+        if probs is None:
+            return greedy_accept(tree, logits)
+        return sample_accept(tree, probs, self.generator, drafts)
 
 
 @dataclass
@@ -207,7 +215,7 @@ class Decoding:
                                         mask, self.layers)
         t2 = clock(dev)
         probs = self.sampler.probs(logits)
-        verdict = self.sampler.accept(tree, logits, probs)
+        verdict = self.sampler.accept(tree, logits, probs, self.policy.drafts)
         if obs:
             obs.on_verify(cycle, _verification_record(tree, logits, probs, verdict))
         tokens, done = _emitted(verdict, self.eos, self.max_new_tokens - len(self.result.tokens))
@@ -260,16 +268,18 @@ def generate(
     check_request(model, ids.numel(), max_new_tokens)
     if policy.needs_drafter and drafter is None:
         raise ValueError(f"policy {policy.name!r} needs a drafter (an EAGLE head or a draft model)")
+    policy.use_sampled_drafts(sampler.sampled_drafts() if policy.needs_drafter else None)
     t_start = clock(device)
     cache = kv.new_cache()
     layers = drafter.feature_layers if drafter is not None and policy.needs_drafter else None
     hidden, logits = target_forward(model, ids, cache, feature_layers=layers)
     first = sampler.choose(logits[-1])
-    result = GenerationResult(ids.tolist(), [], [], [], prefill_s=clock(device) - t_start, policy=policy.describe())
+    described = dict(policy.describe(), **({"drafts": "sampled"} if policy.drafts is not None else {}))
+    result = GenerationResult(ids.tolist(), [], [], [], prefill_s=clock(device) - t_start, policy=described)
     run = Decoding(model, policy, drafter, sampler, Observers(observers), set(int(e) for e in eos_token_ids),
                    max_new_tokens, result, cache, ids, layers)
     policy.start(result.prompt_tokens + [first])
-    run.observers.on_start(dict(meta or {}, device=str(device), **policy.describe()), result.prompt_tokens, first)
+    run.observers.on_start(dict(meta or {}, device=str(device), **described), result.prompt_tokens, first)
     done = first in run.eos or max_new_tokens == 1
     run.emit(-1, [first], 0, done)
     if not done and policy.needs_drafter:

@@ -19,7 +19,7 @@ import torch
 
 from .trace import ExpansionStep, Observer, RerankStep, Timings
 from .tree import CandidatePool, DraftTree, max_candidates
-from .verify import Verdict
+from .verify import SampledDrafts, Verdict
 
 
 def draft_topk(drafter, logp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,6 +39,9 @@ class Policy:
 
     name = "policy"
     needs_drafter = True
+    can_sample_drafts = False  # can draw its drafts from the drafter at T > 0 and stay exact
+    sampled_drafts = True  # the user's choice where it can (registry option "sampled"); False: top-k
+    drafts: SampledDrafts | None = None  # this generation's sampled drafts (set by the decode loop)
 
     def draft(self, root_token: int, root_logprobs: torch.Tensor, drafter,
               observer: Observer | None = None, cycle: int = 0) -> DraftTree:
@@ -46,6 +49,18 @@ class Policy:
 
     def describe(self) -> dict:
         return {"policy": self.name}
+
+    def use_sampled_drafts(self, drafts: SampledDrafts | None) -> None:
+        """Before a generation the decode loop offers sampled drafts (None when greedy); taken
+        where this policy keeps them exact and the user did not choose top-k drafts."""
+        self.drafts = drafts if drafts is not None and self.can_sample_drafts and self.sampled_drafts else None
+
+    def propose(self, drafter, logp: torch.Tensor, k: int, parents) -> tuple[torch.Tensor, torch.Tensor]:
+        """k children for each row of `logp` (their parents' pool ids, -1 = the root): the
+        top-k, or with sampled drafts k draws (verify.SampledDrafts). (log values, token ids)."""
+        if self.drafts is None:
+            return draft_topk(drafter, logp, k)
+        return self.drafts.draw(logp, k, parents, getattr(drafter, "token_ids", None))
 
     def start(self, context: list[int]) -> None:
         """A generation begins: the prompt plus the first generated token."""
@@ -86,6 +101,7 @@ class Eagle2(Policy):
     """EAGLE-2's dynamic draft tree: expand by value, then rerank to total_tokens."""
 
     name = "eagle2"
+    can_sample_drafts = True
 
     def __init__(self, top_k: int = 4, depth: int = 5, total_tokens: int = 12):
         check_size(top_k, depth, total_tokens)
@@ -99,14 +115,14 @@ class Eagle2(Policy):
         frontier nodes propose top_k children each; the top_k of those by value are the next
         frontier. `keep_expanding` may end it early."""
         k = self.top_k
-        lp, tok = draft_topk(drafter, root_logprobs, k)
+        lp, tok = self.propose(drafter, root_logprobs, k, -1)
         frontier = pool.add(torch.full((k,), -1), tok, lp, depth=1)
         if observer:
             observer.on_expand(cycle, ExpansionStep(1, [-1], pool.records(frontier), frontier.tolist()))
         for step in range(2, self.depth + 1):
             if not self.keep_expanding(pool, frontier, step):
                 break
-            child_lp, child_tok = draft_topk(drafter, pool.feed(drafter, frontier), k)  # (k, k)
+            child_lp, child_tok = self.propose(drafter, pool.feed(drafter, frontier), k, frontier)  # (k, k)
             start = len(pool)
             new = pool.add(frontier.repeat_interleave(k), child_tok.flatten(), child_lp.flatten(), depth=step)
             if new.shape[0] <= k:
@@ -126,6 +142,8 @@ class Eagle2(Policy):
         return self.total_tokens
 
     def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
+        if self.drafts is not None:
+            self.drafts.begin()
         pool = CandidatePool(root_logprobs.device, capacity=max_candidates(self.top_k, self.depth))
         self.expand(root_logprobs, drafter, pool, observer, cycle)
         tree = pool.rerank(root_token, self.tree_size(pool))
@@ -173,6 +191,11 @@ class Eagle1(Policy):
             if len(c) > 1 and c[:-1] not in paths:
                 raise ValueError(f"tree choice {list(c)} has no parent {list(c[:-1])} in the list")
         self.choices = paths
+        # sampled drafts stay exact when every node keeps its first draws: ranks 0, 1, ..., n-1
+        ranks: dict[tuple, set[int]] = {}
+        for c in paths:
+            ranks.setdefault(c[:-1], set()).add(c[-1])
+        self.can_sample_drafts = all(r == set(range(len(r))) for r in ranks.values())
 
     @property
     def total_tokens(self) -> int:
@@ -186,18 +209,21 @@ class Eagle1(Policy):
         return {"policy": self.name, "total_tokens": self.total_tokens, "depth": self.depth}
 
     def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
+        if self.drafts is not None:
+            self.drafts.begin()
         pool = CandidatePool(root_logprobs.device)
         id_of: dict[tuple, int] = {(): -1}
         logp_of: dict[tuple, tuple[list[float], list[int]]] = {}
         need = max(c[-1] for c in self.choices) + 1
-        lp, tok = draft_topk(drafter, root_logprobs, need)
+        lp, tok = self.propose(drafter, root_logprobs, need, -1)
         logp_of[()] = (lp.tolist(), tok.tolist())
         for depth in range(1, self.depth + 1):
             level = [c for c in self.choices if len(c) == depth]
             parents = sorted({c[:-1] for c in level})
             if depth > 1:  # feed the parents of this level to the drafter
                 width = max(c[-1] for c in level) + 1
-                lps, toks = draft_topk(drafter, pool.feed(drafter, [id_of[p] for p in parents]), width)
+                ids = [id_of[p] for p in parents]
+                lps, toks = self.propose(drafter, pool.feed(drafter, ids), width, ids)
                 for p, l, t in zip(parents, lps.tolist(), toks.tolist()):
                     logp_of[p] = (l, t)
             picks = [(logp_of[c[:-1]][0][c[-1]], logp_of[c[:-1]][1][c[-1]]) for c in level]

@@ -29,6 +29,10 @@ brackets are accepted too, in strings and as keywords):
     vocab    (draft_vocab)       a reduced draft vocabulary of N tokens     any drafting policy
                                  (the drafter's, not a policy setting; 0 = full; auto,
                                  the default = where it pays: eagle2.vocab)
+    sampled  (sampled_drafts)    at T > 0: 1 = children drawn from the      the built-in drafting
+                                 drafter (default; verify.SampledDrafts),   policies
+                                 0 = its top-k (EAGLE-2's rule); not with
+                                 lookup, which keeps top-k drafts
 
 Options written in a spec, or passed to `build_policy` as keywords, must apply to the policy
 (`chain@topk=3` is an error). Values passed in `defaults=` (a tool's shared flags, the app's
@@ -86,6 +90,8 @@ OPTIONS = (
     Option("cal", "calibrate_values", 0, 1, kind="auto", help="0 = trust the draft values (no acceptance calibration)"),
     Option("vocab", "draft_vocab", 0, takes_auto=True, kind="drafter",
            help="a reduced draft vocabulary of N tokens (0 = full; auto = where it pays, eagle2.vocab)"),
+    Option("sampled", "sampled_drafts", 0, 1, kind="drafting",
+           help="at T > 0: 1 = draw drafts from the drafter (the default), 0 = its top-k (EAGLE-2's rule)"),
 )
 _OPTION = {**{o.key: o for o in OPTIONS}, **{o.name: o for o in OPTIONS}}
 
@@ -231,6 +237,8 @@ class PolicyInfo:
         """Does this policy take `opt` (when its tree size is auto or not)?"""
         if opt.kind == "drafter":
             return self.needs_drafter
+        if opt.kind == "drafting":  # a setting of the built-in policies' drafting
+            return self.needs_drafter and self.cls is None
         if opt.kind == "auto":
             return self.auto and auto and (opt.name != "lookup" or self.lookup)
         return opt.name in self.sizes or opt.name in self.fixed
@@ -362,7 +370,10 @@ class PolicyChoice:
                                  "to calibrate against")
             return load_or_calibrate(target if isinstance(target, torch.nn.Module) else target.model)
 
-        return self.info.make(dict(self.values), curve)
+        policy = self.info.make(dict(self.values), curve)
+        if "sampled_drafts" in self.values:
+            policy.sampled_drafts = bool(self.values["sampled_drafts"])
+        return policy
 
 
 def _explicit(parsed: PolicySpec, values: dict, flags: Mapping[str, str]) -> tuple[dict, dict]:
@@ -388,8 +399,10 @@ def _not_taken(info: PolicyInfo, opt: Option, spelled: str, flags: Mapping[str, 
         return ValueError(f"{spelled} needs the {AUTO_BASE} policy with {auto} (the tree size that weighs "
                           "copied tokens against drafted ones)" if opt.name == "lookup" else
                           f"{spelled} needs the {AUTO_BASE} policy with {auto}")
-    if opt.kind == "drafter":
+    if opt.kind in ("drafter", "drafting") and not info.needs_drafter:
         return ValueError(f"{info.name} takes no {spelled}: it drafts nothing")
+    if opt.kind == "drafting":
+        return ValueError(f"{info.name} takes no {spelled}: a plug-in policy drafts as it was written")
     if opt.name == "total_tokens" and spelled.endswith("auto") and "total_tokens" in info.sizes:
         return ValueError(f"{info.name} takes no {spelled}: only {AUTO_BASE} sizes its tree per cycle")
     takes = [o.key for o in OPTIONS if o.kind == "size" and info.takes(o, False)]

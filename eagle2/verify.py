@@ -3,11 +3,15 @@
 greedy  walk down from the root, following the child whose token is the target's argmax;
         the target's argmax at the last accepted node is the bonus token. Equals plain
         greedy decoding token for token.
-sample  multi-candidate speculative sampling. Drafts are deterministic (top-k), so at a node
-        with target distribution p we try its children in order: accept child x with
-        probability p(x); otherwise set p(x) = 0, renormalise and try the next. If every child
-        fails, the bonus token is sampled from what is left. Each emitted token is exactly
-        distributed as the target's (processed) distribution.
+sample  multi-candidate speculative sampling. With top-k drafts (EAGLE-2's rule) a node's
+        children are fixed tokens, so at a node with target distribution p we try them in
+        order: accept child x with probability p(x); otherwise set p(x) = 0, renormalise and
+        try the next. With sampled drafts (`SampledDrafts`) the children were drawn without
+        replacement from the drafter's distribution q, so child x is accepted with probability
+        min(1, p(x) / q(x)); a rejection leaves p ← norm(max(p − q, 0)) and q without x
+        (recursive rejection sampling). If every child fails, the bonus token is sampled from
+        what is left. Either way each emitted token is exactly distributed as the target's
+        (processed) distribution.
 """
 
 from __future__ import annotations
@@ -75,6 +79,82 @@ class RowProbs:
         return target_probs(self.logits, *self.settings)
 
 
+class SampledDrafts:
+    """Children drawn from the drafter instead of its top-k, for sampling (T > 0).
+
+    A high-entropy target spreads its mass: at T = 1 the top-1 draft is the target's next token
+    about as often as the target's own top token is (p(top-1 draft) on average), whereas a
+    draft drawn from a q close to p is accepted with probability 1 − TV(p, q), much more. Each
+    expanded node's children are drawn without replacement from its processed draft
+    distribution q (`draw_without_replacement`), and `sample_accept` accepts them by
+    recursive rejection sampling with the q rows recorded here.
+
+    Exactness needs every node's children, in the order they are tried, to be the first m of
+    its draws, with m not depending on those draws (nor on what grows below them). So a
+    child's value is its rank's share of q (the sorted top-k of q), not its own token's: a
+    node's children are worth the same whichever tokens came out, values still fall along
+    paths and among siblings, and a policy that keeps and expands by value (EAGLE-2's fixed
+    top-k frontier and rerank; eagle2.autotree's monotone stop rules) never looks at a draw
+    to decide whether to keep it.
+    """
+
+    def __init__(self, temperature: float, top_p: float = 1.0, top_k: int = 0,
+                 generator: torch.Generator | None = None):
+        self.settings = (temperature, top_p, top_k)
+        self.generator = generator
+        self.begin()
+
+    def begin(self) -> None:
+        """A new cycle: forget the q rows (pool ids start again)."""
+        self._rows: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def draw(self, logp: torch.Tensor, k: int, parents, token_ids: torch.Tensor | None = None):
+        """k children per row of the drafter's log-probs, drawn without replacement (draw
+        order); returns (log values by rank, target token ids) shaped like a top-k and records
+        each row's q under its parent's pool id (`parents`, -1 = the root)."""
+        q = target_probs(logp, *self.settings)
+        idx = draw_without_replacement(q, k, self.generator)
+        log_rank = torch.topk(q, k, dim=-1).values.clamp_min(1e-30).log()
+        rows = q.reshape(-1, q.shape[-1])
+        for i, parent in enumerate(torch.as_tensor(parents).reshape(-1).tolist()):
+            self._rows[parent] = (rows[i], token_ids)
+        ids = token_ids.index_select(0, idx.reshape(-1)).view(idx.shape) if token_ids is not None else idx
+        return log_rank, ids
+
+    def q(self, candidate: int, vocab: int) -> torch.Tensor | None:
+        """The q a pool candidate's children were drawn from, over the target's vocabulary
+        (a fresh fp32 copy), or None when it has no drawn children."""
+        if candidate not in self._rows:
+            return None
+        row, ids = self._rows[candidate]
+        if ids is None:
+            return row.float().clone()
+        return torch.zeros(vocab, dtype=torch.float32, device=row.device).index_copy_(0, ids, row.float())
+
+
+def sample_index(p: torch.Tensor, generator: torch.Generator | None = None) -> int:
+    """One draw from p (1-D, unnormalised) by its inverse CDF: on a CPU ~20x cheaper than
+    torch.multinomial over a 49 k vocabulary (which costs about a millisecond)."""
+    cdf = p.float().cumsum(0)
+    u = torch.rand((), generator=generator, device=p.device) * cdf[-1]
+    return int(torch.searchsorted(cdf, u.reshape(1), right=True).clamp_max(p.shape[0] - 1))
+
+
+def draw_without_replacement(q: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """k indices per row of q (..., V), each drawn from what is left of q after the earlier ones
+    (the same law as Gumbel-top-k, without a random number per vocabulary entry). A row with
+    fewer than k tokens of mass ends in tokens of zero mass, which verification skips."""
+    rows = q.reshape(-1, q.shape[-1]).float().clone()
+    out = torch.empty(rows.shape[0], k, dtype=torch.long, device=q.device)
+    for j in range(k):
+        cdf = rows.cumsum(-1)
+        u = torch.rand(rows.shape[0], 1, generator=generator, device=q.device) * cdf[:, -1:]
+        pick = torch.searchsorted(cdf, u, right=True).clamp_max_(q.shape[-1] - 1)
+        out[:, j] = pick[:, 0]
+        rows.scatter_(1, pick, 0.0)
+    return out.view(*q.shape[:-1], k)
+
+
 def argmax(logits: torch.Tensor) -> torch.Tensor:
     """Argmax over the last axis in fp32: the same indices (bf16/fp16 -> fp32 is exact, first
     maximum wins either way, as in HF generate, which upcasts too), and on a CPU several times
@@ -105,31 +185,64 @@ def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> Verdict:
     return Verdict(path, host[-1], [i for i in range(n) if host[n + i]], [host[2 * n + i] for i in path[1:]])
 
 
-def sample_accept(tree: DraftTree, probs, generator: torch.Generator | None = None) -> Verdict:
-    """Multi-candidate speculative sampling for deterministic drafts (probs: (N, V) processed,
-    or a RowProbs that computes the rows it is asked for)."""
+def sample_accept(tree: DraftTree, probs, generator: torch.Generator | None = None,
+                  drafts: SampledDrafts | None = None) -> Verdict:
+    """Multi-candidate speculative sampling (probs: (N, V) processed, or a RowProbs that computes
+    the rows it is asked for); `drafts` holds the q rows of sampled drafts (None: top-k drafts)."""
     tokens = tree.tokens.tolist()
     kids = tree.children()
+    candidates = tree.candidate_ids if drafts is not None else None
     path, rejected, node = [0], [], 0
     while True:
-        p, owned = probs[node], False
-        accepted = None
-        for c in kids[node]:
-            x = tokens[c]
-            px = float(p[x])
-            if px > 0 and float(torch.rand((), generator=generator, device=p.device)) < px:
-                accepted = c
-                break
-            rejected.append(c)
-            if px > 0:
-                if not owned:
-                    p, owned = p.clone(), True
-                p[x] = 0.0
-                p /= p.sum().clamp_min(1e-30)
+        p, children = probs[node], kids[node]
+        q = drafts.q(candidates[node], p.shape[-1]) if drafts is not None and children else None
+        outcome = (_accept_drawn(p, q, children, tokens, generator) if q is not None
+                   else _accept_fixed(p, children, tokens, generator))
+        accepted = outcome if isinstance(outcome, int) else None
+        if accepted is None:  # every child failed: sample from what is left of p
+            p = outcome
+        rejected += children[:children.index(accepted)] if accepted is not None else children
         if accepted is None:
             accepted_tokens = [tokens[i] for i in path[1:]]
             if float(p.sum()) <= 0:  # rounding left no mass: fall back to the target's top token
                 return Verdict(path, int(probs[node].argmax()), rejected, accepted_tokens)
-            return Verdict(path, int(torch.multinomial(p, 1, generator=generator)), rejected, accepted_tokens)
+            return Verdict(path, sample_index(p, generator), rejected, accepted_tokens)
         path.append(accepted)
         node = accepted
+
+
+def _rand(generator, device) -> float:
+    return float(torch.rand((), generator=generator, device=device))
+
+
+def _accept_fixed(p: torch.Tensor, children: list[int], tokens: list[int], generator):
+    """Top-k drafts: the accepted child, or the residual distribution when all fail."""
+    owned = False
+    for c in children:
+        x = tokens[c]
+        px = float(p[x])
+        if px > 0 and _rand(generator, p.device) < px:
+            return c
+        if px > 0:
+            if not owned:
+                p, owned = p.clone(), True
+            p[x] = 0.0
+            p /= p.sum().clamp_min(1e-30)
+    return p
+
+
+def _accept_drawn(p: torch.Tensor, q: torch.Tensor, children: list[int], tokens: list[int], generator):
+    """Sampled drafts (drawn from q without replacement, in this order): recursive rejection
+    sampling; the accepted child, or the residual distribution when all fail."""
+    for c in children:
+        x = tokens[c]
+        qx = float(q[x])
+        if qx <= 0:  # q was used up (fewer tokens with mass than children): not a draw
+            continue
+        if _rand(generator, p.device) * qx < float(p[x]):  # probability min(1, p(x) / q(x))
+            return c
+        p = (p - q).clamp_min_(0.0)
+        p /= p.sum().clamp_min(1e-30)
+        q[x] = 0.0
+        q /= q.sum().clamp_min(1e-30)
+    return p

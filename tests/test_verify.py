@@ -9,9 +9,10 @@ import torch
 import eagle2.decode
 from eagle2.decode import generate
 from eagle2.draft import ModelDrafter
-from eagle2.policies import Eagle2
+from eagle2.autotree import AutoEagle2, LatencyModel
+from eagle2.policies import Chain, Eagle1, Eagle2
 from eagle2.tree import DraftTree
-from eagle2.verify import Verdict, greedy_accept, sample_accept, target_probs
+from eagle2.verify import SampledDrafts, Verdict, greedy_accept, sample_accept, target_probs
 
 from conftest import make_tiny_llama
 
@@ -61,7 +62,7 @@ def chi2_critical(df: int, z: float = 3.719) -> float:
     return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
 
 
-def wrong_sample_accept(tree, probs, generator=None):
+def wrong_sample_accept(tree, probs, generator=None, drafts=None):
     """A classic mistake: after rejecting drafts, sample from the full p instead of the residual."""
     tokens, kids = tree.tokens.tolist(), tree.children()
     path, node = [0], 0
@@ -108,9 +109,90 @@ def _exact_first_tokens(model, prompt, k, temperature, top_p):
     return {tuple(s): float(p) for s, p in zip(seqs.tolist(), joint)}
 
 
-@pytest.mark.parametrize("rule, should_pass", [(sample_accept, True), (wrong_sample_accept, False)])
-def test_eagle2_sampling_matches_target_distribution(rule, should_pass, monkeypatch):
-    """Empirical first-3-token distribution of eagle2 sampling vs the exact target distribution."""
+def wrong_drawn_accept(tree, probs, generator=None, drafts=None):
+    """Sampled drafts accepted by min(1, p/q) but with the top-k rule's residual (p without the
+    rejected token) instead of norm(max(p - q, 0)): biased towards tokens q under-rates."""
+    tokens, kids = tree.tokens.tolist(), tree.children()
+    cand = tree.candidate_ids
+    path, node = [0], 0
+    while True:
+        p, q = probs[node].clone(), drafts.q(cand[node], probs[node].shape[-1]) if kids[node] else None
+        nxt = None
+        for c in kids[node]:
+            x = tokens[c]
+            if float(torch.rand((), generator=generator)) * float(q[x]) < float(p[x]):
+                nxt = c
+                break
+            p[x] = 0.0
+            p /= p.sum()
+            q[x] = 0.0
+            q /= q.sum()
+        if nxt is None:
+            return Verdict(path, int(torch.multinomial(p, 1, generator=generator)), [], [tokens[i] for i in path[1:]])
+        path.append(nxt)
+        node = nxt
+
+
+@pytest.mark.parametrize("rule, should_pass", [(sample_accept, True), (wrong_drawn_accept, False)])
+def test_one_node_sampled_drafts_are_exact(rule, should_pass):
+    """Root with 3 children drawn without replacement from a q unlike p: the first emitted token
+    must follow p exactly (recursive rejection sampling), and the children really vary."""
+    vocab = 6
+    p = torch.tensor([0.30, 0.25, 0.20, 0.12, 0.08, 0.05])
+    draft_logp = torch.tensor([0.05, 0.10, 0.40, 0.05, 0.30, 0.10]).log()
+    probs = p.expand(4, vocab).clone()
+    gen = torch.Generator().manual_seed(0)
+    n = 20_000
+    counts, first_child = {}, set()
+    for _ in range(n):
+        drafts = SampledDrafts(1.0, generator=gen)
+        log_rank, tok = drafts.draw(draft_logp, 3, -1)
+        tree = DraftTree([0] + tok.tolist(), [-1, 0, 0, 0], [0.0] + log_rank.tolist())
+        first_child.add(int(tok[0]))
+        v = rule(tree, probs, gen, drafts)
+        first = int(tree.tokens[v.path[1]]) if len(v.path) > 1 else v.bonus
+        counts[first] = counts.get(first, 0) + 1
+    assert len(first_child) == vocab  # drawn, not the top-k
+    g, df = g_stat(counts, {i: float(p[i]) for i in range(vocab)}, n)
+    assert (g < chi2_critical(df)) == should_pass, (g, chi2_critical(df), counts)
+
+
+def test_sampled_draft_values_are_ranks_not_tokens():
+    """A child's value is its rank's share of q, whichever token was drawn: what keeps the
+    choice of children independent of the draws."""
+    logp = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]).log()
+    drafts = SampledDrafts(1.0, generator=torch.Generator().manual_seed(1))
+    for _ in range(20):
+        log_rank, tok = drafts.draw(logp, 2, torch.tensor([4, 7]))
+        assert torch.allclose(log_rank.exp(), torch.tensor([[0.5, 0.3], [0.8, 0.1]]))
+        assert (tok[:, 0] != tok[:, 1]).all()  # without replacement
+    assert torch.allclose(drafts.q(7, 3), torch.tensor([0.1, 0.1, 0.8]))
+    ids = torch.tensor([10, 20, 30])  # a draft vocabulary: q is scattered to the target's ids
+    drafts.draw(logp[0], 2, -1, ids)
+    assert torch.allclose(drafts.q(-1, 32)[[10, 20, 30]], torch.tensor([0.5, 0.3, 0.2]))
+    assert drafts.q(-1, 32).sum() == pytest.approx(1.0) and drafts.q(3, 32) is None
+
+
+def _flat_latency():
+    return LatencyModel([1, 64], [0.01, 0.012])
+
+
+def _policies():
+    top_k = Eagle2(top_k=2, depth=2, total_tokens=4)
+    top_k.sampled_drafts = False
+    auto = AutoEagle2(_flat_latency(), top_k=2, depth=3, calibrate_values=False)
+    auto.step.add(0.001)  # a step estimate, so the stop rule is live from the first cycle
+    return {"eagle2": Eagle2(top_k=2, depth=2, total_tokens=4), "eagle2-topk": top_k, "auto": auto,
+            "chain": Chain(depth=2), "eagle1": Eagle1([(0,), (1,), (0, 0), (0, 1), (1, 0)])}
+
+
+@pytest.mark.parametrize("name, rule, should_pass", [
+    ("eagle2", sample_accept, True), ("eagle2-topk", sample_accept, True), ("auto", sample_accept, True),
+    ("chain", sample_accept, True), ("eagle1", sample_accept, True),
+    ("eagle2-topk", wrong_sample_accept, False), ("eagle2", wrong_drawn_accept, False)])
+def test_sampling_matches_target_distribution(name, rule, should_pass, monkeypatch):
+    """Empirical first-3-token distribution of each policy's sampling (sampled drafts unless
+    told top-k) against the exact target distribution."""
     vocab, k, temperature, top_p = 5, 3, 1.0, 0.95
     # small init keeps both distributions fairly flat, so every token has real mass
     target = make_tiny_llama(vocab, seed=3, hidden=32, eos=None, init=0.1)
@@ -118,7 +200,7 @@ def test_eagle2_sampling_matches_target_distribution(rule, should_pass, monkeypa
     prompt = torch.tensor([1, 2, 0, 4])
     exact = _exact_first_tokens(target, prompt, k, temperature, top_p)
     monkeypatch.setattr(eagle2.decode, "sample_accept", rule)
-    policy = Eagle2(top_k=2, depth=2, total_tokens=4)
+    policy = _policies()[name]
     drafter = ModelDrafter(draft)
     n = 2500
     counts, accepted = {}, 0
@@ -128,6 +210,7 @@ def test_eagle2_sampling_matches_target_distribution(rule, should_pass, monkeypa
         key = tuple(r.tokens)
         counts[key] = counts.get(key, 0) + 1
         accepted += r.origins.count("draft")
+        assert (r.policy.get("drafts") == "sampled") == (name != "eagle2-topk")
     assert accepted > n * 0.3  # the drafts were really tested, not all rejected
     g, df = g_stat(counts, exact, n)
     assert (g < chi2_critical(df)) == should_pass, (g, chi2_critical(df), df)
@@ -153,3 +236,24 @@ def test_row_probs_are_the_rows_of_target_probs(top_p, top_k):
     assert len(rows) == 9 and torch.equal(rows.full(), full)
     for i in (4, 0, 8, 4):
         assert torch.equal(rows[i], full[i])
+
+
+def test_who_takes_sampled_drafts():
+    """Sampled drafts are taken only where they stay exact and the user did not opt out."""
+    offer = SampledDrafts(1.0)
+    auto = AutoEagle2(_flat_latency())
+    auto.use_sampled_drafts(offer)
+    assert auto.drafts is offer
+    auto.use_sampled_drafts(None)  # greedy
+    assert auto.drafts is None
+    lookup = AutoEagle2(_flat_latency(), lookup=5)  # copied tokens would raise drafted values by token
+    lookup.use_sampled_drafts(offer)
+    assert lookup.drafts is None
+    off = Eagle2()
+    off.sampled_drafts = False
+    off.use_sampled_drafts(offer)
+    assert off.drafts is None
+    assert Eagle1().can_sample_drafts  # the default static tree keeps each node's first ranks
+    gap = Eagle1([(0,), (2,)])  # rank 1 missing: its children would not be the first draws
+    gap.use_sampled_drafts(offer)
+    assert not gap.can_sample_drafts and gap.drafts is None

@@ -271,3 +271,16 @@ def test_labels_of_a_long_copied_chain_do_not_overlap():
     for a in boxes:
         est_px = len(a.text) * 0.62 * a.font.size + 8  # text + padding and border
         assert est_px <= px_per_depth, f"label {a.text!r} ({est_px:.0f} px) is wider than a column ({px_per_depth:.0f} px)"
+
+
+def test_sampled_drafts_are_labelled(trace):
+    """A trace recorded with sampled drafts says so: in the policy label and on every drafted node."""
+    from viz.data import policy_label
+    from viz.tree_figure import hover_text
+
+    node = next(n for n in cycle_view(trace, 0).nodes.values() if n.status == "accepted")
+    assert "sampled drafts" not in hover_text(node, cycle_view(trace, 0))
+    trace.meta = dict(trace.meta, policy="eagle2-auto", drafts="sampled")
+    view = cycle_view(trace, 0)
+    assert view.sampled_drafts and "sampled drafts" in policy_label(trace.meta)
+    assert "drawn from the head (sampled drafts)" in hover_text(view.nodes[node.key], view)

@@ -77,6 +77,7 @@ class CycleView:
     bonus_token: int | None = None
     tree_size: int = 0  # drafted nodes in the tree
     timings: dict = field(default_factory=dict)
+    sampled_drafts: bool = False  # children drawn from the drafter (T > 0), not its top-k
 
     @property
     def depth(self) -> int:
@@ -103,7 +104,8 @@ def cycle_view(trace: Trace, index: int) -> CycleView:
     rec = _cycle(trace, index)
     view = CycleView(index=index, new_tokens=len(rec.new_tokens),
                      timings={"draft_s": rec.timings.draft_s, "verify_s": rec.timings.verify_s,
-                              "update_s": rec.timings.update_s})
+                              "update_s": rec.timings.update_s},
+                     sampled_drafts=trace.meta.get("drafts") == "sampled")
     text = trace.text_of
     root_token = rec.root_token
     if rec.verification and rec.verification.nodes:
@@ -297,6 +299,8 @@ def policy_label(meta: dict) -> str:
     sizes = [f"{k}={meta[k]}" for k in ("top_k", "depth", "total_tokens") if k in meta]
     if meta.get("lookup"):
         sizes.append(f"lookup={meta['lookup']}")
+    if meta.get("drafts") == "sampled":
+        sizes.append("sampled drafts")
     return f"{p} ({', '.join(sizes)})" if sizes else str(p)
 
 

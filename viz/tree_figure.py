@@ -155,6 +155,9 @@ def hover_text(n: CycleNode, view: CycleView) -> str:
              f"confidence {_fmt(n.confidence)} · value {_fmt(n.value)}"]
     if n.source == "lookup":
         lines.append("↪ copied from the context (prompt lookup); confidence = measured acceptance rate of copies")
+    elif view.sampled_drafts:
+        lines.append("drawn from the head (sampled drafts): confidence = the draft probability of this rank, "
+                     "whichever token was drawn")
     if n.status == "dropped":
         lines.append(f"dropped by the rerank (value below the cut-off {_fmt(view.cutoff_value)})")
     else:
