@@ -82,9 +82,9 @@ class RowProbs:
 class SampledDrafts:
     """Children drawn from the drafter instead of its top-k, for sampling (T > 0).
 
-    A high-entropy target spreads its mass: at T = 1 the top-1 draft is the target's next token
-    about as often as the target's own top token is (p(top-1 draft) on average), whereas a
-    draft drawn from a q close to p is accepted with probability 1 − TV(p, q), much more. Each
+    A high-entropy target spreads its mass: at T = 1 a top-k draft x is accepted with
+    probability p(x), the mass the target happens to put on it, whereas a draft drawn from a q
+    close to p is accepted with probability 1 − TV(p, q), much more often. Each
     expanded node's children are drawn without replacement from its processed draft
     distribution q (`draw_without_replacement`), and `sample_accept` accepts them by
     recursive rejection sampling with the q rows recorded here.
@@ -133,8 +133,8 @@ class SampledDrafts:
 
 
 def sample_index(p: torch.Tensor, generator: torch.Generator | None = None) -> int:
-    """One draw from p (1-D, unnormalised) by its inverse CDF: on a CPU ~20x cheaper than
-    torch.multinomial over a 49 k vocabulary (which costs about a millisecond)."""
+    """One draw from p (1-D, unnormalised) by its inverse CDF: one cumsum and a binary search,
+    on a CPU far cheaper than torch.multinomial over a large vocabulary (docs/benchmarks.md)."""
     cdf = p.float().cumsum(0)
     u = torch.rand((), generator=generator, device=p.device) * cdf[-1]
     return int(torch.searchsorted(cdf, u.reshape(1), right=True).clamp_max(p.shape[0] - 1))

@@ -1,0 +1,96 @@
+"""How often the first draft step is accepted at T = 1: top-k drafts against sampled drafts.
+
+    PYTHONPATH=. python scripts/sampled_draft_probe.py RUN_FOLDER [--head FOLDER] [--sequences 40]
+        [--sampled-only] [--threads 2]
+
+RUN_FOLDER is a `python -m eagle2 train --out` folder with features.pt (the target's own hidden
+states, so the head drafts step 1 from true features). At every answer position, with p the
+target's next-token distribution and q the head's (both at T = 1, full vocabulary):
+
+    topk_k   the chance one of the head's k most probable tokens is accepted under EAGLE-2's
+             sampling rule (accept x with probability p(x), then the next with p renormalised):
+             the p-mass of those k tokens
+    drawn_k  the chance one of k tokens drawn from q without replacement is accepted under
+             recursive rejection sampling (verify.sample_accept with sampled drafts): exact for
+             k = 1 (1 - TV(p, q)), a Monte-Carlo mean over 4 draws for k > 1
+    p_max    the target's own top probability (what a perfect top-1 draft would get)
+
+`--sampled-only` keeps the sequences the target wrote at T > 0 (contexts like those of a T = 1
+run). Prints one JSON line of means.
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from eagle2 import train
+from eagle2 import train_data as td
+from eagle2.head import load_head_folder
+from eagle2.models import load_target
+from eagle2.verify import draw_without_replacement
+
+ap = argparse.ArgumentParser()
+ap.add_argument("run", type=Path)
+ap.add_argument("--head", default="eagle2/heads/smollm2-135m-instruct")
+ap.add_argument("--sequences", type=int, default=40)
+ap.add_argument("--sampled-only", action="store_true")
+ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--seed", type=int, default=0)
+args = ap.parse_args()
+torch.set_num_threads(args.threads)
+run_args = argparse.Namespace(**json.loads((args.run / "config.json").read_text())["args"])
+target = load_target(run_args.model, dtype="float32", device="cpu")
+data = train.FeatureData(args.run / "features.pt")
+if args.sampled_only:
+    rows = [i for i in range(len(data)) if float(data.temperature[i]) > 0]
+else:
+    rows = train.split(len(data), run_args.val_frac, run_args.seed)[1]
+rows = rows[: args.sequences]
+head = load_head_folder(args.head).float()
+embed, lm_head = target.model.get_input_embeddings(), target.model.lm_head
+gen = torch.Generator().manual_seed(args.seed)
+
+
+def drawn_accept(p: torch.Tensor, q: torch.Tensor, k: int, draws: int = 4) -> torch.Tensor:
+    """Mean acceptance of k children drawn from q without replacement, by recursive rejection sampling."""
+    total = torch.zeros(p.shape[0])
+    for _ in range(draws):
+        x = draw_without_replacement(q, k, gen)
+        pi, qi, alive = p.clone(), q.clone(), torch.ones(p.shape[0])
+        for i in range(k):
+            xi = x[:, i:i + 1]
+            a = (pi.gather(1, xi) / qi.gather(1, xi).clamp_min(1e-30)).clamp(max=1).squeeze(1)
+            total += alive * a
+            alive = alive * (1 - a)
+            pi = (pi - qi).clamp_min(0)
+            pi = pi / pi.sum(-1, keepdim=True).clamp_min(1e-30)
+            qi = qi.scatter(1, xi, 0.0)
+            qi = qi / qi.sum(-1, keepdim=True).clamp_min(1e-30)
+    return total / draws
+
+
+stats: dict[str, list[torch.Tensor]] = {k: [] for k in
+                                        ("topk_1", "topk_2", "topk_4", "drawn_1", "drawn_2", "drawn_4", "p_max")}
+t0 = time.time()
+with torch.no_grad():
+    for group in td.length_batches([data.lengths[i] for i in rows], 4096):
+        tok, feats, lengths, starts, _ = data.batch([rows[j] for j in group])
+        valid = train.loss_positions(lengths, starts, feats.shape[1] - 1)
+        pred = train.unroll(head, embed, tok, feats, 1, 0.0, torch.float32)[0]
+        true_f, pred_f = feats[:, 1:][valid], pred[valid]
+        for c in range(0, true_f.shape[0], 256):
+            p = torch.softmax(lm_head(true_f[c:c + 256]).float(), -1)
+            q = torch.softmax(lm_head(pred_f[c:c + 256]).float(), -1)
+            mass = p.gather(1, q.topk(4, -1).indices).cumsum(1)
+            stats["topk_1"].append(mass[:, 0])
+            stats["topk_2"].append(mass[:, 1])
+            stats["topk_4"].append(mass[:, 3])
+            stats["drawn_1"].append(torch.minimum(p, q).sum(1))
+            stats["drawn_2"].append(drawn_accept(p, q, 2))
+            stats["drawn_4"].append(drawn_accept(p, q, 4))
+            stats["p_max"].append(p.max(1).values)
+out = {k: round(float(torch.cat(v).mean()), 4) for k, v in stats.items()}
+print(json.dumps({"run": str(args.run), "head": args.head, "sequences": len(rows), "sampled_only": args.sampled_only,
+                  "positions": int(torch.cat(stats["p_max"]).numel()), **out, "seconds": round(time.time() - t0)}))
