@@ -62,21 +62,28 @@ def chi2_critical(df: int, z: float = 3.719) -> float:
     return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
 
 
-def wrong_sample_accept(tree, probs, generator=None, drafts=None):
-    """A classic mistake: after rejecting drafts, sample from the full p instead of the residual."""
+def _walk(tree, probs, generator, try_children):
+    """Shared walk of the wrong rules below: `try_children(p, q, children, tokens)` returns the
+    accepted child or None and the distribution the bonus is drawn from."""
     tokens, kids = tree.tokens.tolist(), tree.children()
     path, node = [0], 0
     while True:
-        p = probs[node]
-        nxt = None
-        for c in kids[node]:
-            if float(torch.rand((), generator=generator)) < float(p[tokens[c]]):
-                nxt = c
-                break
+        nxt, p = try_children(probs[node].clone(), node, kids[node], tokens)
         if nxt is None:
             return Verdict(path, int(torch.multinomial(p, 1, generator=generator)), [], [tokens[i] for i in path[1:]])
         path.append(nxt)
         node = nxt
+
+
+def wrong_sample_accept(tree, probs, generator=None, drafts=None):
+    """A classic mistake: after rejecting drafts, sample from the full p instead of the residual."""
+    def try_children(p, node, children, tokens):
+        for c in children:
+            if float(torch.rand((), generator=generator)) < float(p[tokens[c]]):
+                return c, p
+        return None, p
+
+    return _walk(tree, probs, generator, try_children)
 
 
 @pytest.mark.parametrize("rule, should_pass", [(sample_accept, True), (wrong_sample_accept, False)])
@@ -112,25 +119,19 @@ def _exact_first_tokens(model, prompt, k, temperature, top_p):
 def wrong_drawn_accept(tree, probs, generator=None, drafts=None):
     """Sampled drafts accepted by min(1, p/q) but with the top-k rule's residual (p without the
     rejected token) instead of norm(max(p - q, 0)): biased towards tokens q under-rates."""
-    tokens, kids = tree.tokens.tolist(), tree.children()
-    cand = tree.candidate_ids
-    path, node = [0], 0
-    while True:
-        p, q = probs[node].clone(), drafts.q(cand[node], probs[node].shape[-1]) if kids[node] else None
-        nxt = None
-        for c in kids[node]:
+    def try_children(p, node, children, tokens):
+        q = drafts.q(tree.candidate_ids[node], p.shape[-1]) if children else None
+        for c in children:
             x = tokens[c]
             if float(torch.rand((), generator=generator)) * float(q[x]) < float(p[x]):
-                nxt = c
-                break
+                return c, p
             p[x] = 0.0
             p /= p.sum()
             q[x] = 0.0
             q /= q.sum()
-        if nxt is None:
-            return Verdict(path, int(torch.multinomial(p, 1, generator=generator)), [], [tokens[i] for i in path[1:]])
-        path.append(nxt)
-        node = nxt
+        return None, p
+
+    return _walk(tree, probs, generator, try_children)
 
 
 @pytest.mark.parametrize("rule, should_pass", [(sample_accept, True), (wrong_drawn_accept, False)])
