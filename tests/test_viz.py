@@ -284,3 +284,12 @@ def test_sampled_drafts_are_labelled(trace):
     view = cycle_view(trace, 0)
     assert view.sampled_drafts and "sampled drafts" in policy_label(trace.meta)
     assert "drawn from the head (sampled drafts)" in hover_text(view.nodes[node.key], view)
+
+
+def test_sampled_drafts_captions(trace):
+    """Step-through captions say the children were drawn and how they were tested."""
+    assert "most likely next tokens" in stage_caption(cycle_view(trace, 0), 0)
+    trace.meta = dict(trace.meta, drafts="sampled")
+    view = cycle_view(trace, 0)
+    assert "**drawn**" in stage_caption(view, 0)
+    assert "min(1, p/q)" in stage_caption(view, len(stage_names(view)) - 1)

@@ -361,7 +361,7 @@ def tree_figure(trace: Trace | None = None, cycle: int = 0, *, view: CycleView |
     ymin, ymax = min(ys) - 0.8, max(ys) + 0.8
     span = ymax - ymin
     h = height or int(min(1300, max(340, span * slot_px + 130)))
-    note = f"  ·  {hidden} more dropped (not drawn)" if hidden else ""
+    note = f"  ·  {hidden} more dropped (not shown)" if hidden else ""
     fig.update_layout(**style.base_layout(
         title=dict(text=title if title is not None else cycle_title(view, kind, step) + note, x=0.01,
                    font=dict(size=16)),
@@ -408,18 +408,25 @@ def stage_caption(view: CycleView, stage: int | None) -> str:
         who = "The root asks" if s["frontier"] == [-1] else f"The {len(s['frontier'])} frontier nodes ask"
         nxt = (f" The **{len(s['chosen'])} most valuable** (gold border) become the frontier for step {step + 1}."
                if s["chosen"] and step < expansions else " This is the last step.")
-        return (f"**Expansion step {step} of {expansions}.** {who} the drafter for their most likely next "
-                f"tokens: **{len(s['new'])} new candidates** at depth {step}. Each candidate's *value* is the product "
+        if view.sampled_drafts:
+            what = ("next tokens, **drawn** from its distribution (sampled drafts: a child's confidence is the "
+                    "draft probability of its rank, whichever token came out)")
+        else:
+            what = "most likely next tokens"
+        return (f"**Expansion step {step} of {expansions}.** {who} the drafter for their {what}: "
+                f"**{len(s['new'])} new candidates** at depth {step}. Each candidate's *value* is the product "
                 f"of draft confidences along its path (its chance to be accepted).{nxt}")
     if kind == "rerank":
         return (f"**Rerank.** All **{view.total_candidates}** candidates are sorted by value and the "
                 f"**{view.tree_size} most valuable** form the draft tree (value ≥ {_fmt(view.cutoff_value)}). "
                 "Value never grows along a path, so the kept nodes are a tree. Faded: dropped candidates.")
     bonus = BONUS_KEY in view.nodes
+    test = ("with probability min(1, p/q), the target's probability over the draft's (after a rejection the "
+            "next child is tested against what is left of p)" if view.sampled_drafts
+            else "when the target would pick the same token")
     return (f"**Verification.** The target scores all **{view.tree_size}** drafted nodes in **one forward pass** "
             "(a tree attention mask: each node sees only its ancestors). Walking down from the root, a node is "
-            "**accepted ✓** when the target would pick the same token, the other tested children are "
-            "**rejected ✗**, "
+            f"**accepted ✓** {test}, the other tested children are **rejected ✗**, "
             "and nodes below a rejection are never reached (grey). "
             + (f"The target's own token after the accepted path is the **bonus ★**: "
                f"{view.accepted} accepted + 1 bonus = **{view.new_tokens} tokens** from one target forward."
