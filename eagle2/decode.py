@@ -208,6 +208,8 @@ class Decoding:
         model, obs, dev = self.model, self.observers, self.device
         prefix = self.seq.numel() - 1  # the root (newest token) is not in the target's cache yet
         t0 = clock(dev)
+        if self.policy.drafts is not None:
+            self.policy.drafts.begin()
         tree = self.policy.draft(root, self.root_logprobs, self.drafter, obs or None, cycle)
         t1 = clock(dev)
         mask = tree.attention_mask(prefix, model.dtype, dev) if len(tree) > 1 else None
@@ -268,7 +270,7 @@ def generate(
     check_request(model, ids.numel(), max_new_tokens)
     if policy.needs_drafter and drafter is None:
         raise ValueError(f"policy {policy.name!r} needs a drafter (an EAGLE head or a draft model)")
-    policy.use_sampled_drafts(sampler.sampled_drafts() if policy.needs_drafter else None)
+    policy.use_sampled_drafts(sampler.sampled_drafts())  # taken only by policies that can keep it exact
     t_start = clock(device)
     cache = kv.new_cache()
     layers = drafter.feature_layers if drafter is not None and policy.needs_drafter else None

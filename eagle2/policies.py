@@ -142,8 +142,6 @@ class Eagle2(Policy):
         return self.total_tokens
 
     def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
-        if self.drafts is not None:
-            self.drafts.begin()
         pool = CandidatePool(root_logprobs.device, capacity=max_candidates(self.top_k, self.depth))
         self.expand(root_logprobs, drafter, pool, observer, cycle)
         tree = pool.rerank(root_token, self.tree_size(pool))
@@ -209,8 +207,6 @@ class Eagle1(Policy):
         return {"policy": self.name, "total_tokens": self.total_tokens, "depth": self.depth}
 
     def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
-        if self.drafts is not None:
-            self.drafts.begin()
         pool = CandidatePool(root_logprobs.device)
         id_of: dict[tuple, int] = {(): -1}
         logp_of: dict[tuple, tuple[list[float], list[int]]] = {}

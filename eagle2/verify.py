@@ -105,7 +105,7 @@ class SampledDrafts:
         self.begin()
 
     def begin(self) -> None:
-        """A new cycle: forget the q rows (pool ids start again)."""
+        """A new cycle (the decode loop calls it): forget the q rows, pool ids start again."""
         self._rows: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def draw(self, logp: torch.Tensor, k: int, parents, token_ids: torch.Tensor | None = None):
@@ -198,17 +198,15 @@ def sample_accept(tree: DraftTree, probs, generator: torch.Generator | None = No
         q = drafts.q(candidates[node], p.shape[-1]) if drafts is not None and children else None
         outcome = (_accept_drawn(p, q, children, tokens, generator) if q is not None
                    else _accept_fixed(p, children, tokens, generator))
-        accepted = outcome if isinstance(outcome, int) else None
-        if accepted is None:  # every child failed: sample from what is left of p
-            p = outcome
-        rejected += children[:children.index(accepted)] if accepted is not None else children
-        if accepted is None:
+        if not isinstance(outcome, int):  # every child failed: the bonus comes from what is left of p
+            rejected += children
             accepted_tokens = [tokens[i] for i in path[1:]]
-            if float(p.sum()) <= 0:  # rounding left no mass: fall back to the target's top token
+            if float(outcome.sum()) <= 0:  # rounding left no mass: fall back to the target's top token
                 return Verdict(path, int(probs[node].argmax()), rejected, accepted_tokens)
-            return Verdict(path, sample_index(p, generator), rejected, accepted_tokens)
-        path.append(accepted)
-        node = accepted
+            return Verdict(path, sample_index(outcome, generator), rejected, accepted_tokens)
+        rejected += children[:children.index(outcome)]
+        path.append(outcome)
+        node = outcome
 
 
 def _rand(generator, device) -> float:
