@@ -19,7 +19,7 @@ import torch
 
 from .trace import ExpansionStep, Observer, RerankStep, Timings
 from .tree import CandidatePool, DraftTree, max_candidates
-from .verify import SampledDrafts, Verdict
+from .verify import DRAFT_TEMPERATURE, SampledDrafts, Verdict
 
 
 def draft_topk(drafter, logp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,6 +42,7 @@ class Policy:
     can_sample_drafts = False  # can draw its drafts from the drafter at T > 0 and stay exact
     sampled_drafts = True  # the user's choice where it can (registry option "sampled"); False: top-k
     drafts: SampledDrafts | None = None  # this generation's sampled drafts (set by the decode loop)
+    draft_temperature = DRAFT_TEMPERATURE  # sampled drafts: q at T × this (registry option "dtemp")
 
     def draft(self, root_token: int, root_logprobs: torch.Tensor, drafter,
               observer: Observer | None = None, cycle: int = 0) -> DraftTree:
@@ -54,6 +55,11 @@ class Policy:
         """Before a generation the decode loop offers sampled drafts (None when greedy); taken
         where this policy keeps them exact and the user did not choose top-k drafts."""
         self.drafts = drafts if drafts is not None and self.can_sample_drafts and self.sampled_drafts else None
+        if self.drafts is not None:
+            t = self.draft_temperature
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+                raise ValueError(f"{self.name}: draft_temperature must be > 0, got {t!r}")
+            self.drafts.draft_temperature = float(t)
 
     def propose(self, drafter, logp: torch.Tensor, k: int, parents) -> tuple[torch.Tensor, torch.Tensor]:
         """k children for each row of `logp` (their parents' pool ids, -1 = the root): the

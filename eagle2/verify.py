@@ -22,6 +22,11 @@ import torch
 
 from .tree import DraftTree
 
+# Sampled drafts are drawn from the drafter's distribution at the sampling temperature times this:
+# a draft head's q is a little flatter than the target's p, and a slightly sharper q overlaps p
+# more (1 − TV(p, q) higher at every draft step; docs/benchmarks.md, session 19). Any q is exact.
+DRAFT_TEMPERATURE = 0.9
+
 
 @dataclass
 class Verdict:
@@ -86,7 +91,8 @@ class SampledDrafts:
     probability p(x), the mass the target happens to put on it, whereas a draft drawn from a q
     close to p is accepted with probability 1 − TV(p, q), much more often. Each
     expanded node's children are drawn without replacement from its processed draft
-    distribution q (`draw_without_replacement`), and `sample_accept` accepts them by
+    distribution q (`draw_without_replacement`; the drafter's log-probs at the sampling
+    temperature times `draft_temperature`, then the same top-k / top-p), and `sample_accept` accepts them by
     recursive rejection sampling with the q rows recorded here.
 
     Exactness needs every node's children, in the order they are tried, to be the first m of
@@ -99,9 +105,12 @@ class SampledDrafts:
     """
 
     def __init__(self, temperature: float, top_p: float = 1.0, top_k: int = 0,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, draft_temperature: float = DRAFT_TEMPERATURE):
+        if not isinstance(draft_temperature, (int, float)) or not draft_temperature > 0:
+            raise ValueError(f"draft_temperature must be > 0, got {draft_temperature!r}")
         self.settings = (temperature, top_p, top_k)
         self.generator = generator
+        self.draft_temperature = draft_temperature  # q: the drafter's distribution at temperature × this
         self.begin()
 
     def begin(self) -> None:
@@ -112,7 +121,8 @@ class SampledDrafts:
         """k children per row of the drafter's log-probs, drawn without replacement (draw
         order); returns (log values by rank, target token ids) shaped like a top-k and records
         each row's q under its parent's pool id (`parents`, -1 = the root)."""
-        q = target_probs(logp, *self.settings)
+        temperature, top_p, top_k = self.settings
+        q = target_probs(logp, temperature * self.draft_temperature, top_p, top_k)
         idx = draw_without_replacement(q, k, self.generator)
         log_rank = torch.topk(q, k, dim=-1).values.clamp_min(1e-30).log()
         rows = q.reshape(-1, q.shape[-1])

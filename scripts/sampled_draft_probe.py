@@ -1,7 +1,7 @@
 """How often the first draft step is accepted at T = 1: top-k drafts against sampled drafts.
 
     PYTHONPATH=. python scripts/sampled_draft_probe.py RUN_FOLDER [--head FOLDER] [--sequences 40]
-        [--sampled-only] [--threads 2]
+        [--sampled-only | --greedy-only] [--draft-temperatures 0.7,0.8,0.9,1.0 [--steps 3]] [--threads 2]
 
 RUN_FOLDER is a `python -m eagle2 train --out` folder with features.pt (the target's own hidden
 states, so the head drafts step 1 from true features). At every answer position, with p the
@@ -16,7 +16,12 @@ target's next-token distribution and q the head's (both at T = 1, full vocabular
     p_max    the target's own top probability (what a perfect top-1 draft would get)
 
 `--sampled-only` keeps the sequences the target wrote at T > 0 (contexts like those of a T = 1
-run). Prints one JSON line of means.
+run), `--greedy-only` the others. Prints one JSON line of means.
+
+`--draft-temperatures 0.7,0.8,0.9,1.0 [--steps 3]` instead measures drawn_1 = 1 - TV(p, q_t) at
+draft steps 1..steps (the training-time-test unroll: later steps read the head's own features),
+with q_t the head's distribution at temperature t (p stays at T = 1): what chose
+verify.DRAFT_TEMPERATURE. Prints one JSON line per step.
 """
 import argparse
 import json
@@ -35,7 +40,11 @@ ap = argparse.ArgumentParser()
 ap.add_argument("run", type=Path)
 ap.add_argument("--head", default="eagle2/heads/smollm2-135m-instruct")
 ap.add_argument("--sequences", type=int, default=40)
-ap.add_argument("--sampled-only", action="store_true")
+which = ap.add_mutually_exclusive_group()
+which.add_argument("--sampled-only", action="store_true")
+which.add_argument("--greedy-only", action="store_true")
+ap.add_argument("--draft-temperatures", default=None, help="comma-separated: sweep q's temperature instead")
+ap.add_argument("--steps", type=int, default=3, help="with --draft-temperatures: draft steps to unroll")
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--seed", type=int, default=0)
 args = ap.parse_args()
@@ -43,8 +52,8 @@ torch.set_num_threads(args.threads)
 run_args = argparse.Namespace(**json.loads((args.run / "config.json").read_text())["args"])
 target = load_target(run_args.model, dtype="float32", device="cpu")
 data = train.FeatureData(args.run / "features.pt")
-if args.sampled_only:
-    rows = [i for i in range(len(data)) if float(data.temperature[i]) > 0]
+if args.sampled_only or args.greedy_only:
+    rows = [i for i in range(len(data)) if (float(data.temperature[i]) > 0) == args.sampled_only]
 else:
     rows = train.split(len(data), run_args.val_frac, run_args.seed)[1]
 rows = rows[: args.sequences]
@@ -70,6 +79,40 @@ def drawn_accept(p: torch.Tensor, q: torch.Tensor, k: int, draws: int = 4) -> to
             qi = qi / qi.sum(-1, keepdim=True).clamp_min(1e-30)
     return total / draws
 
+
+def temperature_sweep(temps: list[float], steps: int) -> None:
+    """1 - TV(p, q_t) by draft step and q temperature, one JSON line per step."""
+    overlap = {(s, t): [] for s in range(steps) for t in temps}
+    t0 = time.time()
+    with torch.no_grad():
+        for group in td.length_batches([data.lengths[i] for i in rows], 4096):
+            tok, feats, lengths, starts, _ = data.batch([rows[j] for j in group])
+            valid = train.loss_positions(lengths, starts, feats.shape[1] - 1)
+            preds = train.unroll(head, embed, tok, feats, steps, 0.0, torch.float32)
+            true_f = feats[:, 1:][valid]
+            for s, pred in enumerate(preds):
+                pred_f = pred[valid]
+                for c in range(0, true_f.shape[0], 512):
+                    p = torch.softmax(lm_head(true_f[c:c + 512]).float(), -1)
+                    logits = lm_head(pred_f[c:c + 512]).float()
+                    for t in temps:
+                        overlap[(s, t)].append(torch.minimum(p, torch.softmax(logits / t, -1)).sum(1))
+    for s in range(steps):
+        print(json.dumps({"run": str(args.run), "head": args.head, "sequences": len(rows), "step": s + 1,
+                          "positions": int(torch.cat(overlap[(s, temps[0])]).numel()),
+                          **{f"drawn_1@{t:g}": round(float(torch.cat(overlap[(s, t)]).mean()), 4) for t in temps},
+                          "seconds": round(time.time() - t0)}))
+
+
+if args.draft_temperatures:
+    try:
+        temps = [float(t) for t in args.draft_temperatures.split(",")]
+    except ValueError:
+        ap.error(f"--draft-temperatures takes numbers, got {args.draft_temperatures!r}")
+    if not temps or min(temps) <= 0 or args.steps < 1:
+        ap.error("--draft-temperatures must be > 0 and --steps >= 1")
+    temperature_sweep(temps, args.steps)
+    raise SystemExit(0)
 
 stats: dict[str, list[torch.Tensor]] = {k: [] for k in
                                         ("topk_1", "topk_2", "topk_4", "drawn_1", "drawn_2", "drawn_4", "p_max")}

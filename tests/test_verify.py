@@ -12,7 +12,8 @@ from eagle2.draft import ModelDrafter
 from eagle2.autotree import AutoEagle2, LatencyModel
 from eagle2.policies import Chain, Eagle1, Eagle2
 from eagle2.tree import DraftTree
-from eagle2.verify import SampledDrafts, Verdict, greedy_accept, sample_accept, target_probs
+from eagle2.registry import build_policy
+from eagle2.verify import DRAFT_TEMPERATURE, SampledDrafts, Verdict, greedy_accept, sample_accept, target_probs
 
 from conftest import make_tiny_llama
 
@@ -162,7 +163,7 @@ def test_sampled_draft_values_are_ranks_not_tokens():
     """A child's value is its rank's share of q, whichever token was drawn: what keeps the
     choice of children independent of the draws."""
     logp = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]).log()
-    drafts = SampledDrafts(1.0, generator=torch.Generator().manual_seed(1))
+    drafts = SampledDrafts(1.0, generator=torch.Generator().manual_seed(1), draft_temperature=1.0)
     for _ in range(20):
         log_rank, tok = drafts.draw(logp, 2, torch.tensor([4, 7]))
         assert torch.allclose(log_rank.exp(), torch.tensor([[0.5, 0.3], [0.8, 0.1]]))
@@ -172,6 +173,27 @@ def test_sampled_draft_values_are_ranks_not_tokens():
     drafts.draw(logp[0], 2, -1, ids)
     assert torch.allclose(drafts.q(-1, 32)[[10, 20, 30]], torch.tensor([0.5, 0.3, 0.2]))
     assert drafts.q(-1, 32).sum() == pytest.approx(1.0) and drafts.q(3, 32) is None
+
+
+def test_sampled_drafts_come_from_the_drafter_at_the_draft_temperature():
+    """q is the drafter's distribution at T × draft_temperature (sharper below 1): what is drawn
+    from, what the values rank and what acceptance divides by are that one q."""
+    logp = torch.tensor([0.5, 0.3, 0.2]).log()
+    sharp = torch.softmax(logp / (0.8 * 0.5), -1)
+    drafts = SampledDrafts(0.8, generator=torch.Generator().manual_seed(2), draft_temperature=0.5)
+    log_rank, _ = drafts.draw(logp, 2, -1)
+    assert torch.allclose(log_rank.exp(), sharp.topk(2).values) and torch.allclose(drafts.q(-1, 3), sharp)
+    assert SampledDrafts(1.0).draft_temperature == DRAFT_TEMPERATURE < 1
+    with pytest.raises(ValueError, match="draft_temperature"):
+        SampledDrafts(1.0, draft_temperature=0.0)
+    policy = build_policy("eagle2@dtemp=120@total=4")  # the registry option, in percent
+    policy.use_sampled_drafts(drafts)
+    assert policy.draft_temperature == 1.2 and drafts.draft_temperature == 1.2
+    policy.draft_temperature = -1
+    with pytest.raises(ValueError, match="draft_temperature must be > 0"):
+        policy.use_sampled_drafts(SampledDrafts(1.0))
+    with pytest.raises(ValueError, match="dtemp must be in 1..1000"):
+        build_policy("eagle2@dtemp=0")
 
 
 def _flat_latency():
