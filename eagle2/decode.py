@@ -276,7 +276,8 @@ def generate(
     layers = drafter.feature_layers if drafter is not None and policy.needs_drafter else None
     hidden, logits = target_forward(model, ids, cache, feature_layers=layers)
     first = sampler.choose(logits[-1])
-    sampled = {"drafts": "sampled", "draft_temperature": policy.drafts.draft_temperature} if policy.drafts is not None else {}
+    sampled = ({"drafts": "sampled", "draft_temperature": policy.drafts.draft_temperature}
+               if policy.drafts is not None else {})
     described = dict(policy.describe(), **sampled)
     result = GenerationResult(ids.tolist(), [], [], [], prefill_s=clock(device) - t_start, policy=described)
     run = Decoding(model, policy, drafter, sampler, Observers(observers), set(int(e) for e in eos_token_ids),
