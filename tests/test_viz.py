@@ -284,6 +284,9 @@ def test_sampled_drafts_are_labelled(trace):
     view = cycle_view(trace, 0)
     assert view.sampled_drafts and "sampled drafts" in policy_label(trace.meta)
     assert "drawn from the head (sampled drafts)" in hover_text(view.nodes[node.key], view)
+    assert "sampled drafts)" in policy_label(trace.meta)  # no draft temperature recorded: none shown
+    assert "sampled drafts at 0.9·T" in policy_label(dict(trace.meta, draft_temperature=0.9))
+    assert "sampled drafts)" in policy_label(dict(trace.meta, draft_temperature=1.0))
 
 
 def test_sampled_drafts_captions(trace):

@@ -300,7 +300,8 @@ def policy_label(meta: dict) -> str:
     if meta.get("lookup"):
         sizes.append(f"lookup={meta['lookup']}")
     if meta.get("drafts") == "sampled":
-        sizes.append("sampled drafts")
+        temp = meta.get("draft_temperature")  # drawn from the drafter at this share of T
+        sizes.append("sampled drafts" + (f" at {temp:g}·T" if isinstance(temp, (int, float)) and temp != 1 else ""))
     return f"{p} ({', '.join(sizes)})" if sizes else str(p)
 
 
