@@ -56,10 +56,7 @@ class Policy:
         where this policy keeps them exact and the user did not choose top-k drafts."""
         self.drafts = drafts if drafts is not None and self.can_sample_drafts and self.sampled_drafts else None
         if self.drafts is not None:
-            t = self.draft_temperature
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
-                raise ValueError(f"{self.name}: draft_temperature must be > 0, got {t!r}")
-            self.drafts.draft_temperature = float(t)
+            self.drafts.draft_temperature = self.draft_temperature  # checked there
 
     def propose(self, drafter, logp: torch.Tensor, k: int, parents) -> tuple[torch.Tensor, torch.Tensor]:
         """k children for each row of `logp` (their parents' pool ids, -1 = the root): the

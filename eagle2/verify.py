@@ -106,12 +106,21 @@ class SampledDrafts:
 
     def __init__(self, temperature: float, top_p: float = 1.0, top_k: int = 0,
                  generator: torch.Generator | None = None, draft_temperature: float = DRAFT_TEMPERATURE):
-        if not isinstance(draft_temperature, (int, float)) or not draft_temperature > 0:
-            raise ValueError(f"draft_temperature must be > 0, got {draft_temperature!r}")
         self.settings = (temperature, top_p, top_k)
         self.generator = generator
-        self.draft_temperature = draft_temperature  # q: the drafter's distribution at temperature × this
+        self.draft_temperature = draft_temperature
         self.begin()
+
+    @property
+    def draft_temperature(self) -> float:
+        """q is the drafter's distribution at the sampling temperature × this (a policy may set it)."""
+        return self._draft_temperature
+
+    @draft_temperature.setter
+    def draft_temperature(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"draft_temperature must be > 0, got {value!r}")
+        self._draft_temperature = float(value)
 
     def begin(self) -> None:
         """A new cycle (the decode loop calls it): forget the q rows, pool ids start again."""

@@ -301,7 +301,8 @@ def policy_label(meta: dict) -> str:
         sizes.append(f"lookup={meta['lookup']}")
     if meta.get("drafts") == "sampled":
         temp = meta.get("draft_temperature")  # drawn from the drafter at this share of T
-        sizes.append("sampled drafts" + (f" at {temp:g}·T" if isinstance(temp, (int, float)) and temp != 1 else ""))
+        shown = isinstance(temp, (int, float)) and temp != 1
+        sizes.append("sampled drafts" + (f" at {temp:g}·T" if shown else ""))
     return f"{p} ({', '.join(sizes)})" if sizes else str(p)
 
 
