@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import heapq
 import json
 import math
 import os
@@ -97,7 +98,6 @@ class LatencyModel:
             raise ValueError(f"latency sizes must be distinct and >= 1, got {self.sizes}")
         if any(not (s > 0) or math.isinf(s) for s in self.seconds):
             raise ValueError(f"latency times must be positive, got {self.seconds}")
-        self._knots: tuple[torch.Tensor, torch.Tensor] | None = None  # the knots as tensors, made once
 
     @classmethod
     def fit(cls, samples: dict[int, list[float]], meta: dict | None = None) -> "LatencyModel":
@@ -118,25 +118,13 @@ class LatencyModel:
         return cls(sizes, fitted, dict(meta or {}), {str(s): list(map(float, samples[s])) for s in sizes})
 
     def __call__(self, tokens: int | float) -> float:
-        """T at one size, in plain Python (the same line as `curve`)."""
+        """T at one size: linear between knots, the end slopes beyond."""
         xs, ys, t = self.sizes, self.seconds, float(tokens)
         if len(xs) == 1:
             return ys[0]
         i = min(max(bisect.bisect_left(xs, t), 1), len(xs) - 1)
         y = ys[i - 1] + (t - xs[i - 1]) * (ys[i] - ys[i - 1]) / (xs[i] - xs[i - 1])
         return max(y, ys[0] * 0.5)
-
-    def curve(self, tokens: torch.Tensor) -> torch.Tensor:
-        """T at each of `tokens` (float tensor): linear between knots, the end slopes beyond."""
-        if self._knots is None:
-            self._knots = (torch.tensor(self.sizes, dtype=torch.float64), torch.tensor(self.seconds, dtype=torch.float64))
-        xs, ys = self._knots
-        t = tokens.to(torch.float64)
-        if len(xs) == 1:
-            return ys.expand_as(t).clone()
-        i = torch.searchsorted(xs, t).clamp(1, len(xs) - 1)
-        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-        return (y0 + (t - x0) * (y1 - y0) / (x1 - x0)).clamp_min(float(ys[0]) * 0.5)
 
     @property
     def max_tokens(self) -> int:
@@ -301,15 +289,15 @@ class RatioOfSums:
         self.pairs: deque[tuple[float, float]] = deque(maxlen=window)
         self.initial, self.min_samples, self.lo, self.hi = initial, min_samples, lo, hi
 
+        self.value = initial  # recomputed on each add: read several times a cycle
+
     def add(self, a: float, b: float) -> None:
         self.pairs.append((float(a), float(b)))
-
-    @property
-    def value(self) -> float:
         den = sum(b for _, b in self.pairs)
         if len(self.pairs) < self.min_samples or den <= 0:
-            return self.initial
-        return min(self.hi, max(self.lo, sum(a for a, _ in self.pairs) / den))
+            self.value = self.initial
+        else:
+            self.value = min(self.hi, max(self.lo, sum(a for a, _ in self.pairs) / den))
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -336,6 +324,7 @@ class AutoEagle2(Eagle2):
             raise ValueError(f"max_nodes must be an int >= 0, got {max_nodes!r}")
         self.latency = latency
         self.max_nodes = min(cap, ceiling)
+        self._verify_s = [latency(n + 1) for n in range(self.max_nodes + 1)]  # calibrated T(n + 1), n drafts
         self.dynamic_depth = dynamic_depth
         self.explore_every = explore_every  # take one step anyway after this many cycles without
         self.cycles_since_step = 0  # (keeps the step-time estimate fresh when it says "stop")
@@ -400,52 +389,75 @@ class AutoEagle2(Eagle2):
     def value_scale(self) -> float:
         return self.accept.value if self.calibrate_values else 1.0
 
-    def verify_time(self, nodes: torch.Tensor) -> torch.Tensor:
-        """Predicted verify seconds for trees of `nodes` drafts (plus the root)."""
-        return self.verify_scale * self.latency.curve(nodes.to(torch.float64) + 1)
+    def _expected_and_cost(self, log_values, draft_s: float) -> tuple[list[float], list[float]]:
+        """Expected tokens 1 + a * (sum of the n largest values) for keeping n = 0, 1, ... of
+        the candidates (the most valuable first), and the cycle's seconds for n = 0, 1, ...,
+        max_nodes. Plain
+        Python over a list: a few dozen values, asked once or twice per drafter step, where
+        tensor ops on the host would cost more than the arithmetic (about 1 ms a cycle)."""
+        values = log_values.tolist() if isinstance(log_values, torch.Tensor) else list(log_values)
+        a, s, fixed = self.value_scale, self.verify_scale, draft_s + self.overhead_s
+        expected = [1.0]
+        for v in heapq.nlargest(self.max_nodes, values):
+            expected.append(expected[-1] + a * math.exp(v))
+        cost = [fixed + s * t for t in self._verify_s]  # verify T(n + 1): n drafts and the root, n <= max_nodes
+        return expected, cost
 
-    def rates(self, log_values, draft_s: float) -> torch.Tensor:
+    def rates(self, log_values, draft_s: float) -> list[float]:
         """Expected tokens per second for keeping n = 0, 1, ..., max_nodes of the candidates."""
-        lv = torch.as_tensor(log_values, dtype=torch.float64).reshape(-1).cpu()
-        k = min(self.max_nodes, lv.numel())
-        best = torch.topk(lv, k).values.exp() if k else lv[:0]
-        expected = torch.cat([torch.ones(1, dtype=torch.float64), 1 + self.value_scale * best.cumsum(0)])
-        n = torch.arange(k + 1, dtype=torch.float64)
-        cost = draft_s + self.overhead_s + self.verify_time(n)
-        return expected / cost
+        expected, cost = self._expected_and_cost(log_values, draft_s)
+        return [e / c for e, c in zip(expected, cost)]
 
     def choose_nodes(self, log_values, draft_s: float) -> int:
         """n* = argmax_n (1 + a * sum of the n largest values) / (draft + overhead + verify(n)).
-        With sampled drafts, the first n whose next node would not raise the rate: then keeping
-        the n-th best node depends only on the n best values (verify.SampledDrafts)."""
-        rates = self.rates(log_values, draft_s)
+
+        With sampled drafts, keeping the n-th best node may depend only on the n best values
+        (verify.SampledDrafts), so the size is chosen node by node: the n-th is kept while
+        nodes worth as much as it (those after it are worth no more) could still beat the best
+        rate so far. Not simply "while the rate rises": a CPU's verify cost jumps from one token
+        to two and is nearly flat up to four, so the rate can fall at the first node and rise
+        past where it started by the third."""
+        expected, cost = self._expected_and_cost(log_values, draft_s)
+        rates = [e / c for e, c in zip(expected, cost)]
         if self.drafts is None:
-            return int(torch.argmax(rates))  # first maximum: the smaller tree
-        falls = torch.nonzero(rates[1:] <= rates[:-1])
-        return int(falls[0, 0]) if falls.numel() else rates.numel() - 1
+            return max(range(len(rates)), key=rates.__getitem__)  # the first maximum: the smaller tree
+        top, best, keep = self.max_nodes, rates[0], 0  # max_nodes, not the candidates there are (their
+        knots = [size - 1 for size in self.latency.sizes]  # number can depend on draws); cost is linear between knots
+        for n in range(1, len(rates)):
+            worth = expected[n] - expected[n - 1]  # a * the n-th value
+            # nodes n .. m, each worth `worth`: on each linear piece of the cost the rate (linear /
+            # linear) is monotone in m, so its best is at m = n, m = max_nodes or a knot
+            ends = {n, top, *(k for k in knots if n < k < top)}
+            if max((expected[n - 1] + (m - n + 1) * worth) / cost[m] for m in ends) <= best:
+                break
+            keep, best = n, max(best, rates[n])
+        return keep
 
     def should_stop(self, pool: CandidatePool, frontier: torch.Tensor, elapsed: float) -> bool:
         """Before a drafter step: can the next level, born of `frontier`, still raise the best
-        rate? (module doc)"""
-        values = torch.cat([pool.log_value.double().cpu(), torch.tensor(self._copy_log_values, dtype=torch.float64)])
-        frontier_values = pool.log_value[frontier].double().cpu()
+        rate? (module doc) One host copy brings the pool's values and the frontier's."""
+        lv = pool.log_value
+        host = torch.cat([lv, lv.index_select(0, frontier.to(lv.device))]).tolist()
+        values, frontier_values = host[:len(pool)] + self._copy_log_values, host[len(pool):]
         if self.drafts is not None:  # sampled drafts: decide from the frontier's best and what is worth more
-            best = frontier_values.max()
-            values, frontier_values = values[values >= best], best.reshape(1)
-        gain = self.value_scale * self.step_mass * float(frontier_values.exp().sum())
-        return gain / self.step_s <= float(self.rates(values, elapsed).max())
+            best = max(frontier_values)
+            values, frontier_values = [v for v in values if v >= best], [best]
+        gain = self.value_scale * self.step_mass * sum(math.exp(v) for v in frontier_values)
+        return gain / self.step_s <= max(self.rates(values, elapsed))
 
     def _learn_step_mass(self, pool: CandidatePool) -> None:
         """q: per level, (value of the new children) / (value of the frontier that bore them)."""
         if pool.max_depth < 2:
             return
-        v = pool.log_value.double().exp()
-        level = [v[pool.depth == d] for d in range(1, pool.max_depth + 1)]
-        parents = torch.stack([torch.topk(x, min(self.top_k, x.numel())).values.sum() for x in level[:-1]])
-        children = torch.stack([x.sum() for x in level[1:]])
-        for p, c in zip(parents.tolist(), children.tolist()):
-            if p > 0:
-                self.mass.add(min(1.0, c / p))
+        n = len(pool)
+        host = torch.cat([pool.log_value.double(), pool.depth.double()]).tolist()  # one host copy
+        level: list[list[float]] = [[] for _ in range(pool.max_depth + 1)]
+        for v, d in zip(host[:n], host[n:]):
+            level[int(d)].append(math.exp(v))
+        for d in range(1, pool.max_depth):
+            parents, children = sum(heapq.nlargest(self.top_k, level[d])), sum(level[d + 1])
+            if parents > 0:
+                self.mass.add(min(1.0, children / parents))
 
     # ---- Eagle2 hooks ----------------------------------------------------------------------
     def expand(self, root_logprobs, drafter, pool: CandidatePool, observer, cycle) -> None:
@@ -504,10 +516,13 @@ class AutoEagle2(Eagle2):
         """The value scale a (accepted drafts against the values the kept nodes promised, on
         drafted-only paths), the copied chains' acceptance, the verify load factor and the
         rest of the cycle's time."""
-        self.accept.add(*drafted_outcome(tree, self._pool, verdict.path))
         if self.copier:
+            self.accept.add(*drafted_outcome(tree, self._pool, verdict.path))
             self.copier.learn(verdict.accepted)
             self.copier.extend(tokens)
+        else:  # every node was drafted
+            promised = float(tree.log_values[1:].double().exp().sum()) if tree.size else 0.0
+            self.accept.add(len(verdict.path) - 1, promised)
         predicted = self.latency(self._nodes + 1)
         if predicted > 0:
             self.load.add(min(5.0, max(0.2, timings.verify_s / predicted)))

@@ -11,7 +11,7 @@ import eagle2
 from eagle2.autotree import AutoEagle2, LatencyModel, RatioOfSums, Rolling, calibrate, load_or_calibrate
 from eagle2.trace import Timings
 from eagle2.tree import CandidatePool, DraftTree
-from eagle2.verify import Verdict
+from eagle2.verify import SampledDrafts, Verdict
 
 
 def flat(ms=10.0):
@@ -132,6 +132,43 @@ def test_ratio_of_sums():
     assert r.value == pytest.approx(0.1)  # clipped
 
 
+def jump():
+    """A CPU's verify cost: a jump from one token to two, nearly flat to four, steep after."""
+    return LatencyModel([1, 2, 4, 8, 64], [0.030, 0.035, 0.036, 0.045, 0.2])
+
+
+def sampling(policy: AutoEagle2) -> AutoEagle2:
+    policy.use_sampled_drafts(SampledDrafts(1.0))
+    return policy
+
+
+def test_sampled_drafts_look_past_a_first_node_that_does_not_pay():
+    """The rate falls at the first node (the jump) and rises past where it started by the
+    third: the node-by-node rule for sampled drafts keeps going, as the best size does."""
+    p = sampling(AutoEagle2(jump()))
+    values = [0.1, 0.1, 0.1, 0.02, 0.01]
+    rates = p.rates(log_values(values), 0.004)
+    assert rates[1] < rates[0] < rates[3]
+    assert p.choose_nodes(log_values(values), 0.004) == 3 == brute_force(p, values, 0.004)
+    assert p.choose_nodes(log_values([0.01] * 6), 0.004) == 0  # worthless drafts still give no tree
+
+
+def test_sampled_drafts_keep_a_node_by_the_better_values_only():
+    """Exactness (verify.SampledDrafts): whether the n-th best node is kept may depend on the
+    n best values only, never on the values below it (its own draws decide those)."""
+    gen = torch.Generator().manual_seed(0)
+    p = sampling(AutoEagle2(jump()))
+    for _ in range(300):
+        scale = float(torch.rand((), generator=gen)) * 0.5  # often too little for the first node alone
+        values = sorted((torch.rand(12, generator=gen).pow(2) * scale).tolist(), reverse=True)
+        n = p.choose_nodes(log_values(values), 0.004)
+        for j in range(1, min(n + 2, len(values) + 1)):  # the kept ones, and the first one dropped
+            for tail in ([1e-9] * (12 - j), [values[j - 1]] * (12 - j),  # any values below the j-th
+                         (torch.rand(12 - j, generator=gen) * values[j - 1]).tolist()):
+                other = p.choose_nodes(log_values(values[:j] + tail), 0.004)
+                assert (other >= j) == (n >= j), (values, j, n, other)
+
+
 def test_worthless_drafts_give_an_empty_tree():
     p = AutoEagle2(steep())
     assert p.choose_nodes(log_values([1e-6] * 20), 0.0) == 0
@@ -175,7 +212,7 @@ def test_stop_rule_matches_its_bound():
     for fv in (0.01, 0.05, 0.1, 0.3, 0.6, 0.85):
         pool = pool_with_levels(fv)
         frontier = fv + 3 * 0.9e-3  # the depth-2 level: top_k = 4 values, step_mass q = 1 (nothing learnt)
-        best = float(p.rates(pool.log_value, 0.004).max())
+        best = max(p.rates(pool.log_value, 0.004))
         assert p.should_stop(pool, LEVEL2, 0.004) == (frontier / 0.003 <= best)
 
 

@@ -203,7 +203,10 @@ def _flat_latency():
 def _policies():
     top_k = Eagle2(top_k=2, depth=2, total_tokens=4)
     top_k.sampled_drafts = False
-    auto = AutoEagle2(_flat_latency(), top_k=2, depth=3, calibrate_values=False)
+    # a CPU-like verify cost (a jump from one token to two, then flatter), so that the auto size
+    # both keeps and drops sampled drafts node by node
+    auto = AutoEagle2(LatencyModel([1, 2, 4, 64], [0.010, 0.013, 0.0135, 0.05]), top_k=2, depth=3,
+                      calibrate_values=False)
     auto.step.add(0.001)  # a step estimate, so the stop rule is live from the first cycle
     return {"eagle2": Eagle2(top_k=2, depth=2, total_tokens=4), "eagle2-topk": top_k, "auto": auto,
             "chain": Chain(depth=2), "eagle1": Eagle1([(0,), (1,), (0, 0), (0, 1), (1, 0)])}
