@@ -22,6 +22,13 @@ acceptance, cache compaction), s a load factor (actual / calibrated verify time,
 machine shifts the choice); O, s and c below are rolling medians learnt online. n = 0 (verify
 the root alone) is allowed: when drafts are worthless, the cycle degenerates to plain decoding.
 
+With sampled drafts (T > 0, verify.SampledDrafts) keeping the n-th best node may depend only on
+v_1 ... v_n, never on the values below it (its own draw decides those), so n is chosen node by
+node: the n-th is kept while nodes worth v_n (those after it are worth no more) could still
+beat the best rate so far, max over m >= n of (E(n-1) + (m-n+1) a v_n) / C(m). Not "stop where
+the rate first falls": on a CPU T jumps from one token to two and is nearly flat up to four, so
+the rate can fall at the first node and rise past where it started by the third.
+
 Draft probabilities are usually over-confident as acceptance estimates (the calibration plot of
 the app shows by how much), so `a` = accepted drafts / sum of the kept values over the recent
 cycles (learnt from what the decode loop tells the policy after each verification; 1 until 8
