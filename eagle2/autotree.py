@@ -295,7 +295,6 @@ class RatioOfSums:
                  hi: float = 2.0):
         self.pairs: deque[tuple[float, float]] = deque(maxlen=window)
         self.initial, self.min_samples, self.lo, self.hi = initial, min_samples, lo, hi
-
         self.value = initial  # recomputed on each add: read several times a cycle
 
     def add(self, a: float, b: float) -> None:
@@ -399,9 +398,8 @@ class AutoEagle2(Eagle2):
     def _expected_and_cost(self, log_values, draft_s: float) -> tuple[list[float], list[float]]:
         """Expected tokens 1 + a * (sum of the n largest values) for keeping n = 0, 1, ... of
         the candidates (the most valuable first), and the cycle's seconds for n = 0, 1, ...,
-        max_nodes. Plain
-        Python over a list: a few dozen values, asked once or twice per drafter step, where
-        tensor ops on the host would cost more than the arithmetic (about 1 ms a cycle)."""
+        max_nodes. Plain Python over a list: a few dozen values, asked once or twice per drafter
+        step, where tensor ops on the host would cost more than the arithmetic (~1 ms a cycle)."""
         values = log_values.tolist() if isinstance(log_values, torch.Tensor) else list(log_values)
         a, s, fixed = self.value_scale, self.verify_scale, draft_s + self.overhead_s
         expected = [1.0]
@@ -428,8 +426,10 @@ class AutoEagle2(Eagle2):
         rates = [e / c for e, c in zip(expected, cost)]
         if self.drafts is None:
             return max(range(len(rates)), key=rates.__getitem__)  # the first maximum: the smaller tree
-        top, best, keep = self.max_nodes, rates[0], 0  # max_nodes, not the candidates there are (their
-        knots = [size - 1 for size in self.latency.sizes]  # number can depend on draws); cost is linear between knots
+        # look as far as max_nodes, not as far as the candidates there are (how many there are can
+        # depend on draws); the cost is linear in n between the latency curve's knots
+        top, best, keep = self.max_nodes, rates[0], 0
+        knots = [size - 1 for size in self.latency.sizes]
         for n in range(1, len(rates)):
             worth = expected[n] - expected[n - 1]  # a * the n-th value
             # nodes n .. m, each worth `worth`: on each linear piece of the cost the rate (linear /
