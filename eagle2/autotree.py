@@ -523,25 +523,24 @@ class AutoEagle2(Eagle2):
         """The value scale a (accepted drafts against the values the kept nodes promised, on
         drafted-only paths), the copied chains' acceptance, the verify load factor and the
         rest of the cycle's time."""
+        self.accept.add(*drafted_outcome(tree, self._pool, verdict.path, copies=self.copier is not None))
         if self.copier:
-            self.accept.add(*drafted_outcome(tree, self._pool, verdict.path))
             self.copier.learn(verdict.accepted)
             self.copier.extend(tokens)
-        else:  # every node was drafted
-            promised = float(tree.log_values[1:].double().exp().sum()) if tree.size else 0.0
-            self.accept.add(len(verdict.path) - 1, promised)
         predicted = self.latency(self._nodes + 1)
         if predicted > 0:
             self.load.add(min(5.0, max(0.2, timings.verify_s / predicted)))
         self.overhead.add(max(0.0, timings.draft_s - self._expand_s) + timings.update_s)
 
 
-def drafted_outcome(tree: DraftTree, pool: CandidatePool, path: list[int]) -> tuple[int, float]:
+def drafted_outcome(tree: DraftTree, pool: CandidatePool, path: list[int], copies: bool = True) -> tuple[int, float]:
     """(accepted nodes, sum of kept values) over the nodes whose whole path the drafter
     proposed: copied tokens (whose confidences are divided by the value scale) must not feed
-    back into it."""
+    back into it. copies=False (no prompt lookup): every node was drafted, one host copy."""
     if not tree.size:
         return 0, 0.0
+    if not copies:
+        return len(path) - 1, float(tree.log_values[1:].double().exp().sum())
     copied = pool.source[tree.candidates.clamp_min(0)] != SOURCES.index("draft")
     copied[0] = False
     drafted = ~(tree.ancestor_matrix() & copied[None, :]).any(dim=-1)  # no copied node on the path

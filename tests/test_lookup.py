@@ -201,3 +201,5 @@ def test_value_scale_is_learnt_on_drafted_nodes_only():
     assert drafted_outcome(tree, pool, [0, 1, 3]) == (0, pytest.approx(0.2))
     assert drafted_outcome(tree, pool, [0, 2]) == (1, pytest.approx(0.2))
     assert drafted_outcome(tree, pool, [0]) == (0, pytest.approx(0.2))
+    every_value = tree.log_values[1:].exp().sum().item()  # without prompt lookup every node was drafted
+    assert drafted_outcome(tree, pool, [0, 2], copies=False) == (1, pytest.approx(every_value))
