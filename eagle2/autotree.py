@@ -5,7 +5,7 @@ the machine: on a GPU a 60-token verify costs about what a 1-token one does, on 
 cost several times more. `AutoEagle2` measures this instead of guessing.
 
 Calibration (once per machine + model + dtype, cached as JSON under `cache_dir()/latency/`):
-a few timed target forwards of n = 1, 2, 4, ..., 64 tree tokens after a realistic prefix,
+a few timed target forwards of n = 1, 2, 3, ..., 16, 20, ..., 64 tree tokens after a realistic prefix,
 through the same code path as verification (`decode.target_forward` with a tree mask). The
 fastest time per size, made non-decreasing, gives the knots of a piecewise-linear latency
 curve T(n).
@@ -39,20 +39,24 @@ join the candidates before the choice, with their measured acceptance rates as c
 the same rule decides how many copied and drafted tokens are worth verifying.
 
 Dynamic depth. Before each drafter step (cost c, learnt online) the frontier F holds the
-top_k nodes of the deepest level. The step creates their children, whose values sum to at
-most V_F = sum of v_f over F (a child's value is its parent's times a probability, and each
-parent's children's probabilities sum to at most 1). Every later step adds at most as much
-again (its parents are some of these children). Ignoring the extra verify time those nodes
-would cost (which only flatters the step), any number j of further steps gives a rate of at
-most
+top_k nodes of the deepest level. The step creates their children, whose values sum to about
+q v_f for each parent f, where q is the share of its frontier's value that one step's children
+actually carry (learnt online). The step is judged at its most favourable: each parent's share
+in a single child (the fewest new nodes to verify for that value). We stop when even then the
+best rate over the candidates plus those children, with c more drafting, is no better than the
+best rate now, R* = max_m E(m) / C(m). Each new node is charged its verify time: on a CPU, where
+every verified token costs about a millisecond, that is most of a node's price. One step ahead
+only: a later step's children are worth at most q times their parents and cost as much again.
 
-    max_m (E(m) + j G) / (C(m) + j c)  <=  max(R*, G / c),     R* = max_m E(m) / C(m),
+With sampled drafts the rule may look at the frontier's best node only (exactness, as for the
+size), which would price a level at a fraction of its worth; there the bound stays that leaves
+the verify time out: the children's values sum to at most V_F = sum of v_f over F, every later
+step adds at most as much again, and any number j of steps gives a rate of at most
 
-because a mediant never exceeds the larger of its two ratios. So no run of further steps can
-beat what we already have when G / c <= R*, and we stop. We use G = a q V_F, where q is the
-share of its frontier's value that one step's children actually carry (learnt online): an
-expectation rather than the bound, which a = q = 1 gives back (it never stops a step that
-could pay, by the draft's own estimates).
+    max_m (E(m) + j G) / (C(m) + j c)  <=  max(R*, G / c)
+
+(a mediant never exceeds the larger of its two ratios), so we stop when G / c <= R*, with
+G = a q v_best (a = q = 1 and all of F would give back the bound itself).
 """
 
 from __future__ import annotations
@@ -79,7 +83,11 @@ from .trace import ExpansionStep, Timings
 from .tree import SOURCES, CandidatePool, DraftTree, max_candidates
 from .verify import Verdict
 
-CALIBRATION_SIZES = (1, 2, 4, 8, 16, 32, 48, 64)
+# Every size up to 16, then coarser: the matrix kernels work on blocks of rows, so the verify time
+# steps where a block fills (FBGEMM's fp16 kernel on AVX2 takes 6 rows a pass: 7 tokens cost a
+# second pass over every weight, ~1.3x the cost of 6), and a curve through 1, 2, 4, 8 would
+# smooth the step over and misprice the small trees a CPU keeps.
+CALIBRATION_SIZES = (*range(1, 17), 20, 24, 32, 48, 64)
 CALIBRATION_SCHEMA = "eagle2-latency/1"
 DEFAULT_PREFIX = 256  # ~ an MT-bench prompt with its template plus half an answer
 AUTO_DEFAULT_DEPTH = 8  # a ceiling: dynamic depth usually stops earlier
@@ -441,16 +449,23 @@ class AutoEagle2(Eagle2):
         return keep
 
     def should_stop(self, pool: CandidatePool, frontier: torch.Tensor, elapsed: float) -> bool:
-        """Before a drafter step: can the next level, born of `frontier`, still raise the best
-        rate? (module doc) One host copy brings the pool's values and the frontier's."""
+        """Before a drafter step: would the next level, born of `frontier`, raise the best rate,
+        its new nodes paying their verify time? With sampled drafts: could it, by the bound that
+        leaves their verify time out? (module doc) One host copy brings the pool's values and
+        the frontier's."""
         lv = pool.log_value
         host = torch.cat([lv, lv.index_select(0, frontier.to(lv.device))]).tolist()
         values, frontier_values = host[:len(pool)] + self._copy_log_values, host[len(pool):]
         if self.drafts is not None:  # sampled drafts: decide from the frontier's best and what is worth more
             best = max(frontier_values)
             values, frontier_values = [v for v in values if v >= best], [best]
-        gain = self.value_scale * self.step_mass * sum(math.exp(v) for v in frontier_values)
-        return gain / self.step_s <= max(self.rates(values, elapsed))
+        now = max(self.rates(values, elapsed))
+        if self.drafts is not None:  # the bound: one frontier node stands for its level here
+            gain = self.value_scale * self.step_mass * math.exp(frontier_values[0])
+            return gain / self.step_s <= now
+        log_q = math.log(max(self.step_mass, 1e-12))
+        children = [v + log_q for v in frontier_values]  # each parent's share in one child
+        return max(self.rates(values + children, elapsed + self.step_s)) <= now
 
     def _learn_step_mass(self, pool: CandidatePool) -> None:
         """q: per level, (value of the new children) / (value of the frontier that bore them)."""

@@ -204,16 +204,51 @@ def test_stop_when_the_next_level_cannot_pay():
     assert slow.should_stop(pool_with_levels(0.8), LEVEL2, elapsed=0.004)
 
 
-def test_stop_rule_matches_its_bound():
-    """Stop exactly when the frontier's value per second of drafting is no better than the best rate."""
+def test_stop_rule_prices_the_next_level_with_its_verify_time():
+    """Top-k drafts: stop exactly when the candidates plus one child per frontier node worth q
+    times its parent, with one more step of drafting, give no better rate than the pool now."""
     p = AutoEagle2(steep(per_token_ms=0.3))
+    for _ in range(5):
+        p.step.add(0.003)
+    p.mass.add(0.5)  # q
+    for fv in (0.01, 0.05, 0.1, 0.3, 0.6, 0.85):
+        pool = pool_with_levels(fv)
+        values = pool.log_value.tolist()
+        children = [v + math.log(0.5) for v in values[4:]]  # the frontier: the depth-2 level
+        after = max(p.rates(values + children, 0.004 + 0.003))
+        assert p.should_stop(pool, LEVEL2, 0.004) == (after <= max(p.rates(values, 0.004)))
+
+
+def test_a_level_that_cannot_pay_its_verify_time_is_not_drafted():
+    """A frontier worth drafting by value per second of drafting alone, whose children would
+    cost a verify time no value of theirs repays: the bound (verify time left out) goes on,
+    the rule stops."""
+    p = AutoEagle2(steep(per_token_ms=20.0))  # every verified token: 20 ms; a step: 1 ms
+    for _ in range(5):
+        p.step.add(0.001)
+    pool = pool_with_levels(0.3)
+    values = pool.log_value.tolist()
+    bound_gain = p.value_scale * p.step_mass * sum(math.exp(v) for v in values[4:])
+    assert bound_gain / p.step_s > max(p.rates(values, 0.004))  # the bound would take the step
+    assert p.should_stop(pool, LEVEL2, 0.004)
+    cheap = AutoEagle2(steep(per_token_ms=0.1))  # the same level on a nearly flat curve pays
+    for _ in range(5):
+        cheap.step.add(0.001)
+    assert not cheap.should_stop(pool, LEVEL2, 0.004)
+
+
+def test_stop_rule_with_sampled_drafts_matches_its_bound():
+    """Sampled drafts: the frontier's best node only (exactness); stop when its value per second
+    of drafting is no better than the best rate over the values at least as high."""
+    p = AutoEagle2(steep(per_token_ms=0.3))
+    p.use_sampled_drafts(SampledDrafts(1.0))
     for _ in range(5):
         p.step.add(0.003)
     for fv in (0.01, 0.05, 0.1, 0.3, 0.6, 0.85):
         pool = pool_with_levels(fv)
-        frontier = fv + 3 * 0.9e-3  # the depth-2 level: top_k = 4 values, step_mass q = 1 (nothing learnt)
-        best = max(p.rates(pool.log_value, 0.004))
-        assert p.should_stop(pool, LEVEL2, 0.004) == (frontier / 0.003 <= best)
+        values = [v for v in pool.log_value.tolist() if v >= math.log(fv) - 1e-5]
+        best = max(p.rates(values, 0.004))
+        assert p.should_stop(pool, LEVEL2, 0.004) == (fv / 0.003 <= best)  # q = 1: nothing learnt
 
 
 def test_rolling_median_skips_warmup():
