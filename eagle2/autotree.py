@@ -45,7 +45,7 @@ actually carry (learnt online). The step is judged at its most favourable: each 
 in a single child (the fewest new nodes to verify for that value). We stop when even then the
 best rate over the candidates plus those children, with c more drafting, is no better than the
 best rate now, R* = max_m E(m) / C(m). Each new node is charged its verify time: on a CPU, where
-every verified token costs about a millisecond, that is most of a node's price. One step ahead
+every verified token costs a millisecond or more, that is most of a node's price. One step ahead
 only: a later step's children are worth at most q times their parents and cost as much again.
 
 With sampled drafts the rule may look at the frontier's best node only (exactness, as for the
@@ -85,7 +85,7 @@ from .verify import Verdict
 
 # Every size up to 16, then coarser: the matrix kernels work on blocks of rows, so the verify time
 # steps where a block fills (FBGEMM's fp16 kernel on AVX2 takes 6 rows a pass: 7 tokens cost a
-# second pass over every weight, ~1.3x the cost of 6), and a curve through 1, 2, 4, 8 would
+# second pass over every weight, ~1.2x the cost of 6), and a curve through 1, 2, 4, 8 would
 # smooth the step over and misprice the small trees a CPU keeps.
 CALIBRATION_SIZES = (*range(1, 17), 20, 24, 32, 48, 64)
 CALIBRATION_SCHEMA = "eagle2-latency/1"
