@@ -456,13 +456,11 @@ class AutoEagle2(Eagle2):
         lv = pool.log_value
         host = torch.cat([lv, lv.index_select(0, frontier.to(lv.device))]).tolist()
         values, frontier_values = host[:len(pool)] + self._copy_log_values, host[len(pool):]
-        if self.drafts is not None:  # sampled drafts: decide from the frontier's best and what is worth more
+        if self.drafts is not None:  # sampled drafts: the bound, from the frontier's best and what is worth more
             best = max(frontier_values)
-            values, frontier_values = [v for v in values if v >= best], [best]
+            now = max(self.rates([v for v in values if v >= best], elapsed))
+            return self.value_scale * self.step_mass * math.exp(best) / self.step_s <= now
         now = max(self.rates(values, elapsed))
-        if self.drafts is not None:  # the bound: one frontier node stands for its level here
-            gain = self.value_scale * self.step_mass * math.exp(frontier_values[0])
-            return gain / self.step_s <= now
         log_q = math.log(max(self.step_mass, 1e-12))
         children = [v + log_q for v in frontier_values]  # each parent's share in one child
         return max(self.rates(values + children, elapsed + self.step_s)) <= now
