@@ -364,11 +364,12 @@ def eagle3_losses(preds, feats, valid, head, rows: ReducedLMHead, ce_frac: float
     return parts, wsum
 
 
-def draft_top1(head, hidden: torch.Tensor, lm_head) -> torch.Tensor:
-    """The target token id each predicted hidden state would draft first."""
+def draft_logits(head, hidden: torch.Tensor, lm_head) -> torch.Tensor:
+    """The logits a predicted hidden state drafts from (fp32): the target's lm_head for an EAGLE-1
+    head, the head's own draft-vocabulary lm_head for an EAGLE-3 one (columns = `head.draft_ids`)."""
     if head.kind == "eagle3":
-        return head.draft_ids[head.draft_logits(hidden.to(head.lm_head.weight.dtype)).argmax(-1)]
-    return lm_head(hidden.to(lm_head.weight.dtype)).argmax(-1)
+        return head.draft_logits(hidden.to(head.lm_head.weight.dtype)).float()
+    return lm_head(hidden.to(lm_head.weight.dtype)).float()
 
 
 def combine(parts, wsum: float, ce_weight: float):
@@ -407,26 +408,25 @@ def evaluate(head, data: FeatureData, idx: list[int], target, args, ac: bool,
                 if not m.any():
                     continue
                 pm, lab = p[m], labels[m]
-                for c in range(0, pm.shape[0], 4096):
+                for c in range(0, pm.shape[0], 4096):  # one lm_head product per chunk serves every figure
                     chunk, lab_c = pm[c:c + 4096], lab[c:c + 4096]
-                    correct[k - 1] += int((draft_top1(head, chunk, lm_head) == lab_c).sum())
+                    logits = draft_logits(head, chunk, lm_head)
+                    top1 = head.draft_ids[logits.argmax(-1)] if eagle3 else logits.argmax(-1)
+                    correct[k - 1] += int((top1 == lab_c).sum())
                     if ids is not None:
-                        logits = lm_head(chunk.to(lm_head.weight.dtype)).float()
                         correct_rows[k - 1] += int((ids[logits[:, ids].argmax(-1)] == lab_c).sum())
-                count[k - 1] += int(m.sum())
-                if k == 1:  # step-1 losses: CE against the target's top-1, feature loss (EAGLE-1)
-                    for c in range(0, pm.shape[0], 4096):
-                        chunk, lab_c = pm[c:c + 4096], lab[c:c + 4096]
+                    if k == 1:  # step-1 CE against the target's top-1
                         if eagle3:
-                            lp = torch.log_softmax(head.draft_logits(chunk.to(head.lm_head.weight.dtype)).float(), -1)
+                            lp = torch.log_softmax(logits, -1)
                             pos = torch.searchsorted(head.draft_ids, lab_c).clamp(max=head.draft_vocab_size - 1)
                             hit = head.draft_ids[pos] == lab_c
                             cl += float(-lp[hit].gather(1, pos[hit][:, None]).sum())  # labels it can draft
                             ncl += int(hit.sum())
                         else:
-                            logits = lm_head(chunk.to(lm_head.weight.dtype)).float()
                             cl += float(F.cross_entropy(logits, lab_c, reduction="sum"))
                             ncl += lab_c.numel()
+                count[k - 1] += int(m.sum())
+                if k == 1:  # step-1 feature loss (EAGLE-1)
                     if not eagle3:
                         vl += float(F.smooth_l1_loss(pm.float(), target_f, reduction="sum")) / feats.shape[-1]
                     nl += int(m.sum())
