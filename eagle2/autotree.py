@@ -76,7 +76,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .models import clock, output_device
-from .packed import has_packed_weights
+from .packed import has_packed_weights, has_shared_products
 from .precision import machine_info
 from .policies import Eagle2, check_lookup
 from .trace import ExpansionStep, Timings
@@ -171,6 +171,8 @@ def calibration_key(model, device: torch.device, dtype: torch.dtype, prefix_len:
         "vocab": getattr(cfg, "vocab_size", 0), "dtype": str(dtype), "prefix": prefix_len, "sizes": list(sizes),
         "fp16_weights": has_packed_weights(model),
     }
+    if has_shared_products(model):  # keys of earlier curves stay valid for the layout they timed
+        ident["fp16_shared_products"] = True
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -15,6 +15,11 @@ fp32 parameters (`weight` stays the same tensor, so tied embeddings, shapes and 
 vocabulary's rows still read it); the packed copy is what the forward multiplies with. Weights
 are rounded to fp16 once, like `--dtype bfloat16` rounds them to bf16 (fp16 keeps 3 more
 mantissa bits).
+
+Sibling layers that read the same input (an attention's q/k/v projections, an MLP's gate/up
+projections) share one packed product over their stacked weights: one FBGEMM call instead of
+three or two, with the same numbers (each output column is the same dot product), and the
+transformers modules left as they are (`SharedInputProduct`).
 """
 
 from __future__ import annotations
@@ -55,6 +60,37 @@ def packed_linear(x: torch.Tensor, packed) -> torch.Tensor:
     return torch.ops.quantized.linear_dynamic_fp16(x, packed)
 
 
+class SharedInputProduct:
+    """One packed product for sibling layers that read the same input (q/k/v, gate/up).
+
+    The module code calls each sibling in turn with the same tensor; the first call multiplies x
+    by the stacked weights and keeps the other siblings' slices until they ask for them with that
+    same tensor object. A call with any other input, or a second call for a slice already handed
+    out, multiplies again, so a caller that does not follow the pattern gets correct (only not
+    cheaper) results.
+    """
+
+    def __init__(self, layers: list["Fp16WeightLinear"]):
+        biases = [l.bias for l in layers]
+        bias = None
+        if any(b is not None for b in biases):
+            bias = torch.cat([b.detach().float() if b is not None else torch.zeros(l.out_features)
+                              for b, l in zip(biases, layers)])
+        self.packed = prepack(torch.cat([l.weight.detach().float() for l in layers]), bias)
+        self.sizes = [l.out_features for l in layers]
+        self._input: torch.Tensor | None = None
+        self._outputs: list[torch.Tensor | None] = []
+
+    def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if x is not self._input or self._outputs[index] is None:
+            self._outputs = list(packed_linear(x, self.packed).split(self.sizes, dim=-1))
+            self._input = x
+        out, self._outputs[index] = self._outputs[index], None
+        if all(o is None for o in self._outputs):
+            self._input, self._outputs = None, []  # every sibling served: hold no tensors
+        return out
+
+
 class Fp16WeightLinear(nn.Module):
     """An nn.Linear whose forward multiplies with an fp16 copy of its weight packed for FBGEMM.
     `weight` and `bias` stay the original parameters: read by whoever needs rows or shapes, and
@@ -66,20 +102,46 @@ class Fp16WeightLinear(nn.Module):
         self.weight = linear.weight
         self.bias = linear.bias
         self.packed = prepack(linear.weight, linear.bias)
+        self.shared: tuple[SharedInputProduct, int] | None = None  # (the siblings' product, this one's slice)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad or x.numel() == 0:  # a gradient to pass (training a head on this target's outputs:
             # the packed kernel has no backward), or no rows
             return nn.functional.linear(x, self.weight, self.bias)
+        if self.shared is not None:
+            product, index = self.shared
+            return product.output(index, x)
         return packed_linear(x, self.packed)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, weights=fp16 (FBGEMM)"
 
 
+# Sibling layers that transformers' attention and MLP modules (Llama, Qwen2, Mistral, the EAGLE
+# heads' layers) call one after the other with the same input.
+SHARED_INPUT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def share_input_products(module: nn.Module) -> int:
+    """Give each group of packed siblings in SHARED_INPUT_GROUPS one product; returns how many groups."""
+    count = 0
+    for parent in module.modules():
+        for names in SHARED_INPUT_GROUPS:
+            layers = [getattr(parent, n, None) for n in names]
+            if not all(isinstance(l, Fp16WeightLinear) for l in layers):
+                continue
+            if len({l.in_features for l in layers}) != 1:
+                continue
+            product = SharedInputProduct(layers)
+            for i, layer in enumerate(layers):
+                layer.shared, layer.packed = (product, i), None  # the product replaces each own copy
+            count += 1
+    return count
+
+
 def pack_fp16_weights(module: nn.Module) -> int:
     """Replace every nn.Linear inside `module` (fp32, on the CPU) by an Fp16WeightLinear, in
-    place; returns how many."""
+    place, with shared products for siblings that read the same input; returns how many layers."""
     if not fbgemm_fp16_available():
         raise ValueError("fp16-weights needs PyTorch's FBGEMM on an x86 CPU with AVX2; use --dtype float32")
     count = 0
@@ -90,8 +152,13 @@ def pack_fp16_weights(module: nn.Module) -> int:
                     raise ValueError(f"fp16-weights packs fp32 layers; {name} is {child.weight.dtype}")
                 setattr(parent, name, Fp16WeightLinear(child))
                 count += 1
+    share_input_products(module)
     return count
 
 
 def has_packed_weights(module: nn.Module) -> bool:
     return any(isinstance(m, Fp16WeightLinear) for m in module.modules())
+
+
+def has_shared_products(module: nn.Module) -> bool:
+    return any(isinstance(m, Fp16WeightLinear) and m.shared is not None for m in module.modules())

@@ -25,7 +25,7 @@ import torch
 
 from .packed import FP16_WEIGHTS, fbgemm_fp16_available, packed_linear, prepack
 
-PROBE_SCHEMA = "eagle2-precision-probe-1"
+PROBE_SCHEMA = "eagle2-precision-probe-2"  # 2: fp16 timed with shared q/k/v and gate/up products
 PROBE_ROWS = (1, 8)  # a decode step and a typical tree verify
 PROBE_PARAMS = 24_000_000  # weights per probe pass: past a CPU's last-level cache, like a real forward
 PROBE_ROUNDS = 7
@@ -86,6 +86,7 @@ class LayerShapes:
         return cls(hidden, int(getattr(config, "intermediate_size", 4 * hidden)), kv_heads * head_dim)
 
     def weights(self) -> list[tuple[int, int]]:
+        """(out, in) of q, k, v, o, gate, up, down."""
         h, i, kv = self.hidden, self.intermediate, self.kv
         return [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)]
 
@@ -115,7 +116,9 @@ def measure(shapes: LayerShapes, rounds: int = PROBE_ROUNDS, params: int = PROBE
     gen = torch.Generator().manual_seed(0)
     fp32 = [[torch.randn(o, n, generator=gen) * 0.02 for o, n in shapes.weights()] for _ in range(n_layers)]
     bf16 = [[w.bfloat16() for w in layer] for layer in fp32]
-    fp16 = [[prepack(w) for w in layer] for layer in fp32]
+    # packed as eagle2.packed runs them: q/k/v stacked into one product, gate/up into another
+    fp16 = [[prepack(torch.cat(layer[0:3])), prepack(layer[3]), prepack(torch.cat(layer[4:6])), prepack(layer[6])]
+            for layer in fp32]
     del fp32
     inputs = {rows: (torch.randn(rows, shapes.hidden, generator=gen), torch.randn(rows, shapes.intermediate,
                                                                                   generator=gen))

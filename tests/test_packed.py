@@ -11,7 +11,8 @@ from eagle2.packed import FP16_WEIGHTS as FP16
 from eagle2.decode import generate
 from eagle2.draft import EagleDrafter, ModelDrafter
 from eagle2.head import Eagle3Head, EagleHead
-from eagle2.packed import Fp16WeightLinear, fbgemm_fp16_available, has_packed_weights, pack_fp16_weights
+from eagle2.packed import (Fp16WeightLinear, SharedInputProduct, fbgemm_fp16_available, has_packed_weights,
+                           has_shared_products, pack_fp16_weights, prepack)
 from eagle2.policies import Chain, Eagle1, Eagle2, Vanilla
 from eagle2.vocab import ReducedLMHead
 
@@ -60,6 +61,68 @@ def test_pack_replaces_every_linear_of_a_model():
     n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
     assert pack_fp16_weights(model) == n_linear == 2 * 7 + 1
     assert not any(type(m) is torch.nn.Linear for m in model.modules()) and has_packed_weights(model)
+
+
+def _unshare(model) -> list:
+    """Give every shared layer back its own packed weight; returns the (layer, shared) pairs."""
+    pairs = [(m, m.shared) for m in model.modules() if isinstance(m, Fp16WeightLinear) and m.shared is not None]
+    for m, _ in pairs:
+        m.packed, m.shared = prepack(m.weight, m.bias), None
+    return pairs
+
+
+def _tiny_qwen2(seed=0):
+    """A tiny Qwen2: q/k/v projections with biases, o_proj without."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=False, initializer_range=0.3)
+    return Qwen2ForCausalLM(cfg).eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("make", [lambda: packed_tiny(layers=2),
+                                  lambda: (lambda m: (pack_fp16_weights(m), m)[1])(_tiny_qwen2())],
+                         ids=["llama", "qwen2-biases"])
+def test_shared_input_products_give_the_same_logits(make):
+    """q/k/v and gate/up share one product per layer: one FBGEMM call, bit-identical outputs."""
+    model = make()
+    assert has_shared_products(model)
+    groups = {id(m.shared[0]) for m in model.modules() if isinstance(m, Fp16WeightLinear) and m.shared}
+    assert len(groups) == 2 * 2  # attention and MLP of each of the 2 layers
+    ids = torch.randint(4, VOCAB, (1, 40), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        shared = model(ids).logits
+        pairs = _unshare(model)
+        separate = model(ids).logits
+    assert torch.equal(shared, separate)
+    assert not has_shared_products(model)
+    with torch.inference_mode():  # and back: still the same
+        for m, sh in pairs:
+            m.shared = sh
+        assert torch.equal(model(ids).logits, separate)
+
+
+def test_a_shared_product_is_right_whatever_the_call_order():
+    torch.manual_seed(0)
+    lins = [torch.nn.Linear(32, n, bias=b) for n, b in ((48, True), (16, False), (16, True))]
+    layers = [Fp16WeightLinear(l) for l in lins]
+    own = [Fp16WeightLinear(l) for l in lins]  # each with its own packed weight
+    product = SharedInputProduct(layers)
+    for i, layer in enumerate(layers):
+        layer.shared = (product, i)
+    x, y = torch.randn(3, 32), torch.randn(1, 5, 32)
+    for calls in ([(0, x), (1, x), (2, x)], [(2, x), (0, x), (1, x)], [(0, x), (0, x), (1, y), (2, x)],
+                  [(1, y), (1, y), (2, y), (0, x)]):
+        for i, inp in calls:
+            assert torch.equal(layers[i](inp), own[i](inp)), calls
+    for i in range(3):  # served in full: it holds no tensors
+        layers[i](x)
+    assert product._input is None and product._outputs == []
+    z = torch.randn(2, 32, requires_grad=True)  # a gradient to pass: the fp32 product, as before
+    layers[1](z).sum().backward()
+    assert torch.allclose(z.grad, lins[1].weight.sum(0).expand(2, -1))
 
 
 @pytest.fixture(scope="module")
