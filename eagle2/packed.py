@@ -80,13 +80,15 @@ class SharedInputProduct:
         self.sizes = [l.out_features for l in layers]
         self._input: torch.Tensor | None = None
         self._outputs: list[torch.Tensor | None] = []
+        self._unserved = 0  # slices of _outputs not handed out yet
 
     def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
         if x is not self._input or self._outputs[index] is None:
             self._outputs = list(packed_linear(x, self.packed).split(self.sizes, dim=-1))
-            self._input = x
+            self._input, self._unserved = x, len(self.sizes)
         out, self._outputs[index] = self._outputs[index], None
-        if all(o is None for o in self._outputs):
+        self._unserved -= 1
+        if not self._unserved:
             self._input, self._outputs = None, []  # every sibling served: hold no tensors
         return out
 
