@@ -36,7 +36,10 @@ cycles are seen).
 
 Prompt lookup (lookup=N, eagle2/lookup.py): chains of up to N tokens copied from the context
 join the candidates before the choice, with their measured acceptance rates as confidences, so
-the same rule decides how many copied and drafted tokens are worth verifying.
+the same rule decides how many copied and drafted tokens are worth verifying. With sampled
+drafts the drawn nodes are chosen first, by their own values alone; the chains then hang below
+the kept ones as fixed candidates (tried after the drawn children, verify.sample_accept), as
+many copies as raise E(n) / C(n) further.
 
 Dynamic depth. Before each drafter step (cost c, learnt online) the frontier F holds the
 top_k nodes of the deepest level. The step creates their children, whose values sum to about
@@ -490,12 +493,17 @@ class AutoEagle2(Eagle2):
         self._copy_log_values = self.copier.propose_root(self.value_scale) if self.copier else []
         super().expand(root_logprobs, drafter, pool, observer, cycle)
         self._learn_step_mass(pool)
-        if self.copier:
-            before, steps = len(pool), pool.max_depth
-            self.copier.merge(pool, self.value_scale)
-            if observer and len(pool) > before:  # the copied nodes, as one more step of the trace
-                anchors = sorted({c.anchor for c in self.copier.chains})
-                observer.on_expand(cycle, ExpansionStep(steps + 1, anchors, pool.records(range(before, len(pool))), []))
+        if self.copier and self.drafts is None:  # sampled drafts: after the drawn nodes are chosen (select)
+            self._merge_copies(pool, observer, cycle)
+
+    def _merge_copies(self, pool: CandidatePool, observer, cycle: int, kept: set[int] | None = None) -> int:
+        """Merge this cycle's copied chains into the pool; returns the pool size before them."""
+        before, steps = len(pool), pool.max_depth
+        self.copier.merge(pool, self.value_scale, kept)
+        if observer and len(pool) > before:  # the copied nodes, as one more step of the trace
+            anchors = sorted({c.anchor for c in self.copier.chains})
+            observer.on_expand(cycle, ExpansionStep(steps + 1, anchors, pool.records(range(before, len(pool))), []))
+        return before
 
     def keep_expanding(self, pool: CandidatePool, frontier: torch.Tensor, step: int) -> bool:
         """Times each expansion step and stops when the next one cannot pay for itself."""
@@ -518,10 +526,42 @@ class AutoEagle2(Eagle2):
         self.depth_total += pool.max_depth
         return n
 
-    def use_sampled_drafts(self, drafts) -> None:
-        """Not with prompt lookup: its copied tokens are fixed candidates, and merging them raises
-        the values of the drafted tokens they match, which sampled drafts must not depend on."""
-        super().use_sampled_drafts(None if self.copier else drafts)
+    def select(self, pool: CandidatePool, root_token: int, observer, cycle: int) -> DraftTree:
+        """With sampled drafts and prompt lookup: first the drawn nodes, by their rank values
+        alone (what keeps sampling exact: verify.SampledDrafts), then the copied chains below
+        them (lookup.merge_chain with `kept`), as many copies as raise the expected rate; the
+        copies are fixed candidates, tried after a node's drawn children."""
+        if not (self.copier and self.drafts is not None):
+            return super().select(pool, root_token, observer, cycle)
+        n = self.tree_size(pool)
+        keep = pool.top(n)
+        before = self._merge_copies(pool, observer, cycle, set(keep.tolist()))
+        copies = self._copies_worth_verifying(pool, keep, before)
+        self._nodes += copies.shape[0]
+        self.nodes_total += copies.shape[0]
+        return pool.select(root_token, torch.cat([keep, copies]).sort().values)
+
+    def _copies_worth_verifying(self, pool: CandidatePool, keep: torch.Tensor, first: int) -> torch.Tensor:
+        """The copied candidates (pool ids `first`...) to verify beside the kept drawn ones: the
+        most valuable L, for the L with the best expected tokens per second (values fall along
+        a chain and ties keep creation order, so every copy's parent comes with it)."""
+        copies = torch.arange(first, len(pool), device=pool.device)
+        room = self.max_nodes - keep.shape[0]
+        if not copies.shape[0] or room <= 0:
+            return copies[:0]
+        order = torch.sort(-pool.log_value[first:], stable=True).indices[:room]
+        host = torch.cat([pool.log_value.index_select(0, keep), pool.log_value[first:].index_select(0, order)])
+        values = host.double().exp().tolist()
+        n = keep.shape[0]
+        a, s, fixed = self.value_scale, self.verify_scale, self._expand_s + self.overhead_s
+        expected = 1.0 + a * sum(values[:n])
+        best, take = expected / (fixed + s * self._verify_s[n]), 0
+        for L, v in enumerate(values[n:], start=1):
+            expected += a * v
+            rate = expected / (fixed + s * self._verify_s[n + L])
+            if rate > best:
+                best, take = rate, L
+        return (order[:take] + first).sort().values
 
     def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
         tree = super().draft(root_token, root_logprobs, drafter, observer, cycle)

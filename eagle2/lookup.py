@@ -110,15 +110,24 @@ class LookupRates:
                 break
 
 
-def merge_chain(pool: CandidatePool, chain: list[int], log_confs: list[float], anchor: int = -1) -> list[int]:
+def merge_chain(pool: CandidatePool, chain: list[int], log_confs: list[float], anchor: int = -1,
+                kept: set[int] | None = None) -> list[int]:
     """Add a chain below `anchor` (a pool id; -1 = the root) to the pool, sharing nodes the
     head proposed too.
 
     A shared node keeps the larger confidence; values are then recomputed along every path (a
     raised node lifts its subtree). Returns the pool ids of the chain's nodes, in order.
+
+    With `kept` (sampled drafts: the drafted nodes already chosen for the tree) the chain shares
+    only those and raises nothing: which drawn nodes are kept must not depend on their tokens,
+    so the copies are only added below them, as fixed candidates (verify.sample_accept).
     """
     parents, tokens = pool.parents.tolist(), pool.tokens.tolist()
-    children: dict[tuple[int, int], int] = {(p, t): i for i, (p, t) in enumerate(zip(parents, tokens))}
+    if kept is not None:  # the kept drafted nodes and the copies of earlier chains
+        drafted = SOURCES.index("draft")
+        kept = {i for i, s in enumerate(pool.source.tolist()) if i in kept or s != drafted}
+    children: dict[tuple[int, int], int] = {(p, t): i for i, (p, t) in enumerate(zip(parents, tokens))
+                                            if kept is None or i in kept}
     confs = [min(0.0, float(lc)) for lc in log_confs]
     shared, parent = [], anchor
     for tok in chain:  # walk down the nodes the head proposed too
@@ -127,7 +136,7 @@ def merge_chain(pool: CandidatePool, chain: list[int], log_confs: list[float], a
             break
         shared.append(node)
         parent = node
-    if shared:
+    if shared and kept is None:
         ids = torch.tensor(shared, device=pool.device)
         copy = torch.tensor(confs[: len(shared)], device=pool.device)
         raise_ = copy > pool.log_conf[ids]
@@ -194,12 +203,14 @@ class PromptLookup:
         self.chains.append(Chain(-1, [], n, tokens, confs))
         return list(accumulate(confs))
 
-    def merge(self, pool: CandidatePool, scale: float) -> None:
-        """Merge the root chain (from propose_root) and the anchored chains into the drafted pool."""
+    def merge(self, pool: CandidatePool, scale: float, kept: set[int] | None = None) -> None:
+        """Merge the root chain (from propose_root) and the anchored chains into the drafted pool
+        (with `kept`, sampled drafts: below the drafted nodes chosen for the tree, see merge_chain)."""
         if self.anchors:
             source, values = pool.source.tolist(), pool.log_value.tolist()
             tokens, parents = pool.tokens.tolist(), pool.parents.tolist()
-            drafted = [i for i in range(len(pool)) if source[i] == SOURCES.index("draft")]
+            drafted = [i for i in range(len(pool)) if source[i] == SOURCES.index("draft")
+                       and (kept is None or i in kept)]
             for a in sorted(drafted, key=lambda i: -values[i])[: self.anchors]:
                 path, i = [], a
                 while i >= 0:
@@ -210,7 +221,7 @@ class PromptLookup:
                 if tokens:
                     self.chains.append(Chain(a, path, n, tokens, chain_log_confs(self.rates, n, len(tokens), scale)))
         for c in self.chains:
-            c.ids = merge_chain(pool, c.tokens, c.log_confs, c.anchor)
+            c.ids = merge_chain(pool, c.tokens, c.log_confs, c.anchor, kept)
 
     def mark_kept(self, candidate_ids) -> None:
         kept = set(candidate_ids)

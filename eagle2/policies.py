@@ -18,7 +18,7 @@ import math
 import torch
 
 from .trace import ExpansionStep, Observer, RerankStep, Timings
-from .tree import CandidatePool, DraftTree, max_candidates
+from .tree import COPIED, CandidatePool, DraftTree, max_candidates
 from .verify import DRAFT_TEMPERATURE, SampledDrafts, Verdict
 
 
@@ -144,12 +144,19 @@ class Eagle2(Policy):
         """How many candidates the rerank keeps (the hook a cost-aware policy overrides)."""
         return self.total_tokens
 
+    def select(self, pool: CandidatePool, root_token: int, observer, cycle: int) -> DraftTree:
+        """The tree to verify: the rerank's (the hook a policy that adds candidates overrides)."""
+        return pool.rerank(root_token, self.tree_size(pool))
+
     def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
         pool = CandidatePool(root_logprobs.device, capacity=max_candidates(self.top_k, self.depth))
         self.expand(root_logprobs, drafter, pool, observer, cycle)
-        tree = pool.rerank(root_token, self.tree_size(pool))
+        tree = self.select(pool, root_token, observer, cycle)
         if observer:
-            cutoff = math.exp(float(tree.log_values[1:].min())) if tree.size else 1.0
+            values = tree.log_values[1:]
+            if self.drafts is not None and tree.sources is not None:  # copies joined after the drawn were chosen
+                values = values[tree.sources[1:] != COPIED]
+            cutoff = math.exp(float(values.min())) if values.numel() else 1.0
             observer.on_rerank(cycle, RerankStep(tree.candidate_ids[1:], cutoff, len(pool)))
         return tree
 

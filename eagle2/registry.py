@@ -31,8 +31,8 @@ brackets are accepted too, in strings and as keywords):
                                  the default = where it pays: eagle2.vocab)
     sampled  (sampled_drafts)    at T > 0: 1 = children drawn from the      the built-in drafting
                                  drafter (default; verify.SampledDrafts),   policies
-                                 0 = its top-k (EAGLE-2's rule); not with
-                                 lookup, which keeps top-k drafts
+                                 0 = its top-k (EAGLE-2's rule); with
+                                 lookup, copies join the drawn children
     dtemp    (draft_temperature_pct)  sampled drafts come from the drafter    the built-in drafting
                                  at N % of the sampling temperature          policies
                                  (default 90: a head's q is a little

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 SOURCES = ("draft", "lookup", "both")  # where a candidate came from (eagle2.lookup adds the last two)
+COPIED = SOURCES.index("lookup")
 
 
 @dataclass(frozen=True)
@@ -158,28 +159,34 @@ class CandidatePool:
         rows = zip(ids.tolist(), *(c.tolist() for c in cols), self.source[ids].tolist())
         return [Candidate(i, t, p, d, c, v, SOURCES[s]) for i, t, p, d, c, v, s in rows]
 
-    def rerank(self, root_token, total_tokens: int) -> "DraftTree":
-        """Keep the `total_tokens` most valuable candidates, as a tree.
+    def top(self, n: int) -> torch.Tensor:
+        """Ids of the `n` most valuable candidates, in creation order. Values never increase
+        along a path, and ties are broken by creation order (a stable sort), so every one's
+        parent is among them too."""
+        k = min(int(n), len(self))
+        return torch.sort(torch.sort(-self.log_value, stable=True).indices[:k]).values
 
-        Values never increase along a path, and ties are broken by creation order (a stable
-        sort), so every kept node's parent is kept too.
-        """
-        c = len(self)
-        k = min(int(total_tokens), c)
-        keep = torch.sort(torch.sort(-self.log_value, stable=True).indices[:k]).values
+    def rerank(self, root_token, total_tokens: int) -> "DraftTree":
+        """Keep the `total_tokens` most valuable candidates, as a tree."""
+        return self.select(root_token, self.top(total_tokens))
+
+    def select(self, root_token, keep: torch.Tensor) -> "DraftTree":
+        """The tree of the candidates `keep` (ids in creation order, every parent among them)."""
+        c, k = len(self), keep.shape[0]
         position = torch.full((c + 1,), -1, dtype=torch.long, device=self.device)  # candidate id + 1 -> node
         position[0] = 0
         position[keep + 1] = torch.arange(1, k + 1, device=self.device)
-        ints = torch.empty(4, k + 1, dtype=torch.long, device=self.device)  # token, parent, depth, candidate
+        ints = torch.empty(5, k + 1, dtype=torch.long, device=self.device)  # token, parent, depth, candidate, source
         ints[:3, 1:] = self._ints[:3].index_select(1, keep)
         ints[1, 1:] = position.index_select(0, ints[1, 1:] + 1)
         ints[3, 1:] = keep
-        ints[:, 0] = _long([0, -1, 0, -1], self.device)
+        ints[4, 1:] = self._ints[4].index_select(0, keep)
+        ints[:, 0] = _long([0, -1, 0, -1, 0], self.device)
         ints[0, :1] = _long(root_token, self.device)[:1]
         floats = torch.zeros(2, k + 1, dtype=torch.float32, device=self.device)  # log confidence, log value
         floats[:, 1:] = self._floats.index_select(1, keep)
         return DraftTree(ints[0], ints[1], floats[0], candidates=ints[3], depths=ints[2], log_values=floats[1],
-                         depth_bound=self.max_depth, check=False)
+                         depth_bound=self.max_depth, sources=ints[4], check=False)
 
 
 def _field(buffer: str, row: int, doc: str) -> property:
@@ -210,7 +217,7 @@ class DraftTree:
     """
 
     def __init__(self, tokens, parents, log_confidences=None, candidate_ids=None, *, candidates=None,
-                 depths=None, log_values=None, depth_bound: int | None = None, check: bool = True):
+                 depths=None, log_values=None, depth_bound: int | None = None, sources=None, check: bool = True):
         self.tokens = _long(tokens, None)
         device = self.tokens.device
         self.parents = _long(parents, device)
@@ -240,6 +247,9 @@ class DraftTree:
         if candidates is None:
             candidates = candidate_ids if candidate_ids is not None else range(-1, n - 1)
         self.candidates = _long(list(candidates) if not torch.is_tensor(candidates) else candidates, device)
+        # where each node came from (index into SOURCES; None: all drafted): sampling tries a
+        # node's drawn children before its copied ones (verify.sample_accept)
+        self.sources = _long(sources, device) if sources is not None else None
         self._lists: dict[str, list] = {}
         self._anc: torch.Tensor | None = None
 
@@ -271,6 +281,12 @@ class DraftTree:
     def candidate_ids(self) -> list[int]:
         """Pool id of each node (-1 for the root): what links the tree back to its expansion."""
         return self._list("candidates")
+
+    def copied(self) -> list[bool]:
+        """Per node: is it a fixed candidate copied from the context (not drafted)?"""
+        if self.sources is None:
+            return [False] * len(self)
+        return [s == COPIED for s in self._list("sources")]
 
     def children(self) -> list[list[int]]:
         kids: list[list[int]] = [[] for _ in range(len(self))]

@@ -9,8 +9,9 @@ sample  multi-candidate speculative sampling. With top-k drafts (EAGLE-2's rule)
         try the next. With sampled drafts (`SampledDrafts`) the children were drawn without
         replacement from the drafter's distribution q, so child x is accepted with probability
         min(1, p(x) / q(x)); a rejection leaves p ← norm(max(p − q, 0)) and q without x
-        (recursive rejection sampling). If every child fails, the bonus token is sampled from
-        what is left. Either way each emitted token is exactly distributed as the target's
+        (recursive rejection sampling); children copied by prompt lookup come after them,
+        fixed tokens tried like top-k drafts against that residual. If every child fails, the
+        bonus token is sampled from what is left. Either way each emitted token is exactly distributed as the target's
         (processed) distribution.
 """
 
@@ -207,16 +208,29 @@ def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> Verdict:
 def sample_accept(tree: DraftTree, probs, generator: torch.Generator | None = None,
                   drafts: SampledDrafts | None = None) -> Verdict:
     """Multi-candidate speculative sampling (probs: (N, V) processed, or a RowProbs that computes
-    the rows it is asked for); `drafts` holds the q rows of sampled drafts (None: top-k drafts)."""
+    the rows it is asked for); `drafts` holds the q rows of sampled drafts (None: top-k drafts).
+
+    A node may have both drawn children and copied ones (prompt lookup, fixed candidates):
+    recursive rejection sampling tries the drawn ones, and the copied ones are then tried like
+    top-k drafts against the residual, which is the target's distribution given that every
+    drawn child failed, so the result stays exact. A copied token that was drawn and rejected
+    there has no mass left in the residual (rejection needs p(x) < q(x), then p - q ≤ 0 at x),
+    so whether such a duplicate is in the tree or not changes nothing."""
     tokens = tree.tokens.tolist()
     kids = tree.children()
     candidates = tree.candidate_ids if drafts is not None else None
+    copied = tree.copied() if drafts is not None else None
     path, rejected, node = [0], [], 0
     while True:
         p, children = probs[node], kids[node]
         q = drafts.q(candidates[node], p.shape[-1]) if drafts is not None and children else None
-        outcome = (_accept_drawn(p, q, children, tokens, generator) if q is not None
-                   else _accept_fixed(p, children, tokens, generator))
+        if q is None:
+            outcome = _accept_fixed(p, children, tokens, generator)
+        else:  # the drawn children in draw order, then the copied ones (fixed) against what is left of p
+            drawn = [c for c in children if not copied[c]]
+            outcome = _accept_drawn(p, q, drawn, tokens, generator)
+            if not isinstance(outcome, int) and len(drawn) < len(children):
+                outcome = _accept_fixed(outcome, [c for c in children if copied[c]], tokens, generator)
         if not isinstance(outcome, int):  # every child failed: the bonus comes from what is left of p
             rejected += children
             accepted_tokens = [tokens[i] for i in path[1:]]

@@ -132,9 +132,46 @@ def test_lookup_sampling_runs_and_bad_values_are_refused(tiny_target, drafter):
     p = AutoEagle2(flat(), top_k=2, depth=3, lookup=6)
     out = eagle2.generate(tiny_target.model, ids, p, drafter, max_new_tokens=30, temperature=1.0, seed=1)
     assert len(out.tokens) == 30
+    assert out.policy["drafts"] == "sampled"  # copies join drawn drafts (exactness: tests/test_verify.py)
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="lookup"):
             AutoEagle2(flat(), lookup=bad)
+
+
+def test_sampled_drafts_with_lookup_keep_the_drawn_choice_and_add_copies(tiny_target, drafter):
+    """At T > 0 the drawn nodes are kept by their own values (the same ones as without lookup),
+    the copies hang below them or the root as fixed candidates, tried after the drawn children,
+    and the trace marks them."""
+    ids = tiny_target.tokenizer("the cat and the dog and the cat and the dog")["input_ids"]
+    # a CPU-like verify cost (a jump from one token to two), so that some drawn nodes are dropped
+    p = AutoEagle2(LatencyModel([1, 2, 4, 64], [0.010, 0.013, 0.0135, 0.05]), top_k=2, depth=4, lookup=8,
+                   dynamic_depth=False)
+    rec = eagle2.TraceRecorder()
+    eagle2.generate(tiny_target.model, ids, p, drafter, max_new_tokens=40, temperature=1.0, seed=3, observers=[rec])
+    cycles = rec.trace.cycles
+    with_copies = [c for c in cycles if any(e.candidates and e.candidates[0].source == "lookup" for e in c.expansions)]
+    assert with_copies, "no cycle copied from the context"
+    checked = []
+    for c in with_copies:
+        drawn = [x for e in c.expansions for x in e.candidates if x.source == "draft"]
+        assert all(x.source in ("draft", "lookup") for e in c.expansions for x in e.candidates)  # nothing raised
+        kept = set(c.rerank.kept)
+        kept_drawn = [x for x in drawn if x.id in kept]
+        dropped_drawn = [x for x in drawn if x.id not in kept]
+        checked.append((kept_drawn, dropped_drawn))
+        if kept_drawn and dropped_drawn:  # the drawn choice is by value alone
+            assert min(x.value for x in kept_drawn) >= max(x.value for x in dropped_drawn) - 1e-6
+            assert c.rerank.cutoff_value == pytest.approx(min(x.value for x in kept_drawn), rel=1e-5)
+    copied_ids = {(c.index, x.id) for c in cycles for e in c.expansions for x in e.candidates if x.source == "lookup"}
+    assert any((c.index, n.candidate) in copied_ids for c in cycles for n in c.verification.nodes)
+    assert sum(bool(kept_drawn and dropped_drawn) for kept_drawn, dropped_drawn in checked) > 0
+    from viz.data import cycle_view
+    from viz.tree_figure import stage_caption, stage_names
+
+    view = cycle_view(rec.trace, with_copies[0].index)
+    names = stage_names(view)
+    assert "drawn nodes were chosen first" in stage_caption(view, names.index("Copy"))
+    assert "copied ones ↪ join them" in stage_caption(view, names.index("Rerank"))
 
 
 def test_copied_nodes_are_marked_in_the_trace_and_the_figure(tiny_target, drafter):

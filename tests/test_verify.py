@@ -11,7 +11,7 @@ from eagle2.decode import generate
 from eagle2.draft import ModelDrafter
 from eagle2.autotree import AutoEagle2, LatencyModel
 from eagle2.policies import Chain, Eagle1, Eagle2
-from eagle2.tree import DraftTree
+from eagle2.tree import SOURCES, DraftTree
 from eagle2.registry import build_policy
 from eagle2.verify import DRAFT_TEMPERATURE, SampledDrafts, Verdict, greedy_accept, sample_accept, target_probs
 
@@ -159,6 +159,59 @@ def test_one_node_sampled_drafts_are_exact(rule, should_pass):
     assert (g < chi2_critical(df)) == should_pass, (g, chi2_critical(df), counts)
 
 
+def wrong_copy_accept(tree, probs, generator=None, drafts=None):
+    """Prompt lookup's copied children tried against p as it was before the drawn children
+    failed, instead of against the residual: biased towards the copied tokens."""
+    from eagle2.verify import _accept_drawn
+
+    copied = tree.copied()
+
+    def try_children(p, node, children, tokens):
+        q = drafts.q(tree.candidate_ids[node], p.shape[-1]) if children else None
+        before = p.clone()
+        if q is not None:
+            out = _accept_drawn(p, q, [c for c in children if not copied[c]], tokens, generator)
+            if isinstance(out, int):
+                return out, p
+            p = out
+        for c in (children if q is None else [c for c in children if copied[c]]):
+            if float(torch.rand((), generator=generator)) < float(before[tokens[c]]):
+                return c, p
+        return None, p
+
+    return _walk(tree, probs, generator, try_children)
+
+
+@pytest.mark.parametrize("rule, should_pass", [(sample_accept, True), (wrong_copy_accept, False)])
+def test_drawn_and_copied_children_together_are_exact(rule, should_pass):
+    """Root with 2 children drawn from q and a copied one (prompt lookup, a fixed token tried
+    after them against the residual; shared when it was drawn, as merge_chain does): the first
+    emitted token must follow p exactly."""
+    vocab, copy = 6, 3
+    p = torch.tensor([0.30, 0.25, 0.20, 0.12, 0.08, 0.05])
+    draft_logp = torch.tensor([0.05, 0.10, 0.40, 0.05, 0.30, 0.10]).log()
+    probs = p.expand(4, vocab).clone()
+    gen = torch.Generator().manual_seed(0)
+    n = 20_000
+    counts, copied_first = {}, 0
+    for _ in range(n):
+        drafts = SampledDrafts(1.0, generator=gen)
+        log_rank, tok = drafts.draw(draft_logp, 2, -1)
+        tokens, sources = [0] + tok.tolist(), [0, 0, 0]
+        if copy not in tokens[1:]:
+            tokens, sources = tokens + [copy], sources + [SOURCES.index("lookup")]
+        m = len(tokens)
+        tree = DraftTree(tokens, [-1] + [0] * (m - 1), [0.0] + log_rank.tolist() + [-1.0] * (m - 3),
+                         candidate_ids=list(range(-1, m - 1)), sources=sources)
+        v = rule(tree, probs, gen, drafts)
+        first = int(tree.tokens[v.path[1]]) if len(v.path) > 1 else v.bonus
+        copied_first += len(v.path) > 1 and tree.copied()[v.path[1]]
+        counts[first] = counts.get(first, 0) + 1
+    assert copied_first > n * 0.03  # the copy was really accepted at times
+    g, df = g_stat(counts, {i: float(p[i]) for i in range(vocab)}, n)
+    assert (g < chi2_critical(df)) == should_pass, (g, chi2_critical(df), counts)
+
+
 def test_sampled_draft_values_are_ranks_not_tokens():
     """A child's value is its rank's share of q, whichever token was drawn: what keeps the
     choice of children independent of the draws."""
@@ -208,24 +261,35 @@ def _policies():
     auto = AutoEagle2(LatencyModel([1, 2, 4, 64], [0.010, 0.013, 0.0135, 0.05]), top_k=2, depth=3,
                       calibrate_values=False)
     auto.step.add(0.001)  # a step estimate, so the stop rule is live from the first cycle
+    # prompt lookup beside sampled drafts (the prompt repeats tokens, so chains are found)
+    lookup = AutoEagle2(LatencyModel([1, 2, 4, 64], [0.010, 0.013, 0.0135, 0.05]), top_k=2, depth=3,
+                        calibrate_values=False, lookup=3)
+    lookup.step.add(0.001)
     return {"eagle2": Eagle2(top_k=2, depth=2, total_tokens=4), "eagle2-topk": top_k, "auto": auto,
-            "chain": Chain(depth=2), "eagle1": Eagle1([(0,), (1,), (0, 0), (0, 1), (1, 0)])}
+            "auto+lookup": lookup, "chain": Chain(depth=2), "eagle1": Eagle1([(0,), (1,), (0, 0), (0, 1), (1, 0)])}
 
 
 @pytest.mark.parametrize("name, rule, should_pass", [
     ("eagle2", sample_accept, True), ("eagle2-topk", sample_accept, True), ("auto", sample_accept, True),
-    ("chain", sample_accept, True), ("eagle1", sample_accept, True),
+    ("chain", sample_accept, True), ("eagle1", sample_accept, True), ("auto+lookup", sample_accept, True),
     ("eagle2-topk", wrong_sample_accept, False), ("eagle2", wrong_drawn_accept, False)])
 def test_sampling_matches_target_distribution(name, rule, should_pass, monkeypatch):
     """Empirical first-3-token distribution of each policy's sampling (sampled drafts unless
-    told top-k) against the exact target distribution."""
+    told top-k; with prompt lookup, drawn and copied children side by side) against the exact
+    target distribution."""
     vocab, k, temperature, top_p = 5, 3, 1.0, 0.95
     # small init keeps both distributions fairly flat, so every token has real mass
     target = make_tiny_llama(vocab, seed=3, hidden=32, eos=None, init=0.1)
     draft = make_tiny_llama(vocab, seed=4, hidden=32, eos=None, init=0.1)  # a different model: real rejections
     prompt = torch.tensor([1, 2, 0, 4])
     exact = _exact_first_tokens(target, prompt, k, temperature, top_p)
-    monkeypatch.setattr(eagle2.decode, "sample_accept", rule)
+    trees_with_copies = []
+
+    def counting(tree, probs, generator=None, drafts=None):
+        trees_with_copies.append(any(tree.copied()))
+        return rule(tree, probs, generator, drafts)
+
+    monkeypatch.setattr(eagle2.decode, "sample_accept", counting)
     policy = _policies()[name]
     drafter = ModelDrafter(draft)
     n = 1500 if should_pass else 2500  # a fixed false-alarm rate either way; power to catch the wrong rules
@@ -238,6 +302,8 @@ def test_sampling_matches_target_distribution(name, rule, should_pass, monkeypat
         accepted += r.origins.count("draft")
         assert (r.policy.get("drafts") == "sampled") == (name != "eagle2-topk")
     assert accepted > n * 0.3  # the drafts were really tested, not all rejected
+    if name == "auto+lookup":  # copies were really verified beside the drawn children
+        assert sum(trees_with_copies) > 0.2 * len(trees_with_copies)
     g, df = g_stat(counts, exact, n)
     assert (g < chi2_critical(df)) == should_pass, (g, chi2_critical(df), df)
 
@@ -272,9 +338,9 @@ def test_who_takes_sampled_drafts():
     assert auto.drafts is offer
     auto.use_sampled_drafts(None)  # greedy
     assert auto.drafts is None
-    lookup = AutoEagle2(_flat_latency(), lookup=5)  # copied tokens would raise drafted values by token
+    lookup = AutoEagle2(_flat_latency(), lookup=5)  # copies are fixed candidates after the drawn ones
     lookup.use_sampled_drafts(offer)
-    assert lookup.drafts is None
+    assert lookup.drafts is offer
     off = Eagle2()
     off.sampled_drafts = False
     off.use_sampled_drafts(offer)

@@ -398,6 +398,13 @@ def stage_caption(view: CycleView, stage: int | None) -> str:
     kind, step = _stage_kind(view, stage)
     if kind == "expand":
         s = next(s for s in view.steps if s["step"] == step)
+        if s.get("lookup") and view.sampled_drafts:
+            return (f"**Copy (prompt lookup).** The newest tokens already occurred in the context, so the tokens "
+                    f"that followed them there join the tree as a chain: **{len(s['new'])} copied candidates ↪**. "
+                    "With sampled drafts the drawn nodes were chosen first, by their own values; the chain "
+                    "continues below a kept drawn node with the same token, and each copy is tried after its "
+                    "parent's drawn children, against what is left of p. Copies are kept while they raise the "
+                    "expected tokens per second (confidence = the measured acceptance rate of copies).")
         if s.get("lookup"):
             return (f"**Copy (prompt lookup).** The newest tokens already occurred in the context, so the tokens "
                     f"that followed them there join the tree as a chain from the root: **{len(s['new'])} copied "
@@ -416,6 +423,11 @@ def stage_caption(view: CycleView, stage: int | None) -> str:
         return (f"**Expansion step {step} of {expansions}.** {who} the drafter for their {what}: "
                 f"**{len(s['new'])} new candidates** at depth {step}. Each candidate's *value* is the product "
                 f"of draft confidences along its path (its chance to be accepted).{nxt}")
+    if kind == "rerank" and view.sampled_drafts and any(s.get("lookup") for s in view.steps):
+        return (f"**Rerank.** The drawn candidates are sorted by value and the most valuable kept "
+                f"(value ≥ {_fmt(view.cutoff_value)}); the copied ones ↪ join them as far as they pay: "
+                f"**{view.tree_size} nodes** of {view.total_candidates} candidates form the draft tree. Faded: "
+                "dropped candidates.")
     if kind == "rerank":
         return (f"**Rerank.** All **{view.total_candidates}** candidates are sorted by value and the "
                 f"**{view.tree_size} most valuable** form the draft tree (value ≥ {_fmt(view.cutoff_value)}). "
