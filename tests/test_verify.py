@@ -192,7 +192,7 @@ def test_drawn_and_copied_children_together_are_exact(rule, should_pass):
     draft_logp = torch.tensor([0.05, 0.10, 0.40, 0.05, 0.30, 0.10]).log()
     probs = p.expand(4, vocab).clone()
     gen = torch.Generator().manual_seed(0)
-    n = 20_000
+    n = 6_000
     counts, copied_first = {}, 0
     for _ in range(n):
         drafts = SampledDrafts(1.0, generator=gen)
