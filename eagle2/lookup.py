@@ -123,11 +123,12 @@ def merge_chain(pool: CandidatePool, chain: list[int], log_confs: list[float], a
     so the copies are only added below them, as fixed candidates (verify.sample_accept).
     """
     parents, tokens = pool.parents.tolist(), pool.tokens.tolist()
-    if kept is not None:  # the kept drafted nodes and the copies of earlier chains
+    shareable = None  # with `kept`: the kept drafted nodes and the copies of earlier chains
+    if kept is not None:
         drafted = SOURCES.index("draft")
-        kept = {i for i, s in enumerate(pool.source.tolist()) if i in kept or s != drafted}
+        shareable = {i for i, s in enumerate(pool.source.tolist()) if i in kept or s != drafted}
     children: dict[tuple[int, int], int] = {(p, t): i for i, (p, t) in enumerate(zip(parents, tokens))
-                                            if kept is None or i in kept}
+                                            if shareable is None or i in shareable}
     confs = [min(0.0, float(lc)) for lc in log_confs]
     shared, parent = [], anchor
     for tok in chain:  # walk down the nodes the head proposed too

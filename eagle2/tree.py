@@ -62,6 +62,7 @@ class CandidatePool:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.n = 0
         self.max_depth = 0
+        self.has_copies = False  # any candidate not drafted (a host bool: no device read to know it)
         self._ints = torch.empty(5, 0, dtype=torch.long, device=self.device)
         self._floats = torch.empty(2, 0, dtype=torch.float32, device=self.device)
         self._reserve(capacity)
@@ -103,6 +104,7 @@ class CandidatePool:
             ints[2] = torch.where(root, 0, self._ints[2, up]) + 1
         if source != "draft":
             ints[4] = SOURCES.index(source)
+            self.has_copies = True
         self.n = start + m
         self.max_depth = max(self.max_depth, depth if depth is not None else int(ints[2].max()) if m else 0)
         return torch.arange(start, self.n, device=self.device)
@@ -121,6 +123,7 @@ class CandidatePool:
         ints[1] = _long([anchor] + list(range(start, start + m - 1)), self.device)
         ints[2] = torch.arange(depth0 + 1, depth0 + m + 1, device=self.device)
         ints[4] = SOURCES.index(source)
+        self.has_copies = self.has_copies or source != "draft"
         floats[0] = lc
         floats[1] = (self._floats[1, anchor] if anchor >= 0 else 0.0) + lc.cumsum(0)
         self.n = start + m
@@ -171,7 +174,8 @@ class CandidatePool:
         return self.select(root_token, self.top(total_tokens))
 
     def select(self, root_token, keep: torch.Tensor) -> "DraftTree":
-        """The tree of the candidates `keep` (ids in creation order, every parent among them)."""
+        """The tree of the candidates `keep` (ids in creation order, every parent among them); it
+        carries their sources only when some candidate was copied (otherwise all are drafted)."""
         c, k = len(self), keep.shape[0]
         position = torch.full((c + 1,), -1, dtype=torch.long, device=self.device)  # candidate id + 1 -> node
         position[0] = 0
@@ -180,13 +184,14 @@ class CandidatePool:
         ints[:3, 1:] = self._ints[:3].index_select(1, keep)
         ints[1, 1:] = position.index_select(0, ints[1, 1:] + 1)
         ints[3, 1:] = keep
-        ints[4, 1:] = self._ints[4].index_select(0, keep)
+        if self.has_copies:
+            ints[4, 1:] = self._ints[4].index_select(0, keep)
         ints[:, 0] = _long([0, -1, 0, -1, 0], self.device)
         ints[0, :1] = _long(root_token, self.device)[:1]
         floats = torch.zeros(2, k + 1, dtype=torch.float32, device=self.device)  # log confidence, log value
         floats[:, 1:] = self._floats.index_select(1, keep)
         return DraftTree(ints[0], ints[1], floats[0], candidates=ints[3], depths=ints[2], log_values=floats[1],
-                         depth_bound=self.max_depth, sources=ints[4], check=False)
+                         depth_bound=self.max_depth, sources=ints[4] if self.has_copies else None, check=False)
 
 
 def _field(buffer: str, row: int, doc: str) -> property:
