@@ -210,7 +210,7 @@ def calibrate(model, sizes=CALIBRATION_SIZES, prefix_len: int = DEFAULT_PREFIX, 
     gen = torch.Generator().manual_seed(seed)
     prefix = torch.randint(0, vocab, (prefix_len,), generator=gen).to(device)
     cache = kv.new_cache()  # the decoder's cache
-    target_forward(model, prefix, cache)
+    target_forward(model, prefix, cache, last_logits_only=True)
     trees = {n: _calibration_tree(n) for n in sizes}
     tokens = {n: torch.randint(0, vocab, (n,), generator=gen).to(device) for n in sizes}
 

@@ -274,7 +274,7 @@ def generate(
     t_start = clock(device)
     cache = kv.new_cache()
     layers = drafter.feature_layers if drafter is not None and policy.needs_drafter else None
-    hidden, logits = target_forward(model, ids, cache, feature_layers=layers)
+    hidden, logits = target_forward(model, ids, cache, feature_layers=layers, last_logits_only=True)
     first = sampler.choose(logits[-1])
     sampled = ({"drafts": "sampled", "draft_temperature": policy.drafts.draft_temperature}
                if policy.drafts is not None else {})

@@ -442,11 +442,13 @@ def clock(device: torch.device | None = None) -> float:
 
 
 def target_forward(model, tokens: torch.Tensor, cache, position_ids=None, attention_mask=None,
-                   feature_layers: tuple[int, ...] | None = None):
+                   feature_layers: tuple[int, ...] | None = None, last_logits_only: bool = False):
     """One forward of the unmodified HF model: returns (features, logits), both (T, ·). Features
     are the last hidden states or, with feature_layers (EAGLE-3), the concatenated
-    `hidden_states[i]` (the inputs of those layers). A model spread over devices (a device map)
-    gets its inputs on its embedding's device and returns both on its lm_head's device."""
+    `hidden_states[i]` (the inputs of those layers). last_logits_only: logits (1, V) of the last
+    token alone, as a prefill needs (HF generate does the same; the lm_head over a whole prompt
+    costs as much as a few decode steps). A model spread over devices (a device map) gets its
+    inputs on its embedding's device and returns both on its lm_head's device."""
     spread = model.__dict__.get("hf_device_map") is not None  # a dict lookup: nothing to move otherwise
     if spread:
         into, out_dev = input_device(model), output_device(model)
@@ -458,8 +460,9 @@ def target_forward(model, tokens: torch.Tensor, cache, position_ids=None, attent
     hidden = out.last_hidden_state[0]
     if spread:
         hidden = hidden.to(out_dev)
+    logits = model.lm_head(hidden[-1:] if last_logits_only else hidden)
     if feature_layers is None:
-        return hidden, model.lm_head(hidden)
+        return hidden, logits
     layers = [out.hidden_states[i][0] for i in feature_layers]
     feats = torch.cat([h.to(out_dev) for h in layers] if spread else layers, dim=-1)
-    return feats, model.lm_head(hidden)
+    return feats, logits

@@ -69,6 +69,21 @@ def test_vanilla_equals_hf_generate(models):
         assert generate(target, ids, Vanilla(), max_new_tokens=25).tokens == hf_generate(target, ids, 25).tokens
 
 
+def test_prefill_scores_only_the_last_prompt_token(models):
+    """The prefill's lm_head sees one row (the first token comes from it), not the whole prompt;
+    verify forwards score every tree node."""
+    target, other = models
+    rows = []
+    hook = target.lm_head.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[-2]))
+    try:
+        r = generate(target, torch.arange(4, 16), Eagle2(top_k=3, depth=3, total_tokens=8),
+                     ModelDrafter(other), max_new_tokens=6)
+    finally:
+        hook.remove()
+    assert rows[0] == 1 and len(r.tokens) == 6
+    assert max(rows[1:]) > 1  # a tree of several nodes was verified
+
+
 def test_eos_inside_an_accepted_path(models):
     """EOS met mid-path: stop right there, never a token past it, same as vanilla."""
     target, _ = models
