@@ -21,6 +21,7 @@ import torch
 
 from . import hub
 from .attention import use_tree_attention
+from .norms import fuse_rms_norms
 from .packed import FP16_WEIGHTS, fbgemm_fp16_available, has_packed_weights, pack_fp16_weights
 from .precision import auto_cpu_precision
 
@@ -285,6 +286,7 @@ def load_target(
     model.requires_grad_(False)
     if precision == FP16_WEIGHTS:
         pack_fp16_weights(model)
+    fuse_rms_norms(model)  # fp32 on a CPU only: one call per norm, the same numbers
     use_tree_attention(model)
     return Target(model=model, tokenizer=tok, name=label, load_seconds=time.perf_counter() - t0, source=source,
                   device_map=used_map)

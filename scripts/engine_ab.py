@@ -11,6 +11,11 @@ relative). Greedy outputs are compared token for token.
 With --before-dtype the other checkout runs on a second target of that precision (its own head
 copy and its own `hf before` baseline): e.g. float32, the previous auto choice on a CPU without
 native bf16, against this checkout's auto (fp16-weights there).
+
+With --before-library-norms the other checkout runs on a second target of the same precision
+whose RMSNorms are transformers' own (as every checkout before eagle2.norms ran them), with its
+own `hf before` baseline: the one-call norms are then counted as this checkout's, as they are
+new code with the same numbers; the fp16 packing stays shared (a precision, chosen alike).
 """
 
 from __future__ import annotations
@@ -46,6 +51,23 @@ def import_before(checkout: Path):
     return mod
 
 
+def restore_library_norms(model) -> int:
+    """Put transformers' LlamaRMSNorm back where eagle2.norms swapped in a one-call norm (same weight)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from eagle2.norms import OneCallRMSNorm
+
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, OneCallRMSNorm):
+                norm = LlamaRMSNorm(child.normalized_shape[0], eps=child.variance_epsilon)
+                norm.weight = child.weight
+                setattr(parent, name, norm)
+                count += 1
+    return count
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("before", type=Path, help="the other checkout (e.g. a git worktree of the previous commit)")
@@ -59,6 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--before-dtype", default=None,
                     help="the other checkout's target precision, as a second target with its own head and its own "
                          "hf baseline (`hf before`); default: both share this checkout's target")
+    ap.add_argument("--before-library-norms", action="store_true",
+                    help="the other checkout's target (and head) keep transformers' RMSNorm; see above")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if args.threads:
@@ -66,8 +90,11 @@ def main(argv=None) -> int:
     before = import_before(args.before.resolve())
     target = eagle2.load_target("default", dtype=args.dtype)
     drafter_now = eagle2.load_drafter(target, head="default")
-    if args.before_dtype:  # e.g. float32 (the previous auto on a CPU without native bf16) against fp16-weights
-        target_before = eagle2.load_target("default", dtype=args.before_dtype)
+    if args.before_dtype or args.before_library_norms:  # e.g. float32 (the previous auto on a CPU without native
+        # bf16) against fp16-weights; or the same precision with the library's norms
+        target_before = eagle2.load_target("default", dtype=args.before_dtype or args.dtype)
+        if args.before_library_norms:
+            restore_library_norms(target_before.model)
         head_before = eagle2.load_drafter(target_before, head="default", draft_vocab=0).head
     else:
         target_before, head_before = target, drafter_now.head
@@ -124,6 +151,7 @@ def main(argv=None) -> int:
     summary = {"command": "python " + " ".join(sys.argv), "cpu": cpu_model(), "threads": torch.get_num_threads(),
                "precision_now": target.precision,
                "precision_before": getattr(target_before, "precision", str(target_before.dtype)),
+               "before_norms": "transformers'" if args.before_library_norms else "as this checkout's",
                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"), "questions": len(questions),
                "max_new_tokens": args.max_new_tokens, "outputs_differing_from_hf": mismatches, "methods": {}}
     for n, t in totals.items():
