@@ -29,6 +29,7 @@ class OneCallRMSNorm(nn.Module):
 
     def __init__(self, norm: nn.Module):
         super().__init__()
+        self.library_class = type(norm)  # what it replaced (an A/B can put it back)
         self.weight = norm.weight
         self.variance_epsilon = norm.variance_epsilon
         self.normalized_shape = tuple(norm.weight.shape)
@@ -44,19 +45,30 @@ class OneCallRMSNorm(nn.Module):
         return f"{self.normalized_shape}, eps={self.variance_epsilon}, one call"
 
 
-def fuse_rms_norms(module: nn.Module) -> int:
-    """Swap every Llama-family RMSNorm inside `module` whose weight is fp32 on a CPU for an
-    OneCallRMSNorm, in place; returns how many."""
+def swap_modules(module: nn.Module, make) -> int:
+    """Replace, in place, every submodule `m` of `module` for which make(m) returns a module; returns how many."""
     count = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            weight = getattr(child, "weight", None)
-            if (type(child).__name__ in RMS_NORM_CLASSES and isinstance(weight, torch.Tensor)
-                    and weight.dtype == torch.float32 and weight.device.type == "cpu"
-                    and hasattr(child, "variance_epsilon")):
-                setattr(parent, name, OneCallRMSNorm(child))
+            new = make(child)
+            if new is not None:
+                setattr(parent, name, new)
                 count += 1
     return count
+
+
+def fuse_rms_norms(module: nn.Module) -> int:
+    """Swap every Llama-family RMSNorm inside `module` whose weight is fp32 on a CPU for an
+    OneCallRMSNorm, in place; returns how many."""
+    def make(child):
+        weight = getattr(child, "weight", None)
+        if (type(child).__name__ in RMS_NORM_CLASSES and isinstance(weight, torch.Tensor)
+                and weight.dtype == torch.float32 and weight.device.type == "cpu"
+                and hasattr(child, "variance_epsilon")):
+            return OneCallRMSNorm(child)
+        return None
+
+    return swap_modules(module, make)
 
 
 def has_one_call_norms(module: nn.Module) -> bool:

@@ -52,20 +52,17 @@ def import_before(checkout: Path):
 
 
 def restore_library_norms(model) -> int:
-    """Put transformers' LlamaRMSNorm back where eagle2.norms swapped in a one-call norm (same weight)."""
-    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    """Put transformers' norm back where eagle2.norms swapped in a one-call norm (same weight)."""
+    from eagle2.norms import OneCallRMSNorm, swap_modules
 
-    from eagle2.norms import OneCallRMSNorm
+    def make(child):
+        if not isinstance(child, OneCallRMSNorm):
+            return None
+        norm = child.library_class(child.normalized_shape[0], eps=child.variance_epsilon)
+        norm.weight = child.weight
+        return norm
 
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, OneCallRMSNorm):
-                norm = LlamaRMSNorm(child.normalized_shape[0], eps=child.variance_epsilon)
-                norm.weight = child.weight
-                setattr(parent, name, norm)
-                count += 1
-    return count
+    return swap_modules(model, make)
 
 
 def main(argv=None) -> int:
