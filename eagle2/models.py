@@ -13,6 +13,8 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +157,20 @@ def _save_plain(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def _save_to_cache(model, tokenizer, cached: Path) -> None:
+    """Save the dequantized model under a private name, then rename it into place: a second
+    process converting the same GGUF at the same time (an app and a CLI, two test workers) keeps
+    whichever folder landed first and drops its own copy."""
+    tmp = cached.with_name(cached.name + f".tmp{os.getpid()}-{threading.get_ident()}")
+    _save_plain(model, tokenizer, tmp)
+    try:
+        os.replace(tmp, cached)
+    except OSError:  # the other process's folder is there (a rename onto a non-empty folder fails)
+        if not (cached / "model.safetensors").exists():
+            raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def eos_token_ids(model, tokenizer) -> list[int]:
     ids: set[int] = set()
     for src in (getattr(model, "generation_config", None), model.config):
@@ -247,11 +263,7 @@ def load_target(
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             if use_cache:
-                tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
-                _save_plain(model, tok, tmp)
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                if not cached.exists():
-                    os.replace(tmp, cached)
+                _save_to_cache(model, tok, cached)
             precision = for_config(model.config)
             model = model.to(_NAMES[precision])
             if device_map is not None:

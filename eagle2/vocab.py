@@ -190,7 +190,9 @@ def reduced_vocab_pays(full, reduced, target, folder) -> dict:
     raw = {"schema": CHOICE_SCHEMA, "full_step_s": t_full, "reduced_step_s": t_reduced,
            "size": reduced.draft_vocab, "pays": t_reduced <= PAYS_BELOW * t_full}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(raw) + "\n")
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")  # a reader never sees half a file
+    tmp.write_text(json.dumps(raw) + "\n")
+    os.replace(tmp, path)
     return raw
 
 

@@ -257,3 +257,16 @@ def test_user_policy_from_examples_is_lossless(models):
                        max_new_tokens=30, observers=[rec])
         assert out.tokens == generate(target, ids, Vanilla(), max_new_tokens=30).tokens
         assert all(c.verification.nodes for c in rec.trace.cycles)
+
+
+def test_a_converted_model_already_in_the_cache_is_kept(tiny_target, tmp_path):
+    """Two processes converting the embedded GGUF at once: the second rename meets the first's
+    folder; it keeps that folder, drops its own copy, and does not fail."""
+    from eagle2.models import _save_to_cache
+
+    cached = tmp_path / "targets" / "model-abc"
+    _save_to_cache(tiny_target.model, tiny_target.tokenizer, cached)
+    first = (cached / "model.safetensors").stat().st_mtime_ns
+    _save_to_cache(tiny_target.model, tiny_target.tokenizer, cached)  # the loser of the race
+    assert (cached / "model.safetensors").stat().st_mtime_ns == first
+    assert [p.name for p in cached.parent.iterdir()] == ["model-abc"]  # no temporary folder left
