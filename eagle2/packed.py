@@ -29,6 +29,8 @@ import functools
 import torch
 from torch import nn
 
+from .norms import swap_modules
+
 FP16_WEIGHTS = "fp16-weights"
 
 
@@ -146,14 +148,10 @@ def pack_fp16_weights(module: nn.Module) -> int:
     place, with shared products for siblings that read the same input; returns how many layers."""
     if not fbgemm_fp16_available():
         raise ValueError("fp16-weights needs PyTorch's FBGEMM on an x86 CPU with AVX2; use --dtype float32")
-    count = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                if child.weight.dtype != torch.float32:
-                    raise ValueError(f"fp16-weights packs fp32 layers; {name} is {child.weight.dtype}")
-                setattr(parent, name, Fp16WeightLinear(child))
-                count += 1
+    for name, layer in module.named_modules():  # checked before any layer is swapped
+        if type(layer) is nn.Linear and layer.weight.dtype != torch.float32:
+            raise ValueError(f"fp16-weights packs fp32 layers; {name} is {layer.weight.dtype}")
+    count = swap_modules(module, lambda child: Fp16WeightLinear(child) if type(child) is nn.Linear else None)
     share_input_products(module)
     return count
 

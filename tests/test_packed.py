@@ -272,3 +272,16 @@ def test_a_target_too_big_for_fp16_weights_stays_bf16(monkeypatch):
                        num_key_value_heads=8, vocab_size=128256)
     assert not precision.fits_fp16_weights(huge)
     assert precision.auto_cpu_precision(huge, cache=models.cache_dir()) == "bfloat16"
+
+
+@pytest.mark.skipif(not fbgemm_fp16_available(), reason="needs FBGEMM (x86 with AVX2)")
+def test_a_layer_that_is_not_fp32_is_refused_before_anything_is_packed():
+    from torch import nn
+
+    from eagle2.packed import Fp16WeightLinear, pack_fp16_weights
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.Sequential(nn.Linear(8, 8).to(torch.bfloat16)))
+    with pytest.raises(ValueError, match=r"packs fp32 layers; 1\.0 is torch\.bfloat16"):
+        pack_fp16_weights(model)
+    assert not any(isinstance(m, Fp16WeightLinear) for m in model.modules())  # no half-packed model left
+    assert pack_fp16_weights(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))) == 2
