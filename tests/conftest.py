@@ -81,6 +81,12 @@ def _threads():
     torch.set_num_threads(1)
 
 
+def model_threads() -> int:
+    """Threads for a test that runs the embedded model: both cores, or one each when pytest-xdist
+    runs two workers (three busy threads on two cores stall torch's thread pool)."""
+    return 1 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 2
+
+
 @pytest.fixture(scope="session")
 def tiny_head(tiny_dir, tmp_path_factory):
     """A random EAGLE-1/2 head for the tiny Llama, saved as a folder usable as `--head PATH`."""

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import model_threads
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "artifacts"
@@ -56,6 +58,8 @@ def _start_app(python: str = sys.executable, env: dict | None = None, log_path: 
     env = dict(os.environ, PYTHONPATH=str(ROOT), EAGLE2_APP_PRELOAD="1") if env is None else dict(env)
     env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
                HF_HUB_OFFLINE="1", **env_extra)
+    if model_threads() == 1:  # another pytest worker has the other core
+        env.setdefault("OMP_NUM_THREADS", "1")
     if not _default_head_shipped():  # until the trained head ships, the target drafts for itself
         env["EAGLE2_APP_HEAD"] = "self"
     ARTIFACTS.mkdir(exist_ok=True)

@@ -6,6 +6,8 @@ import torch
 import eagle2
 from eagle2.draft import DEFAULT_HEADS
 
+from conftest import model_threads
+
 pytestmark = pytest.mark.slow
 
 PROMPTS = [
@@ -20,7 +22,7 @@ HEAD_SHIPPED = (DEFAULT_HEADS["SmolLM2-135M-Instruct"] / "config.json").exists()
 
 @pytest.fixture(scope="module")
 def target_fp32():
-    torch.set_num_threads(2)
+    torch.set_num_threads(model_threads())
     yield eagle2.load_target("default", dtype="float32")
     torch.set_num_threads(1)
 
@@ -33,10 +35,16 @@ def drafter(target_fp32):
     return eagle2.EagleDrafter(eagle2.EagleHead.for_target(target_fp32.model.config), target_fp32.model)
 
 
+@pytest.fixture(scope="module")
+def vanilla_answers(target_fp32):
+    """The target's own greedy answers to PROMPTS, decoded once for every policy compared with them."""
+    return {prompt: eagle2.generate_text(target_fp32, prompt, policy=eagle2.Vanilla(), max_new_tokens=40)
+            for prompt in PROMPTS}
+
+
 @pytest.mark.parametrize("policy", ["eagle2", "eagle1"])
-def test_greedy_lossless_on_embedded_target(target_fp32, drafter, policy):
-    for prompt in PROMPTS:
-        ref = eagle2.generate_text(target_fp32, prompt, policy=eagle2.Vanilla(), max_new_tokens=40)
+def test_greedy_lossless_on_embedded_target(target_fp32, drafter, vanilla_answers, policy):
+    for prompt, ref in vanilla_answers.items():
         out = eagle2.generate_text(target_fp32, prompt, drafter=drafter, policy=eagle2.make_policy(policy),
                                    max_new_tokens=40)
         assert out.tokens == ref.tokens, prompt
@@ -64,7 +72,7 @@ def test_vanilla_matches_hf_generate(target_fp32):
 
 
 def _shipped_head_tau() -> list[float]:
-    torch.set_num_threads(2)
+    torch.set_num_threads(model_threads())
     target = eagle2.load_target("default")
     drafter = eagle2.load_drafter(target, head="default")
     taus = []
