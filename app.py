@@ -11,7 +11,7 @@ Environment knobs:
     EAGLE2_APP_HEAD            initial draft head in the UI (default "default")
     EAGLE2_APP_MAX_NEW_TOKENS  upper bound for max_new_tokens (default 256)
     EAGLE2_APP_POLICIES        extra user policies, "module:Class" or "path/file.py:Class", comma-separated
-    EAGLE2_APP_PRELOAD=0       don't load the default model in the background at start-up
+    EAGLE2_APP_PRELOAD=0       skip the start-up preload (load the default model, size its tree)
     EAGLE2_APP_MAX_TRACE_BYTES trace uploads above this are refused (default and ceiling: 50 MiB)
     EAGLE2_APP_MAX_MODEL_BYTES / SPACE_ID  see viz/lab/guard.py (model size cap, public-Space mode)
 """
@@ -29,7 +29,7 @@ from viz.html import legend_html, tokens_html
 from viz.lab import handlers as H
 from viz.lab import texts
 from viz.lab.config import (COMPARE_DEFAULT_A, COMPARE_DEFAULT_B, DEFAULT_NEW_TOKENS, DEFAULT_POLICY, LIMITS,
-                            MAX_PROMPT_CHARS, MAX_UPLOAD_BYTES, PROMPTS_FILE, SPECIAL_HEADS, install_user_policies,
+                            MAX_PROMPT_CHARS, MAX_UPLOAD_BYTES, PROMPTS_FILE, SPECIAL_HEADS, default_head, install_user_policies,
                             policy_choices, policy_defaults, policy_sizes, total_cap)
 from viz.lab.run import default_head_missing, limit_malloc_arenas, preload
 from viz.lab.traces import example_traces
@@ -82,7 +82,7 @@ def _model_widgets(C: dict) -> None:
     gr.Markdown("### Model, head and tree")
     C["target"] = gr.Dropdown(["default"], value="default", allow_custom_value=True, label="Target model", elem_id="target",
                               info="default = embedded SmolLM2-135M-Instruct; or a hub id / folder")
-    head0 = os.environ.get("EAGLE2_APP_HEAD", "default")
+    head0 = default_head()
     head_choices = [(v, k) for k, v in SPECIAL_HEADS.items()]
     if head0 not in SPECIAL_HEADS:
         head_choices.append((head0, head0))
@@ -311,15 +311,19 @@ def build_app() -> gr.Blocks:
 def main():
     limit_malloc_arenas()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    serving = threading.Event()
     if os.environ.get("EAGLE2_APP_PRELOAD", "1") != "0":
-        threading.Thread(target=preload, name="tree-lab-preload", daemon=True).start()
+        threading.Thread(target=preload, args=(serving,), name="tree-lab-preload", daemon=True).start()
     demo = build_app()
     demo.queue(default_concurrency_limit=4, max_size=32)
     theme = gr.themes.Soft(primary_hue="blue", neutral_hue="slate",
                            font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
                            font_mono=["ui-monospace", "DejaVu Sans Mono", "monospace"])
     demo.launch(css=texts.APP_CSS, js=texts.ON_LOAD_JS, theme=theme, max_file_size=MAX_UPLOAD_BYTES,
-                ssr_mode=False, show_error=True, run_history=False, footer_links=["api", "settings"])
+                ssr_mode=False, show_error=True, run_history=False, footer_links=["api", "settings"],
+                prevent_thread_lock=True)
+    serving.set()  # the page is up: the preload may now time the target's forwards
+    demo.block_thread()
 
 
 if __name__ == "__main__":

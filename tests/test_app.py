@@ -132,6 +132,27 @@ def test_run_auto_tree_size(tiny_models, monkeypatch, tmp_path):
         validate(*run_args(policy="eagle2-auto", top_k=0))
 
 
+def test_preload_gets_the_first_run_ready(tiny_models, monkeypatch, tmp_path):
+    """At start-up the preload also sizes the default policy's tree (the latency calibration), so a
+    first run at the page's starting settings reuses it and never shows the sizing phase; a run that
+    comes while the preload times forwards says so."""
+    monkeypatch.setenv("EAGLE2_CACHE", str(tmp_path))
+    monkeypatch.setenv("EAGLE2_APP_HEAD", "self")  # the tiny target has no trained head
+    monkeypatch.setattr(run.MODELS, "_policies", {})
+    run.preload()
+    assert run.WARMUP["v"] is None
+    assert list((tmp_path / "latency").glob("*.json")), "nothing was calibrated at start-up"
+    d = config.policy_defaults(config.DEFAULT_POLICY)
+    start = dict(head=config.default_head(), policy=config.DEFAULT_POLICY, top_k=d["top_k"], depth=d["depth"],
+                 total_tokens=d["total_tokens"], max_new_tokens=6)
+    assert run.MODELS.has_policy(tiny_models, validate(*run_args(**start)))
+    statuses = [out["status"] for out in consume(handlers.run_handler(*run_args(**start))) if "status" in out]
+    assert "Done" in statuses[-1], statuses[-1]
+    assert not any("Sizing the tree" in s for s in statuses)
+    monkeypatch.setitem(run.WARMUP, "v", "calibrate")
+    assert "sizing the tree for this machine (once, at start-up" in handlers._phase_status("wait", "default", "x")
+
+
 def test_run_auto_tree_size_with_lookup(tiny_models, monkeypatch, tmp_path):
     monkeypatch.setenv("EAGLE2_CACHE", str(tmp_path))
     assert config.AUTO_LOOKUP in config.policy_choices() and config.policy_sizes(config.AUTO_LOOKUP) == ("top_k", "depth")

@@ -379,8 +379,8 @@ def _run_in_browser(url: str, chromium: str, log_path: Path, timings: dict) -> N
             page.locator("#prompt textarea").fill("Why is the sky blue?")
             t0 = time.time()
             page.locator("#run-btn").click()
-            # the first run waits for the preload (extract the GGUF, dequantize it ~15 s, cache it), then
-            # sizes the tree for this machine (eagle2-auto, ~10 s idle; minutes on a loaded 2-core box)
+            # the first run waits for the start-up preload: extract the GGUF, dequantize it and cache it,
+            # then size eagle2-auto's tree for this machine (a minute or two on a loaded 2-core box)
             expect(page.locator("#status")).to_contain_text("Done", timeout=300_000)
             timings["first run (model fetch + load + generate)"] = time.time() - t0
             expect(page.locator("#status")).not_to_contain_text("rror")

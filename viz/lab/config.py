@@ -92,6 +92,17 @@ def policy_defaults(name: str) -> dict:
     return out
 
 
+def default_head() -> str:
+    """The draft head the page starts with (EAGLE2_APP_HEAD, else the shipped default)."""
+    return os.environ.get("EAGLE2_APP_HEAD", "default")
+
+
+def default_choice() -> registry.PolicyChoice:
+    """The policy the page starts with, at the sizes its sliders start from."""
+    d = policy_defaults(DEFAULT_POLICY)
+    return registry.resolve_policy(DEFAULT_POLICY, defaults={k: d[k] for k in ("top_k", "depth", "total_tokens")})
+
+
 def _compare_default(name: str) -> tuple[str, int, int, int]:
     d = policy_defaults(name)
     return name, d["top_k"], d["depth"], d["total_tokens"]

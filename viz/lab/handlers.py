@@ -15,7 +15,7 @@ from viz.html import tokens_html
 from viz.tree_figure import stage_names
 
 from .config import policy_defaults, policy_sizes, total_cap
-from .run import MODELS, generate_stream
+from .run import MODELS, WARMUP, generate_stream
 from .state import validate
 from .traces import best_cycle, load_trace_path
 from .views import (clamp_cycle, compare_outputs, cycle_outputs, message, running_outputs, safe_tree,
@@ -30,6 +30,9 @@ PLAY_STEP_S = 1.2  # "Play all": seconds per stage
 # ---- runs ------------------------------------------------------------------------------------------------
 def _phase_status(kind: str, target: str, label: str) -> str:
     if kind == "wait":
+        if WARMUP["v"] == "calibrate":
+            return message("busy", "Getting ready: sizing the tree for this machine (once, at start-up: "
+                                   "a few timed target forwards, ~10–20 s)…")
         return message("busy", "Waiting for another run to finish (one generation at a time)…")
     if kind == "load":
         return message("busy", "Preparing the drafter…" if target in MODELS.loaded() else

@@ -12,16 +12,18 @@ import os
 import queue
 import sys
 import threading
+import time
 from pathlib import Path
 
 import eagle2
+from eagle2 import registry
 from eagle2.head import HEAD_KIND_LABELS
 from eagle2.policies import Policy
 from eagle2.trace import Observer, TraceRecorder, token_texts
 from viz.data import TokenSpan
 
 from . import guard
-from .config import ROOT
+from .config import ROOT, default_choice, default_head
 from .state import RunParams
 
 
@@ -69,13 +71,18 @@ class Models:
     def policy(self, target: eagle2.Target, p: RunParams) -> Policy:
         """The run's policy; auto-sized ones are kept per target and spec (they learn online).
         Called under GEN_LOCK, so a kept policy is never used by two runs at once."""
-        if p.policy_obj is not None:
-            return p.policy_obj
-        key = (target.name, p.choice.spec())
+        return p.policy_obj if p.policy_obj is not None else self.sized_policy(target, p.choice)
+
+    def sized_policy(self, target: eagle2.Target, choice: registry.PolicyChoice) -> Policy:
+        """The kept policy for this target and choice, built (an auto size: calibrated) on first use."""
+        key = (target.name, choice.spec())
         with self._lock:
             if key not in self._policies:
-                self._policies[key] = p.choice.build(target=target)
+                self._policies[key] = choice.build(target=target)
             return self._policies[key]
+
+    def has_policy(self, target: eagle2.Target, p: RunParams) -> bool:
+        return p.policy_obj is not None or (target.name, p.choice.spec()) in self._policies
 
     def drafter(self, target: eagle2.Target, spec: str):
         if spec == "self":
@@ -126,12 +133,36 @@ def default_head_missing() -> str | None:
             "(the target drafts for itself) or **random** (an untrained head), or open an example trace.")
 
 
-def preload() -> None:
-    """Load the default target (run in a background thread at start-up)."""
+WARMUP = {"v": None}  # what the start-up preload is doing now: "load", "calibrate" or None
+
+
+def preload(serving: threading.Event | None = None) -> None:
+    """Get the page's first run ready, in a background thread at start-up: load the default target,
+    then size the default policy's tree and decide the default head's draft vocabulary for this
+    machine (both timed once, then cached). A visitor's first run then starts generating at once.
+    The timing waits for `serving` (set once the page is up: building it would slow the timed
+    forwards) and holds GEN_LOCK, so no run disturbs it; a run that comes meanwhile waits, and its
+    status says why."""
+    t0 = time.perf_counter()
     try:
-        MODELS.target("default")
+        WARMUP["v"] = "load"
+        target = MODELS.target("default")
+        if serving is not None:
+            serving.wait(timeout=300)
+        WARMUP["v"] = "calibrate"
+        with GEN_LOCK:
+            choice = default_choice()
+            MODELS.sized_policy(target, choice)
+            head = default_head()
+            trained = head not in ("self", "random") and (head != "default" or default_head_missing() is None)
+            if choice.needs_drafter and trained:  # the reduced draft vocabulary: does it pay here?
+                MODELS.drafter(target, head)
+        print(f"[tree-lab] ready in {time.perf_counter() - t0:.0f} s: {target.name} loaded, "
+              f"{choice.spec()} {'sized for this machine' if choice.auto else 'built'}", flush=True)
     except Exception as e:
         print(f"[tree-lab] the default model could not be preloaded: {e}")
+    finally:
+        WARMUP["v"] = None
 
 
 def limit_malloc_arenas(n: int = 2) -> None:
@@ -200,7 +231,7 @@ def _work(p: RunParams, q: queue.Queue, cancel: threading.Event, box: dict, phas
             if p.target not in MODELS.loaded():
                 guard.check_model_size(p.target)  # before any download: one line with its size
             target = MODELS.target(p.target)
-            if p.policy_obj is None:
+            if not MODELS.has_policy(target, p):
                 phase["v"] = "calibrate"
             policy = MODELS.policy(target, p)
             drafter = MODELS.drafter(target, p.head) if policy.needs_drafter else None
