@@ -149,8 +149,8 @@ def preload(serving: threading.Event | None = None) -> None:
         target = MODELS.target("default")
         if serving is not None:
             serving.wait(timeout=300)
-        WARMUP["v"] = "calibrate"
-        with GEN_LOCK:
+        with GEN_LOCK:  # (a run that came while the model loaded goes first)
+            WARMUP["v"] = "calibrate"
             choice = default_choice()
             MODELS.sized_policy(target, choice)
             head = default_head()
