@@ -36,10 +36,11 @@ def _phase_status(kind: str, target: str, label: str) -> str:
         return message("busy", "Waiting for another run to finish (one generation at a time)…")
     if kind == "load":
         return message("busy", "Preparing the drafter…" if target in MODELS.loaded() else
-                       "Loading the model (first run only: a few seconds)…")
+                       "Loading the model (first run only: seconds, or about a minute to convert the "
+                       "embedded model on a new machine)…")
     if kind == "calibrate":
         return message("busy", "Sizing the tree for this machine (the first eagle2-auto run times a few "
-                               "target forwards, ~10 s; cached afterwards)…")
+                               "target forwards, ~10–20 s; cached afterwards)…")
     return message("busy", f"Generating with {label}…")
 
 
