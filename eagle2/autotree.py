@@ -78,6 +78,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .files import write_text_atomic
 from .models import clock, output_device
 from .packed import has_packed_weights, has_shared_products
 from .precision import machine_info
@@ -264,10 +265,7 @@ def _load_or_calibrate(model, sizes, prefix_len, repeats, refresh, use_cache, pr
             pass  # a stale or broken file: measure again
     lat = calibrate(model, sizes, prefix_len, repeats, progress=progress)
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}-{threading.get_ident()}")
-        tmp.write_text(lat.to_json())
-        os.replace(tmp, path)
+        write_text_atomic(path, lat.to_json())
     lat.meta["cache_file"], lat.meta["cached"] = str(path), False
     return lat
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .files import write_text_atomic
 from .packed import FP16_WEIGHTS, fbgemm_fp16_available, packed_linear, prepack
 
 PROBE_SCHEMA = "eagle2-precision-probe-2"  # 2: fp16 timed with shared q/k/v and gate/up products
@@ -185,10 +186,7 @@ def probe(shapes: LayerShapes, cache: Path) -> PrecisionProbe:
     result = measure(shapes)
     path = probe_path(shapes, cache)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"schema": PROBE_SCHEMA, **asdict(result)}, indent=1))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps({"schema": PROBE_SCHEMA, **asdict(result)}, indent=1))
     except OSError:
         pass  # a read-only cache: measure again next time
     return result

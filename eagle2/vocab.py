@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .files import write_text_atomic
 from .packed import Fp16WeightLinear, packed_linear, prepack
 
 
@@ -189,10 +190,7 @@ def reduced_vocab_pays(full, reduced, target, folder) -> dict:
     t_full, t_reduced = time_draft_steps([full, reduced])
     raw = {"schema": CHOICE_SCHEMA, "full_step_s": t_full, "reduced_step_s": t_reduced,
            "size": reduced.draft_vocab, "pays": t_reduced <= PAYS_BELOW * t_full}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")  # a reader never sees half a file
-    tmp.write_text(json.dumps(raw) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(raw) + "\n")
     return raw
 
 

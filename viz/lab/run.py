@@ -75,14 +75,18 @@ class Models:
 
     def sized_policy(self, target: eagle2.Target, choice: registry.PolicyChoice) -> Policy:
         """The kept policy for this target and choice, built (an auto size: calibrated) on first use."""
-        key = (target.name, choice.spec())
+        key = self._policy_key(target, choice)
         with self._lock:
             if key not in self._policies:
                 self._policies[key] = choice.build(target=target)
             return self._policies[key]
 
     def has_policy(self, target: eagle2.Target, p: RunParams) -> bool:
-        return p.policy_obj is not None or (target.name, p.choice.spec()) in self._policies
+        return p.policy_obj is not None or self._policy_key(target, p.choice) in self._policies
+
+    @staticmethod
+    def _policy_key(target: eagle2.Target, choice: registry.PolicyChoice) -> tuple[str, str]:
+        return target.name, choice.spec()
 
     def drafter(self, target: eagle2.Target, spec: str):
         if spec == "self":
@@ -154,9 +158,8 @@ def preload(serving: threading.Event | None = None) -> None:
             choice = default_choice()
             MODELS.sized_policy(target, choice)
             head = default_head()
-            trained = head not in ("self", "random") and (head != "default" or default_head_missing() is None)
-            if choice.needs_drafter and trained:  # the reduced draft vocabulary: does it pay here?
-                MODELS.drafter(target, head)
+            if choice.needs_drafter and (head != "default" or default_head_missing() is None):
+                MODELS.drafter(target, head)  # loads the head, decides its draft vocabulary
         print(f"[tree-lab] ready in {time.perf_counter() - t0:.0f} s: {target.name} loaded, "
               f"{choice.spec()} {'sized for this machine' if choice.auto else 'built'}", flush=True)
     except Exception as e:
