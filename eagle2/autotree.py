@@ -80,7 +80,7 @@ import torch
 
 from .files import write_text_atomic
 from .models import clock, output_device
-from .packed import has_packed_weights, has_shared_products
+from .packed import FBGEMM_FP16, has_shared_products, packed_format
 from .precision import machine_info
 from .policies import Eagle2, check_lookup
 from .trace import ExpansionStep, Timings
@@ -173,8 +173,10 @@ def calibration_key(model, device: torch.device, dtype: torch.dtype, prefix_len:
         "model": getattr(cfg, "_name_or_path", "") or "", "model_type": getattr(cfg, "model_type", ""),
         "hidden": getattr(cfg, "hidden_size", 0), "layers": getattr(cfg, "num_hidden_layers", 0),
         "vocab": getattr(cfg, "vocab_size", 0), "dtype": str(dtype), "prefix": prefix_len, "sizes": list(sizes),
-        "fp16_weights": has_packed_weights(model),
+        "fp16_weights": packed_format(model) is FBGEMM_FP16,
     }
+    if packed_format(model) is not None and packed_format(model) is not FBGEMM_FP16:
+        ident["packed"] = packed_format(model).name
     if has_shared_products(model):  # keys of earlier curves stay valid for the layout they timed
         ident["fp16_shared_products"] = True
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]

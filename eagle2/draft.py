@@ -27,7 +27,7 @@ from . import hub
 from .head import Eagle3Head, EagleHead, load_head_folder
 from .models import module_device, output_device
 from .norms import fuse_rms_norms, has_one_call_norms
-from .packed import has_packed_weights, pack_fp16_weights
+from .packed import has_packed_weights, pack_weights, packed_format
 from . import vocab as vocab_lib
 from .vocab import ReducedLMHead
 
@@ -131,7 +131,7 @@ class EagleDrafter(Drafter):
         check_head_fits(head, target_model, name=name)
         self.head = head.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         if has_packed_weights(target_model) and not has_packed_weights(self.head):
-            pack_fp16_weights(self.head)  # the head's few-row products gain as the target's do
+            pack_weights(self.head, packed_format(target_model))  # its few-row products gain as the target's do
         if has_one_call_norms(target_model):
             fuse_rms_norms(self.head)
         use_tree_attention(self.head)

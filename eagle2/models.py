@@ -24,8 +24,8 @@ import torch
 from . import hub
 from .attention import use_tree_attention
 from .norms import fuse_rms_norms
-from .packed import FP16_WEIGHTS, fbgemm_fp16_available, has_packed_weights, pack_fp16_weights
-from .precision import auto_cpu_precision
+from .packed import FBGEMM_FP16, FP16_WEIGHTS, ONEDNN_BF16, fbgemm_fp16_available, onednn_bf16_available, pack_weights, packed_format
+from .precision import auto_cpu_precision, fits_packed_weights
 
 DEFAULT_TARGET = "default"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
@@ -57,8 +57,9 @@ class Target:
 
     @property
     def precision(self) -> str:
-        """What runs: "bfloat16", "float32", or "fp16-weights" (fp32 with FBGEMM fp16 weights)."""
-        return FP16_WEIGHTS if has_packed_weights(self.model) else dtype_name(self.dtype)
+        """What runs: "bfloat16", "float32", or "fp16-weights" (fp32 with FBGEMM fp16 weights). A bf16
+        target's weights packed for oneDNN on a CPU are still "bfloat16": the same numbers."""
+        return FP16_WEIGHTS if packed_format(self.model) is FBGEMM_FP16 else dtype_name(self.dtype)
 
     @property
     def config(self):
@@ -84,8 +85,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 DTYPE_CHOICES = ("auto", "bfloat16", "float32", FP16_WEIGHTS)  # what --dtype offers (CLI, bench, train)
-DTYPE_HELP = (f"auto = bf16 on GPUs; on a CPU the faster of bf16 and fp32 with fp16 weights ({FP16_WEIGHTS}, "
-              "FBGEMM), measured once on the target's layer shapes where both run, else whichever runs, else fp32")
+DTYPE_HELP = (f"auto = bf16 on GPUs; on a CPU the faster of bf16 (weights packed for oneDNN where it runs bf16) "
+              f"and fp32 with fp16 weights ({FP16_WEIGHTS}, FBGEMM), measured once on the target's layer shapes "
+              "where both run, else whichever runs, else fp32")
 _NAMES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
           "float16": torch.float16, "fp16": torch.float16, FP16_WEIGHTS: torch.float32}
 
@@ -297,11 +299,21 @@ def load_target(
     model = model.eval()
     model.requires_grad_(False)
     if precision == FP16_WEIGHTS:
-        pack_fp16_weights(model)
+        pack_weights(model, FBGEMM_FP16)
+    elif precision == "bfloat16" and used_map is None and packs_bf16(model, dev):
+        pack_weights(model, ONEDNN_BF16)  # the same products, without a weight reorder at every call
     fuse_rms_norms(model)  # fp32 on a CPU only: one call per norm, the same numbers
     use_tree_attention(model)
     return Target(model=model, tokenizer=tok, name=label, load_seconds=time.perf_counter() - t0, source=source,
                   device_map=used_map)
+
+
+def packs_bf16(model, device: torch.device) -> bool:
+    """Whether a bf16 model on `device` gets its weights packed for oneDNN (eagle2.packed): on a CPU
+    whose oneDNN runs bf16, where the packed copy fits in memory beside the parameters."""
+    return (device.type == "cpu" and onednn_bf16_available()
+            and all(p.dtype == torch.bfloat16 for p in model.parameters())
+            and fits_packed_weights(model.config, 4))
 
 
 # ---- targets over several devices ------------------------------------------------------------

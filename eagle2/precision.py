@@ -4,9 +4,10 @@ A CPU's flags do not say which is faster. On some CPUs with AVX-512 BF16 the bf1
 of one to eight rows (a decode step, a tree verify) run at a fraction of the memory bandwidth,
 and FBGEMM's fp16-weight kernel (eagle2.packed) is much faster; on others (AMX, or a faster bf16
 path) bf16 wins. So where both run, a short probe multiplies the target's own layer shapes at
-one and at eight rows in each precision and keeps the faster, cached per machine, torch version
-and shapes like the latency curve (eagle2.autotree). Without native bf16 there is nothing to
-measure: fp16-weights where FBGEMM runs, else fp32.
+one and at eight rows in each precision, as the target would run them (bf16 with weights packed
+for oneDNN where it runs, fp16 packed for FBGEMM), and keeps the faster, cached per machine,
+torch version and shapes like the latency curve (eagle2.autotree). Without native bf16 there is
+nothing to measure: fp16-weights where FBGEMM runs, else fp32.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from pathlib import Path
 import torch
 
 from .files import write_text_atomic
-from .packed import FP16_WEIGHTS, fbgemm_fp16_available, packed_linear, prepack
+from .packed import FBGEMM_FP16, FP16_WEIGHTS, ONEDNN_BF16, fbgemm_fp16_available, onednn_bf16_available
 
-PROBE_SCHEMA = "eagle2-precision-probe-2"  # 2: fp16 timed with shared q/k/v and gate/up products
+PROBE_SCHEMA = "eagle2-precision-probe-3"  # 2: fp16 timed with shared q/k/v and gate/up products; 3: bf16 packed alike
 PROBE_ROWS = (1, 8)  # a decode step and a typical tree verify
 PROBE_PARAMS = 24_000_000  # weights per probe pass: past a CPU's last-level cache, like a real forward
 PROBE_ROUNDS = 7
@@ -111,15 +112,24 @@ class PrecisionProbe:
 
 
 def measure(shapes: LayerShapes, rounds: int = PROBE_ROUNDS, params: int = PROBE_PARAMS) -> PrecisionProbe:
-    """Time bf16 F.linear against fp16-packed weights on `shapes` (as many layers as make
-    `params` weights), alternating, median of `rounds`."""
+    """Time bf16 products against fp16-packed weights on `shapes` (as many layers as make
+    `params` weights), each as eagle2.packed runs it (q/k/v stacked into one product, gate/up
+    into another; bf16 packed for oneDNN where it runs, else a plain F.linear), alternating,
+    median of `rounds`."""
     n_layers = min(PROBE_MAX_LAYERS, max(1, -(-params // shapes.params())))
     gen = torch.Generator().manual_seed(0)
     fp32 = [[torch.randn(o, n, generator=gen) * 0.02 for o, n in shapes.weights()] for _ in range(n_layers)]
-    bf16 = [[w.bfloat16() for w in layer] for layer in fp32]
-    # packed as eagle2.packed runs them: q/k/v stacked into one product, gate/up into another
-    fp16 = [[prepack(torch.cat(layer[0:3])), prepack(layer[3]), prepack(torch.cat(layer[4:6])), prepack(layer[6])]
-            for layer in fp32]
+
+    def stacked(layer, pack):
+        return [pack(torch.cat(layer[0:3])), pack(layer[3]), pack(torch.cat(layer[4:6])), pack(layer[6])]
+
+    if onednn_bf16_available():
+        bf16 = [stacked(layer, ONEDNN_BF16.prepack) for layer in fp32]
+        bf16_linear = ONEDNN_BF16.linear
+    else:
+        bf16 = [stacked(layer, torch.Tensor.bfloat16) for layer in fp32]
+        bf16_linear = torch.nn.functional.linear
+    fp16 = [stacked(layer, FBGEMM_FP16.prepack) for layer in fp32]
     del fp32
     inputs = {rows: (torch.randn(rows, shapes.hidden, generator=gen), torch.randn(rows, shapes.intermediate,
                                                                                   generator=gen))
@@ -127,16 +137,13 @@ def measure(shapes: LayerShapes, rounds: int = PROBE_ROUNDS, params: int = PROBE
 
     def run(precision: str, rows: int) -> float:
         xh, xi = inputs[rows]
+        layers, linear = (bf16, bf16_linear) if precision == "bfloat16" else (fp16, FBGEMM_FP16.linear)
         if precision == "bfloat16":
             xh, xi = xh.bfloat16(), xi.bfloat16()
         t0 = time.perf_counter()
-        for layer in bf16 if precision == "bfloat16" else fp16:
+        for layer in layers:
             for k, w in enumerate(layer):
-                x = xi if k == len(layer) - 1 else xh
-                if precision == "bfloat16":
-                    torch.nn.functional.linear(x, w)
-                else:
-                    packed_linear(x, w)
+                linear(xi if k == len(layer) - 1 else xh, w)
         return (time.perf_counter() - t0) * 1e3
 
     samples: dict = {p: {r: [] for r in PROBE_ROWS} for p in ("bfloat16", FP16_WEIGHTS)}
@@ -192,9 +199,9 @@ def probe(shapes: LayerShapes, cache: Path) -> PrecisionProbe:
     return result
 
 
-def fits_fp16_weights(config) -> bool:
-    """fp16-weights keeps the fp32 parameters beside the packed copy (6 bytes a weight): only
-    where that stays well inside the machine's memory."""
+def fits_packed_weights(config, bytes_per_weight: int) -> bool:
+    """Packed weights live beside the parameters (fp16-weights: 4 + 2 bytes a weight; bf16 packed
+    for oneDNN: 2 + 2): pack only where that stays well inside the machine's memory."""
     try:
         memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -202,7 +209,7 @@ def fits_fp16_weights(config) -> bool:
     shapes = LayerShapes.of(config)
     vocab, hidden = int(getattr(config, "vocab_size", 0)), shapes.hidden
     params = int(getattr(config, "num_hidden_layers", 1)) * shapes.params() + 2 * vocab * hidden
-    return 6 * params < 0.6 * memory
+    return bytes_per_weight * params < 0.6 * memory
 
 
 def auto_cpu_precision(config=None, allow_fp16_weights: bool = True, cache: Path | None = None) -> str:
@@ -213,7 +220,7 @@ def auto_cpu_precision(config=None, allow_fp16_weights: bool = True, cache: Path
     Neither: fp32."""
     bf16, fp16 = has_cpu_bf16(), allow_fp16_weights and fbgemm_fp16_available()
     if bf16 and fp16:
-        if config is None or cache is None or not fits_fp16_weights(config):
+        if config is None or cache is None or not fits_packed_weights(config, 6):
             return "bfloat16"
         return probe(LayerShapes.of(config), cache).choice
     if fp16:

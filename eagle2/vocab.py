@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .files import write_text_atomic
-from .packed import Fp16WeightLinear, packed_linear, prepack
+from .packed import PackedLinear
 
 
 COUNTS_SCHEMA = "eagle2-token-counts/1"
@@ -109,13 +109,14 @@ class ReducedLMHead(nn.Module):
         bias = getattr(lm_head, "bias", None)
         self.bias = None if bias is None else nn.Parameter(bias.detach()[ids.to(bias.device)].clone(),
                                                            requires_grad=False)
-        # a target with fp16-packed weights (eagle2.packed): its kept rows are packed alike
-        self.packed = prepack(self.weight, self.bias) if isinstance(lm_head, Fp16WeightLinear) else None
+        # a target with packed weights (eagle2.packed): its kept rows are packed alike
+        self.format = lm_head.format if isinstance(lm_head, PackedLinear) else None
+        self.packed = self.format.prepack(self.weight, self.bias) if self.format is not None else None
 
     def rows(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of the kept tokens only, in `token_ids` order (training scores these)."""
         if self.packed is not None and not hidden.requires_grad:
-            return packed_linear(hidden, self.packed)
+            return self.format.linear(hidden, self.packed)
         return nn.functional.linear(hidden, self.weight, self.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

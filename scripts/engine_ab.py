@@ -16,6 +16,10 @@ With --before-library-norms the other checkout runs on a second target of the sa
 whose RMSNorms are transformers' own (as every checkout before eagle2.norms ran them), with its
 own `hf before` baseline: the one-call norms are then counted as this checkout's, as they are
 new code with the same numbers; the fp16 packing stays shared (a precision, chosen alike).
+
+With --before-library-linears (a bf16 target on a CPU) the other checkout's target and head keep
+plain nn.Linear layers where this checkout packs bf16 weights for oneDNN (eagle2.packed): the
+same numbers, so the packing counts as this checkout's code, with its own `hf before` baseline.
 """
 
 from __future__ import annotations
@@ -65,6 +69,23 @@ def restore_library_norms(model) -> int:
     return swap_modules(model, make)
 
 
+def restore_library_linears(model) -> int:
+    """Put a plain nn.Linear (same weight and bias) back where eagle2.packed packed bf16 weights."""
+    from torch import nn
+
+    from eagle2.norms import swap_modules
+    from eagle2.packed import FBGEMM_FP16, PackedLinear
+
+    def make(child):
+        if not isinstance(child, PackedLinear) or child.format is FBGEMM_FP16:
+            return None
+        linear = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
+        linear.weight, linear.bias = child.weight, child.bias
+        return linear
+
+    return swap_modules(model, make)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("before", type=Path, help="the other checkout (e.g. a git worktree of the previous commit)")
@@ -80,6 +101,8 @@ def main(argv=None) -> int:
                          "hf baseline (`hf before`); default: both share this checkout's target")
     ap.add_argument("--before-library-norms", action="store_true",
                     help="the other checkout's target (and head) keep transformers' RMSNorm; see above")
+    ap.add_argument("--before-library-linears", action="store_true",
+                    help="the other checkout's target (and head) keep plain nn.Linear layers; see above")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if args.threads:
@@ -87,11 +110,13 @@ def main(argv=None) -> int:
     before = import_before(args.before.resolve())
     target = eagle2.load_target("default", dtype=args.dtype)
     drafter_now = eagle2.load_drafter(target, head="default")
-    if args.before_dtype or args.before_library_norms:  # e.g. float32 (the previous auto on a CPU without native
+    if args.before_dtype or args.before_library_norms or args.before_library_linears:  # e.g. float32 (the previous auto on a CPU without native
         # bf16) against fp16-weights; or the same precision with the library's norms
         target_before = eagle2.load_target("default", dtype=args.before_dtype or args.dtype)
         if args.before_library_norms:
             restore_library_norms(target_before.model)
+        if args.before_library_linears:
+            restore_library_linears(target_before.model)
         head_before = eagle2.load_drafter(target_before, head="default", draft_vocab=0).head
     else:
         target_before, head_before = target, drafter_now.head
@@ -149,6 +174,7 @@ def main(argv=None) -> int:
                "precision_now": target.precision,
                "precision_before": getattr(target_before, "precision", str(target_before.dtype)),
                "before_norms": "transformers'" if args.before_library_norms else "as this checkout's",
+               "before_linears": "nn.Linear" if args.before_library_linears else "as this checkout's",
                "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"), "questions": len(questions),
                "max_new_tokens": args.max_new_tokens, "outputs_differing_from_hf": mismatches, "methods": {}}
     for n, t in totals.items():

@@ -19,7 +19,7 @@ import torch
 import eagle2
 from eagle2.bench import load_questions
 from eagle2.decode import hf_generate
-from eagle2.packed import Fp16WeightLinear, prepack
+from eagle2.packed import FBGEMM_FP16, PackedLinear
 from eagle2.precision import cpu_model
 from eagle2.registry import build_policy
 
@@ -34,10 +34,10 @@ torch.set_num_threads(args.threads)
 target = eagle2.load_target("default", dtype="fp16-weights")
 drafter = eagle2.load_drafter(target, head="default")
 layers = [m for m in list(target.model.modules()) + list(drafter.head.modules())
-          if isinstance(m, Fp16WeightLinear) and m.shared is not None]
+          if isinstance(m, PackedLinear) and m.shared is not None]
 shared = [m.shared for m in layers]
 for m in layers:  # each layer's own packed weight, for the runs without sharing
-    m.packed = prepack(m.weight, m.bias)
+    m.packed = FBGEMM_FP16.prepack(m.weight, m.bias)
 
 
 def use_shared(on: bool) -> None:

@@ -11,8 +11,8 @@ from eagle2.packed import FP16_WEIGHTS as FP16
 from eagle2.decode import generate
 from eagle2.draft import EagleDrafter, ModelDrafter
 from eagle2.head import Eagle3Head, EagleHead
-from eagle2.packed import (Fp16WeightLinear, SharedInputProduct, fbgemm_fp16_available, has_packed_weights,
-                           has_shared_products, pack_fp16_weights, prepack)
+from eagle2.packed import (FBGEMM_FP16, PackedLinear, SharedInputProduct, fbgemm_fp16_available, has_packed_weights,
+                           has_shared_products, pack_weights, packed_format)
 from eagle2.policies import Chain, Eagle1, Eagle2, Vanilla
 from eagle2.vocab import ReducedLMHead
 
@@ -26,14 +26,14 @@ VOCAB = 96
 def packed_tiny(seed=0, layers=2, **kw):
     model = make_tiny_llama(VOCAB if "vocab" not in kw else kw.pop("vocab"), seed=seed, layers=layers, **kw)
     model.requires_grad_(False)
-    pack_fp16_weights(model)
+    pack_weights(model, FBGEMM_FP16)
     return model
 
 
 def test_packed_linear_is_the_linear_with_fp16_weights():
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 96)
-    packed = Fp16WeightLinear(lin)
+    packed = PackedLinear(lin, FBGEMM_FP16)
     w16 = lin.weight.detach().half().float()
     for x in (torch.randn(64), torch.randn(1, 64), torch.randn(7, 64), torch.randn(2, 5, 64)):
         want = F.linear(x, w16, lin.bias.detach())
@@ -48,7 +48,7 @@ def test_packed_linear_is_the_linear_with_fp16_weights():
 def test_a_gradient_still_flows_through_a_packed_layer():
     """Training a head on a packed target's lm_head needs d(logits)/d(hidden)."""
     lin = torch.nn.Linear(16, 8).requires_grad_(False)
-    packed = Fp16WeightLinear(lin)
+    packed = PackedLinear(lin, FBGEMM_FP16)
     x = torch.randn(3, 16, requires_grad=True)
     packed(x).square().sum().backward()
     y = x.detach().clone().requires_grad_(True)
@@ -59,15 +59,15 @@ def test_a_gradient_still_flows_through_a_packed_layer():
 def test_pack_replaces_every_linear_of_a_model():
     model = make_tiny_llama(VOCAB, layers=2)
     n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
-    assert pack_fp16_weights(model) == n_linear == 2 * 7 + 1
+    assert pack_weights(model, FBGEMM_FP16) == n_linear == 2 * 7 + 1
     assert not any(type(m) is torch.nn.Linear for m in model.modules()) and has_packed_weights(model)
 
 
 def _unshare(model) -> list:
     """Give every shared layer back its own packed weight; returns the (layer, shared) pairs."""
-    pairs = [(m, m.shared) for m in model.modules() if isinstance(m, Fp16WeightLinear) and m.shared is not None]
+    pairs = [(m, m.shared) for m in model.modules() if isinstance(m, PackedLinear) and m.shared is not None]
     for m, _ in pairs:
-        m.packed, m.shared = prepack(m.weight, m.bias), None
+        m.packed, m.shared = FBGEMM_FP16.prepack(m.weight, m.bias), None
     return pairs
 
 
@@ -83,13 +83,13 @@ def _tiny_qwen2(seed=0):
 
 
 @pytest.mark.parametrize("make", [lambda: packed_tiny(layers=2),
-                                  lambda: (lambda m: (pack_fp16_weights(m), m)[1])(_tiny_qwen2())],
+                                  lambda: (lambda m: (pack_weights(m, FBGEMM_FP16), m)[1])(_tiny_qwen2())],
                          ids=["llama", "qwen2-biases"])
 def test_shared_input_products_give_the_same_logits(make):
     """q/k/v and gate/up share one product per layer: one FBGEMM call, bit-identical outputs."""
     model = make()
     assert has_shared_products(model)
-    groups = {id(m.shared[0]) for m in model.modules() if isinstance(m, Fp16WeightLinear) and m.shared}
+    groups = {id(m.shared[0]) for m in model.modules() if isinstance(m, PackedLinear) and m.shared}
     assert len(groups) == 2 * 2  # attention and MLP of each of the 2 layers
     ids = torch.randint(4, VOCAB, (1, 40), generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
@@ -107,8 +107,8 @@ def test_shared_input_products_give_the_same_logits(make):
 def test_a_shared_product_is_right_whatever_the_call_order():
     torch.manual_seed(0)
     lins = [torch.nn.Linear(32, n, bias=b) for n, b in ((48, True), (16, False), (16, True))]
-    layers = [Fp16WeightLinear(l) for l in lins]
-    own = [Fp16WeightLinear(l) for l in lins]  # each with its own packed weight
+    layers = [PackedLinear(l, FBGEMM_FP16) for l in lins]
+    own = [PackedLinear(l, FBGEMM_FP16) for l in lins]  # each with its own packed weight
     product = SharedInputProduct(layers)
     for i, layer in enumerate(layers):
         layer.shared = (product, i)
@@ -134,7 +134,7 @@ def packed_pair():
         for p_t, p_o in zip(plain.parameters(), other.parameters()):
             p_o.copy_(p_t + 0.1 * p_o.std() * torch.randn_like(p_o))
     other.requires_grad_(False)
-    pack_fp16_weights(other)
+    pack_weights(other, FBGEMM_FP16)
     return target, other
 
 
@@ -176,7 +176,7 @@ def test_greedy_with_an_eagle3_head_and_a_reduced_vocabulary_on_a_packed_target(
 
 def test_reduced_vocabulary_rows_of_a_packed_lm_head():
     lin = torch.nn.Linear(32, 50, bias=False)
-    rows = ReducedLMHead(Fp16WeightLinear(lin), [3, 7, 11])
+    rows = ReducedLMHead(PackedLinear(lin, FBGEMM_FP16), [3, 7, 11])
     h = torch.randn(4, 32)
     assert torch.allclose(rows.rows(h), F.linear(h, lin.weight.detach()[[3, 7, 11]].half().float()), atol=1e-5)
     assert ReducedLMHead(lin, [3, 7]).packed is None  # an unpacked lm_head keeps the fp32 product
@@ -187,8 +187,8 @@ def test_sampling_on_a_packed_target_matches_its_distribution():
     vocab, k = 5, 3
     target = make_tiny_llama(vocab, seed=3, hidden=32, eos=None, init=0.1).requires_grad_(False)
     draft = make_tiny_llama(vocab, seed=4, hidden=32, eos=None, init=0.1).requires_grad_(False)
-    pack_fp16_weights(target)
-    pack_fp16_weights(draft)
+    pack_weights(target, FBGEMM_FP16)
+    pack_weights(draft, FBGEMM_FP16)
     prompt = torch.tensor([1, 2, 0, 4])
     exact = _exact_first_tokens(target, prompt, k, 1.0, 1.0)
     n, counts, accepted = 2000, {}, 0
@@ -254,7 +254,7 @@ def test_auto_runs_what_the_probe_measured_faster_once_per_machine(tiny_dir, tmp
     calls = []
     monkeypatch.setattr(precision, "measure", _fake_probe(choice, calls))
     t = models.load_target(tiny_dir, dtype="auto", device="cpu")
-    assert t.precision == choice and has_packed_weights(t.model) == (choice == "fp16-weights")
+    assert t.precision == choice and (packed_format(t.model) is FBGEMM_FP16) == (choice == "fp16-weights")
     assert [c.hidden for c in calls] == [t.config.hidden_size]  # measured on the target's own shapes
     assert models.load_target(tiny_dir, dtype="auto", device="cpu").precision == choice
     assert len(calls) == 1  # the second load read the cached probe
@@ -270,7 +270,7 @@ def test_a_target_too_big_for_fp16_weights_stays_bf16(monkeypatch):
     monkeypatch.setattr(precision, "measure", lambda *a, **k: pytest.fail("no probe for a target that cannot fit"))
     huge = LlamaConfig(hidden_size=16384, intermediate_size=53248, num_hidden_layers=126, num_attention_heads=128,
                        num_key_value_heads=8, vocab_size=128256)
-    assert not precision.fits_fp16_weights(huge)
+    assert not precision.fits_packed_weights(huge, 6)
     assert precision.auto_cpu_precision(huge, cache=models.cache_dir()) == "bfloat16"
 
 
@@ -278,10 +278,10 @@ def test_a_target_too_big_for_fp16_weights_stays_bf16(monkeypatch):
 def test_a_layer_that_is_not_fp32_is_refused_before_anything_is_packed():
     from torch import nn
 
-    from eagle2.packed import Fp16WeightLinear, pack_fp16_weights
+    from eagle2.packed import FBGEMM_FP16, PackedLinear, pack_weights
 
     model = nn.Sequential(nn.Linear(8, 8), nn.Sequential(nn.Linear(8, 8).to(torch.bfloat16)))
     with pytest.raises(ValueError, match=r"packs fp32 layers; 1\.0 is torch\.bfloat16"):
-        pack_fp16_weights(model)
-    assert not any(isinstance(m, Fp16WeightLinear) for m in model.modules())  # no half-packed model left
-    assert pack_fp16_weights(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))) == 2
+        pack_weights(model, FBGEMM_FP16)
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())  # no half-packed model left
+    assert pack_weights(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4)), FBGEMM_FP16) == 2
