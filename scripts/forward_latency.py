@@ -3,8 +3,10 @@
 Speculative decoding pays when a forward over a tree of n tokens costs little more than a
 one-token forward. How much more depends on the CPU and the precision: on CPUs without native
 bf16 (AVX2 only), fp32's few-row matrix products cost ~1.7x the one-row one and bf16 is emulated,
-while fp16-packed weights (`--dtype fp16-weights`, eagle2.packed) stay nearly flat. This prints
-the curve for each precision (median of --repeats, after a prefix of --prefix tokens):
+while fp16-packed weights (`--dtype fp16-weights`, eagle2.packed) stay nearly flat; on CPUs with
+AMX, bf16 with weights packed for oneDNN (what `--dtype bfloat16` runs there) stays nearly flat to
+32 tokens. This prints the curve for each precision (median of --repeats, after a prefix of
+--prefix tokens):
 
     PYTHONPATH=. python scripts/forward_latency.py [--dtypes float32,bfloat16,fp16-weights] [--threads 2]
 """
