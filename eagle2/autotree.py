@@ -175,8 +175,9 @@ def calibration_key(model, device: torch.device, dtype: torch.dtype, prefix_len:
         "vocab": getattr(cfg, "vocab_size", 0), "dtype": str(dtype), "prefix": prefix_len, "sizes": list(sizes),
         "fp16_weights": packed_format(model) is FBGEMM_FP16,
     }
-    if packed_format(model) is not None and packed_format(model) is not FBGEMM_FP16:
-        ident["packed"] = packed_format(model).name
+    packed = packed_format(model)
+    if packed is not None and packed is not FBGEMM_FP16:  # a curve timed on plain layers is not this one's
+        ident["packed"] = packed.name
     if has_shared_products(model):  # keys of earlier curves stay valid for the layout they timed
         ident["fp16_shared_products"] = True
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]

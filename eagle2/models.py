@@ -24,7 +24,8 @@ import torch
 from . import hub
 from .attention import use_tree_attention
 from .norms import fuse_rms_norms
-from .packed import FBGEMM_FP16, FP16_WEIGHTS, ONEDNN_BF16, fbgemm_fp16_available, onednn_bf16_available, pack_weights, packed_format
+from .packed import (FBGEMM_FP16, FP16_WEIGHTS, ONEDNN_BF16, fbgemm_fp16_available, onednn_bf16_available,
+                     pack_weights, packed_format)
 from .precision import auto_cpu_precision, fits_packed_weights
 
 DEFAULT_TARGET = "default"

@@ -100,11 +100,11 @@ class FbgemmFp16(PackFormat):
 
 
 class OnednnBf16(PackFormat):
-    """oneDNN's bf16 product on a weight reordered once into its blocked layout, instead of at
-    every call as a plain bf16 `F.linear` on a CPU does: the same numbers (bf16 inputs, fp32
-    accumulation), without the per-call reorder that dominates few-row products. A bf16 layer
-    (`--dtype bfloat16`) multiplies its bf16 input as it is; on an fp32 input the product's
-    input is rounded to bf16 and its output returned in fp32."""
+    """oneDNN's bf16 product on a bf16 weight reordered once into its blocked layout, instead of
+    at every call as a plain bf16 `F.linear` on a CPU does: the same numbers (bf16 inputs, fp32
+    accumulation), without the per-call reorder that dominates few-row products. (bf16 products
+    under fp32 activations were slower than a bf16 target on the AMX Xeon of session 28, so only
+    bf16 layers are packed this way.)"""
 
     name = "bf16 (oneDNN)"
 
@@ -116,10 +116,9 @@ class OnednnBf16(PackFormat):
 
     def linear(self, x, packed):
         weight, bias = packed
-        x16 = x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16)
-        out = torch.ops.mkldnn._linear_pointwise(x16 if x16.dim() > 1 else x16[None], weight, bias, "none", [], "")
-        out = out if x.dim() > 1 else out[0]
-        return out if x.dtype == torch.bfloat16 else out.to(x.dtype)
+        if x.dim() == 1:
+            return torch.ops.mkldnn._linear_pointwise(x[None], weight, bias, "none", [], "")[0]
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 FBGEMM_FP16 = FbgemmFp16()
@@ -177,7 +176,7 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad or x.numel() == 0:  # a gradient to pass, or no rows
-            return nn.functional.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
+            return nn.functional.linear(x, self.weight, self.bias)
         if self.shared is not None:
             product, index = self.shared
             return product.output(index, x)
@@ -212,18 +211,16 @@ def share_input_products(module: nn.Module) -> int:
 def pack_weights(module: nn.Module, format: PackFormat) -> int:
     """Replace every nn.Linear inside `module` (on the CPU) by a PackedLinear of `format`, in
     place, with shared products for siblings that read the same input; returns how many layers.
-    FBGEMM's fp16 packs fp32 layers; oneDNN's bf16 packs bf16 layers (or fp32 ones, whose
-    products then run in bf16)."""
+    FBGEMM's fp16 packs fp32 layers, oneDNN's bf16 packs bf16 layers."""
     if format is FBGEMM_FP16 and not fbgemm_fp16_available():
         raise ValueError("fp16-weights needs PyTorch's FBGEMM on an x86 CPU with AVX2; use --dtype float32")
     if format is ONEDNN_BF16 and not onednn_bf16_available():
         raise ValueError("bf16-packed weights need oneDNN's bf16 kernels (a CPU with AVX-512 BF16 or AMX)")
-    allowed = {torch.float32: "fp32"} if format is FBGEMM_FP16 else {torch.bfloat16: "bf16", torch.float32: "fp32"}
+    dtype, label = (torch.float32, "fp32") if format is FBGEMM_FP16 else (torch.bfloat16, "bf16")
     for name, layer in module.named_modules():  # checked before any layer is swapped
         if type(layer) is nn.Linear:
-            if layer.weight.dtype not in allowed:
-                raise ValueError(f"{format.name} packs {' or '.join(allowed.values())} layers; "
-                                 f"{name} is {layer.weight.dtype}")
+            if layer.weight.dtype != dtype:
+                raise ValueError(f"{format.name} packs {label} layers; {name} is {layer.weight.dtype}")
             _check_cpu(layer.weight)
     count = swap_modules(module, lambda child: PackedLinear(child, format) if type(child) is nn.Linear else None)
     share_input_products(module)
