@@ -25,6 +25,17 @@ def _onehot_logits(rows, vocab=10):
     return logits
 
 
+def test_the_greedy_argmax_is_torchs_first_maximum_at_ties():
+    from eagle2.verify import argmax
+
+    g = torch.Generator().manual_seed(0)
+    for vocab in (7, 1024, 49152):
+        x = torch.randint(-2, 2, (13, vocab), generator=g).float()  # every row full of ties
+        for logits in (x, x.bfloat16(), x[None], x[0]):
+            assert torch.equal(argmax(logits), logits.float().argmax(dim=-1))
+    assert int(argmax(torch.tensor([1.0, 3.0, 3.0, 0.0]))) == 1  # the first of the tied maxima
+
+
 def test_greedy_follows_argmax_and_takes_bonus():
     #        0(root)
     #      /    \
