@@ -310,11 +310,9 @@ def load_target(
 
 
 def packs_bf16(model, device: torch.device) -> bool:
-    """Whether a bf16 model on `device` gets its weights packed for oneDNN (eagle2.packed): on a CPU
-    whose oneDNN runs bf16, where the packed copy fits in memory beside the parameters."""
-    return (device.type == "cpu" and onednn_bf16_available()
-            and all(p.dtype == torch.bfloat16 for p in model.parameters())
-            and fits_packed_weights(model.config, 4))
+    """Whether a model loaded in bf16 on `device` gets its weights packed for oneDNN (eagle2.packed):
+    on a CPU whose oneDNN runs bf16, where the packed copy fits in memory beside the parameters."""
+    return device.type == "cpu" and onednn_bf16_available() and fits_packed_weights(model.config, 4)
 
 
 # ---- targets over several devices ------------------------------------------------------------
