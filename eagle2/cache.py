@@ -97,7 +97,7 @@ def keep_prefix_and(cache, prefix_len: int, tree_nodes: list[int]) -> None:
         for layer in cache.layers:
             if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
                 continue
-            d, s = dst.to(layer.keys.device), src.to(layer.keys.device)
+            d, s = (dst, src) if layer.keys.device == dst.device else (dst.to(layer.keys.device), src.to(layer.keys.device))
             layer.keys.index_copy_(-2, d, layer.keys.index_select(-2, s))
             layer.values.index_copy_(-2, d, layer.values.index_select(-2, s))
     truncate(cache, prefix_len + len(tree_nodes))

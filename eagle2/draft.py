@@ -15,6 +15,7 @@ causal LM with the target's tokenizer (classic speculative decoding).
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -42,6 +43,24 @@ def shipped_heads(target_name: str) -> dict[str, Path]:
     return {n: f for n, f in SHIPPED_HEADS.get(target_name, {}).items() if (f / "config.json").exists()}
 
 
+def _inference(fn):
+    """torch.inference_mode() around a drafter call, entered only when it is not on already (as
+    inside generate): entering it is not free, and a cycle makes several drafter calls."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if torch.is_inference_mode_enabled():
+            return fn(*args, **kwargs)
+        with torch.inference_mode():
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log_softmax in fp32 (`.float()` of an fp32 tensor is not free at these sizes)."""
+    return torch.log_softmax(logits if logits.dtype == torch.float32 else logits.float(), dim=-1)
+
+
 class Drafter:
     """Shared tree bookkeeping: draft slots after the committed prefix, their depths/ancestry."""
 
@@ -57,10 +76,13 @@ class Drafter:
         self.cache = kv.new_cache()
         self.committed = 0  # cache positions that belong to the accepted prefix
         self._slots = 0  # draft nodes fed this cycle
-        # Row/column i + 1 is slot i; row 0 stands for the root (no ancestors among the slots, depth
-        # 0), so a parent p (-1 = the root) is looked up at p + 1 without a special case.
-        self._anc = torch.zeros(1, 1, dtype=torch.bool, device=device)  # [i, j]: slot j is i or an ancestor
-        self._depth = torch.zeros(1, dtype=torch.long, device=device)  # slot depths (1 = a child of the root)
+        # Row i + 1 is slot i; row 0 stands for the root (no ancestors among the slots, depth 0),
+        # so a parent p (-1 = the root) is looked up at p + 1 without a special case. A row is the
+        # slot's additive attention mask over the cache (the prefix, then the slots: 0 where it
+        # sees, finfo.min elsewhere), so a new slot's row is its parent's plus itself; and its
+        # position id (prefix + depth - 1).
+        self._mask = torch.empty(0, 0, dtype=dtype, device=device)
+        self._pos = torch.empty(0, dtype=torch.long, device=device)
         self._clear_slots()
 
     def reset(self) -> None:
@@ -75,41 +97,46 @@ class Drafter:
 
     def _clear_slots(self) -> None:
         kv.truncate(self.cache, self.committed)
-        if self._slots:
-            self._anc[1:self._slots + 1, 1:self._slots + 1] = False
         self._slots = 0
 
     def _reserve_slots(self, n: int) -> None:
-        cap, n = self._anc.shape[0], n + 1  # + the root's row
-        if n > cap:
-            new = max(n, 2 * cap, 64)
-            anc = torch.zeros(new, new, dtype=torch.bool, device=self.device)
-            anc[:cap, :cap] = self._anc
-            depth = torch.zeros(new, dtype=torch.long, device=self.device)
-            depth[:cap] = self._depth
-            self._anc, self._depth = anc, depth
+        """Room for n slots after the committed prefix (rows keep what the first s hold)."""
+        c, s = self.committed, self._slots
+        rows, width = self._mask.shape
+        if n + 1 <= rows and c + n <= width:
+            return
+        new_rows = max(n + 1, 2 * rows, 64) if n + 1 > rows else rows
+        new_width = max(c + new_rows - 1, 2 * width)
+        mask = torch.full((new_rows, new_width), torch.finfo(self.dtype).min, dtype=self.dtype, device=self.device)
+        pos = torch.zeros(new_rows, dtype=torch.long, device=self.device)
+        if s:  # growing mid-cycle (at the cycle's first step the root's row is set afresh)
+            mask[:s + 1, :c + s] = self._mask[:s + 1, :c + s]
+            pos[:s + 1] = self._pos[:s + 1]
+        self._mask, self._pos = mask, pos
 
     def _parent_rows(self, parents) -> torch.Tensor:
         """Buffer rows of the parent slots (-1, the root, is row 0)."""
-        return torch.as_tensor(parents, dtype=torch.long, device=self.device).reshape(-1) + 1
+        if not (isinstance(parents, torch.Tensor) and parents.dtype == torch.long and parents.device == self.device):
+            parents = torch.as_tensor(parents, dtype=torch.long, device=self.device)
+        return (parents if parents.dim() == 1 else parents.reshape(-1)) + 1
 
     def _add_slots(self, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Register new slots, a batch at a time (up: the buffer rows of their parents, slot + 1,
-        0 = the root); returns their position ids (1, m) and additive mask (1, 1, m, kv)."""
-        s, m = self._slots, up.shape[0]
+        0 = the root); returns their position ids (1, m) and additive mask (1, 1, m, kv), a view
+        of the rows."""
+        s, m, c = self._slots, up.shape[0], self.committed
         self._reserve_slots(s + m)
-        rows = self._anc[s + 1:s + m + 1, 1:s + m + 1]
-        if s:
-            rows[:, :s] = self._anc[up, 1:s + 1]
-        rows[:, s:].fill_diagonal_(True)
-        depths = self._depth.index_select(0, up) + 1
-        self._depth[s + 1:s + m + 1] = depths
+        if not s:  # the root's row this cycle: it sees the prefix; a depth-d node sits at c + d - 1
+            self._mask[0, :c] = 0
+            self._mask[0, c:] = torch.finfo(self.dtype).min
+            self._pos[:1] = c - 1
+        rows = self._mask[s + 1:s + m + 1]
+        rows.copy_(self._mask.index_select(0, up))
+        rows.diagonal(c + s).fill_(0)  # each sees itself
+        pos = self._pos[s + 1:s + m + 1]
+        pos.copy_(self._pos.index_select(0, up)).add_(1)
         self._slots = s + m
-        # A depth-d node sits d-1 places after the committed prefix (the root is its last entry).
-        position_ids = (depths + (self.committed - 1))[None]
-        mask = torch.zeros(m, self.committed + s + m, dtype=self.dtype, device=self.device)
-        mask[:, self.committed:].masked_fill_(~rows, torch.finfo(self.dtype).min)
-        return position_ids, mask[None, None]
+        return pos.view(1, m), rows.as_strided((1, 1, m, c + s + m), (0, 0, rows.stride(0), 1))
 
     def commit(self, seq: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -168,7 +195,7 @@ class EagleDrafter(Drafter):
         if not hasattr(self, "_features"):
             self._features = None  # row 0: the root's feature, then one row per slot (kept, grown)
 
-    @torch.inference_mode()
+    @_inference
     def commit(self, seq: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
         """Pair feature_i with token_{i+1} for every newly verified position."""
         self._clear_slots()
@@ -183,9 +210,9 @@ class EagleDrafter(Drafter):
         self._root_feature = hidden[0, -1]
         if self._features is not None:
             self._features[0] = self._root_feature
-        return torch.log_softmax(self.lm_head(hidden[0, -1]).float(), dim=-1)
+        return _log_probs(self.lm_head(hidden[0, -1]))
 
-    @torch.inference_mode()
+    @_inference
     def step(self, tokens: torch.Tensor, parents) -> torch.Tensor:
         up = self._parent_rows(parents)  # row 0: the root
         s, m = self._slots, up.shape[0]
@@ -199,7 +226,7 @@ class EagleDrafter(Drafter):
         pos, mask = self._add_slots(up)
         hidden = self.head(self._embed(tokens), feats[None], pos, attention_mask=mask, cache=self.cache)[0]
         self._features[s + 1:s + m + 1] = hidden
-        return torch.log_softmax(self.lm_head(hidden).float(), dim=-1)
+        return _log_probs(self.lm_head(hidden))
 
 
 class ModelDrafter(Drafter):
@@ -215,9 +242,9 @@ class ModelDrafter(Drafter):
     def _forward(self, tokens, pos, mask):
         out = self.model.model(input_ids=tokens[None], position_ids=pos, attention_mask=mask,
                                cache=self.cache, use_cache=True)
-        return torch.log_softmax(self.model.lm_head(out.last_hidden_state[0]).float(), dim=-1)
+        return _log_probs(self.model.lm_head(out.last_hidden_state[0]))
 
-    @torch.inference_mode()
+    @_inference
     def commit(self, seq: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         self._clear_slots()
         tokens = seq[self.committed:]
@@ -228,7 +255,7 @@ class ModelDrafter(Drafter):
         self.committed = seq.shape[0]
         return logp[-1]
 
-    @torch.inference_mode()
+    @_inference
     def step(self, tokens: torch.Tensor, parents) -> torch.Tensor:
         pos, mask = self._add_slots(self._parent_rows(parents))
         return self._forward(tokens, pos, mask)

@@ -105,6 +105,7 @@ class Eagle2(Policy):
 
     name = "eagle2"
     can_sample_drafts = True
+    _last_pool: CandidatePool | None = None  # reused cycle after cycle (a policy serves one generation at a time)
 
     def __init__(self, top_k: int = 4, depth: int = 5, total_tokens: int = 12):
         check_size(top_k, depth, total_tokens)
@@ -116,25 +117,35 @@ class Eagle2(Policy):
     def expand(self, root_logprobs, drafter, pool: CandidatePool, observer, cycle) -> None:
         """Grow the candidate pool, a level at a time on the drafter's device: the top_k
         frontier nodes propose top_k children each; the top_k of those by value are the next
-        frontier. `keep_expanding` may end it early."""
+        frontier. `keep_expanding` may end it early. The frontier is carried as tensors of its
+        own (tokens, log values, the drafter slots of its parents), so a step reads nothing
+        back from the pool."""
         k = self.top_k
         lp, tok = self.propose(drafter, root_logprobs, k, -1)
-        frontier = pool.add(torch.full((k,), -1), tok, lp, depth=1)
+        start = pool.add_level(None, tok.view(1, -1), lp.view(1, -1), lp.view(1, -1), depth=1)
+        frontier, front_tok, front_lv = pool.ids(start, tok.numel()), tok, lp
+        parent_slots = torch.full_like(tok, -1)  # the root's children: their parent is the root
         if observer:
             observer.on_expand(cycle, ExpansionStep(1, [-1], pool.records(frontier), frontier.tolist()))
         for step in range(2, self.depth + 1):
             if not self.keep_expanding(pool, frontier, step):
                 break
-            child_lp, child_tok = self.propose(drafter, pool.feed(drafter, frontier), k, frontier)  # (k, k)
-            start = len(pool)
-            new = pool.add(frontier.repeat_interleave(k), child_tok.flatten(), child_lp.flatten(), depth=step)
-            if new.shape[0] <= k:
-                chosen = new
-            else:  # the new ids are start, start + 1, ...: the best k, in creation order
-                chosen = torch.topk(pool.log_value[start:], k).indices.sort().values + start
+            first_slot = drafter.num_slots
+            logp = drafter.step(front_tok, parent_slots)
+            pool.note_fed(frontier, first_slot)
+            child_lp, child_tok = self.propose(drafter, logp, k, frontier)  # (frontier, k)
+            child_lv = front_lv.unsqueeze(1) + child_lp
+            start = pool.add_level(frontier, child_tok, child_lp, child_lv, depth=step)
+            flat_lv, n = child_lv.view(-1), child_lv.numel()
+            # the best k of the new level (level-local indices, in creation order); child l's
+            # parent is the frontier's (l // k)-th node, fed as slot first_slot + l // k
+            best = torch.topk(flat_lv, k).indices.sort().values if n > k else pool.ids(0, n)
+            fed, frontier = frontier, best + start
+            front_tok, front_lv = child_tok.view(-1).index_select(0, best), flat_lv.index_select(0, best)
+            parent_slots = best.div(child_lv.shape[1], rounding_mode="floor").add_(first_slot)
             if observer:
-                observer.on_expand(cycle, ExpansionStep(step, frontier.tolist(), pool.records(new), chosen.tolist()))
-            frontier = chosen
+                observer.on_expand(cycle, ExpansionStep(step, fed.tolist(), pool.records(pool.ids(start, n)),
+                                                        frontier.tolist()))
 
     def keep_expanding(self, pool: CandidatePool, frontier: torch.Tensor, step: int) -> bool:
         """Asked before each drafter step (the hook a cost-aware policy overrides)."""
@@ -148,8 +159,17 @@ class Eagle2(Policy):
         """The tree to verify: the rerank's (the hook a policy that adds candidates overrides)."""
         return pool.rerank(root_token, self.tree_size(pool))
 
+    def new_pool(self, device: torch.device) -> CandidatePool:
+        """This cycle's candidate pool: last cycle's, emptied (its buffers kept), when on `device`."""
+        pool = self._last_pool
+        if pool is None or pool.device != device:
+            pool = self._last_pool = CandidatePool(device, capacity=max_candidates(self.top_k, self.depth))
+        else:
+            pool.clear()
+        return pool
+
     def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
-        pool = CandidatePool(root_logprobs.device, capacity=max_candidates(self.top_k, self.depth))
+        pool = self.new_pool(root_logprobs.device)
         self.expand(root_logprobs, drafter, pool, observer, cycle)
         tree = self.select(pool, root_token, observer, cycle)
         if observer:

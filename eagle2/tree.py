@@ -36,8 +36,14 @@ class Node:
 
 def _long(x, device) -> torch.Tensor:
     if isinstance(x, torch.Tensor) and x.dtype == torch.long and (device is None or x.device == device):
-        return x.reshape(-1)  # the hot path: already a long tensor where it belongs
+        return x if x.dim() == 1 else x.reshape(-1)  # the hot path: already a long tensor where it belongs
     return torch.as_tensor(x, dtype=torch.long, device=device).reshape(-1)
+
+
+def _float(x, device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.dim() == 1 and x.device == device:
+        return x
+    return torch.as_tensor(x, dtype=torch.float32, device=device).reshape(-1)
 
 
 def chase(parents: torch.Tensor, steps: int) -> list[torch.Tensor]:
@@ -50,10 +56,17 @@ def chase(parents: torch.Tensor, steps: int) -> list[torch.Tensor]:
 
 
 class CandidatePool:
-    """Every token proposed in one cycle; `add` appends a batch, `feed` sends a batch to the
-    drafter. The fields are views of two preallocated buffers on one device (rows: tokens,
-    parents, depth, drafter slot, source; log confidence, log value), grown when full; `len` and
-    `max_depth` are host ints known from the shapes, so growing never waits for the device."""
+    """Every token proposed in one cycle; `add` appends a batch, `add_level` a whole expansion
+    level, `feed` sends a batch to the drafter. The fields are views of two preallocated
+    buffers on one device (rows: tokens, parents, depth, drafter slot, source; log confidence,
+    log value), grown when full; `len` and `max_depth` are host ints known from the shapes, so
+    growing never waits for the device. Column 0 of the buffers stands for the root (depth 0,
+    value 1, drafter slot -1) and candidate i sits in column i + 1, so a parent id p (-1 = the
+    root) is looked up at p + 1 with no case for the root.
+
+    `add_level` and `note_fed` only queue their tensors: the queue is written to the buffers,
+    a few ops for all its levels, when something reads the pool. An EAGLE-2 expansion that
+    nobody watches therefore writes its levels once, at the rerank."""
 
     _INT_ROWS = ("tokens", "parents", "depth", "slot", "source")
     _FLOAT_ROWS = ("log_conf", "log_value")
@@ -63,82 +76,147 @@ class CandidatePool:
         self.n = 0
         self.max_depth = 0
         self.has_copies = False  # any candidate not drafted (a host bool: no device read to know it)
-        self._ints = torch.empty(5, 0, dtype=torch.long, device=self.device)
-        self._floats = torch.empty(2, 0, dtype=torch.float32, device=self.device)
-        self._reserve(capacity)
+        self._levels: list[tuple] = []  # queued add_level calls (start, parents, tokens, log_conf, log_value, depth)
+        self._fed: list[tuple[torch.Tensor, int]] = []  # queued note_fed calls (ids, first slot)
+        self._ints = torch.empty(5, 1, dtype=torch.long, device=self.device)
+        self._floats = torch.empty(2, 1, dtype=torch.float32, device=self.device)
+        self._root = torch.full((1,), -1, dtype=torch.long, device=self.device)  # the root's id, as a parent
+        self._reserve(max(1, capacity))
+
+    def clear(self) -> None:
+        """Empty it for the next cycle, keeping its buffers."""
+        self._levels, self._fed = [], []
+        if self.n:
+            self._ints[3, 1:self.n + 1] = -1
+            if self.has_copies:
+                self._ints[4, 1:self.n + 1] = 0
+        self.n, self.max_depth, self.has_copies = 0, 0, False
 
     def _reserve(self, n: int) -> None:
-        cap = self._ints.shape[1]
+        cap = self._ints.shape[1] - 1
         if n <= cap:
             return
         new_cap = max(n, 2 * cap)
-        ints = torch.zeros(5, new_cap, dtype=torch.long, device=self.device)
-        ints[3] = -1  # not fed to the drafter yet
-        floats = torch.zeros(2, new_cap, dtype=torch.float32, device=self.device)
-        ints[:, :cap], floats[:, :cap] = self._ints, self._floats
+        ints = torch.zeros(5, new_cap + 1, dtype=torch.long, device=self.device)
+        ints[3] = -1  # not fed to the drafter yet (and the root's slot)
+        ints[1, 0] = -1
+        floats = torch.zeros(2, new_cap + 1, dtype=torch.float32, device=self.device)
+        written = self.n - sum(lv[2].numel() for lv in self._levels)  # queued levels are written later
+        if written:
+            ints[:, :written + 1], floats[:, :written + 1] = self._ints[:, :written + 1], self._floats[:, :written + 1]
         self._ints, self._floats = ints, floats
+        self._ids = torch.arange(new_cap + 1, device=self.device)  # slices of it are id ranges (and depths)
+        self._slot_col = ints[3]
+
+    def _write_queued(self) -> None:
+        """Write the queued levels and fed slots to the buffers (one cat per field for all levels)."""
+        levels, self._levels = self._levels, []
+        if levels:
+            first, end = levels[0][0] + 1, self.n + 1
+            ints, floats = self._ints[:, first:end], self._floats[:, first:end]
+            torch.cat([t.reshape(-1) for _, _, t, _, _, _ in levels], out=ints[0])
+            torch.cat([c.reshape(-1) for _, _, _, c, _, _ in levels], out=floats[0])
+            torch.cat([v.reshape(-1) for _, _, _, _, v, _ in levels], out=floats[1])
+            widths = {t.shape[-1] for _, _, t, _, _, _ in levels}
+            depths = [d for *_, d in levels]
+            if len(widths) == 1 and depths == list(range(depths[0], depths[0] + len(levels))):
+                # an expansion: every parent has the same number of children, one level per depth
+                ints[1].copy_(torch.cat([p for _, p, _, _, _, _ in levels]).repeat_interleave(widths.pop()))
+                sizes = torch.tensor([t.numel() for _, _, t, _, _, _ in levels], device=self.device)
+                ints[2].copy_(self._ids[depths[0]:depths[0] + len(levels)].repeat_interleave(sizes, output_size=end - first))
+            else:
+                torch.cat([p.unsqueeze(1).expand(t.shape).reshape(-1) for _, p, t, _, _, _ in levels], out=ints[1])
+                torch.cat([self._ids[d:d + 1].expand(t.numel()) for _, _, t, _, _, d in levels], out=ints[2])
+        fed, self._fed = self._fed, []
+        if fed:
+            ids = torch.cat([i for i, _ in fed]) if len(fed) > 1 else fed[0][0]
+            slots = [self._ids[s:s + i.shape[0]] for i, s in fed]
+            self._slot_col.index_copy_(0, ids + 1, torch.cat(slots) if len(slots) > 1 else slots[0])
 
     def __len__(self) -> int:
         return self.n
 
+    def ids(self, start: int, n: int) -> torch.Tensor:
+        """Pool ids start, ..., start + n - 1."""
+        return self._ids[start:start + n]
+
+    def add_level(self, parents: torch.Tensor | None, tokens: torch.Tensor, log_conf: torch.Tensor,
+                  log_value: torch.Tensor, depth: int) -> int:
+        """Queue a whole level: row i of tokens/log_conf/log_value (p, c) are the children of
+        parents[i] (pool ids; None = the root), all at `depth`. Returns the first new id (they
+        follow row by row). The tensors are kept as they are until written: not to be changed
+        in place meanwhile."""
+        if parents is None:
+            parents = self._root
+        if tokens.dim() != 2 or tokens.shape[0] != parents.shape[0]:
+            raise ValueError(f"add_level takes (parents, children) rows: {parents.shape[0]} parents, "
+                             f"tokens shaped {tuple(tokens.shape)}")
+        start, m = self.n, tokens.numel()
+        self._reserve(start + m)
+        self._levels.append((start, parents, tokens, log_conf, log_value, depth))
+        self.n = start + m
+        self.max_depth = max(self.max_depth, depth)
+        return start
+
+    def note_fed(self, ids: torch.Tensor, first_slot: int) -> None:
+        """Record that `ids` were fed to the drafter as slots first_slot, first_slot + 1, ... (queued)."""
+        self._fed.append((ids, first_slot))
+
     def add(self, parents, tokens, log_conf, source: str = "draft", depth: int | None = None) -> torch.Tensor:
         """Append candidates (parents are pool ids, -1 = root); returns their ids. `depth`, when
-        all of them sit at that depth, saves looking it up (and says no parent is the root
-        unless it is 1)."""
+        all of them sit at that depth, saves looking it up."""
+        self._write_queued()
         parents, tokens = _long(parents, self.device), _long(tokens, self.device)
-        log_conf = torch.as_tensor(log_conf, dtype=torch.float32, device=self.device).reshape(-1)
+        log_conf = _float(log_conf, self.device)
         start, m = self.n, parents.shape[0]
         self._reserve(start + m)
-        ints, floats = self._ints[:, start:start + m], self._floats[:, start:start + m]
-        ints[0], ints[1] = tokens, parents
-        floats[0] = log_conf
-        if depth == 1 or not start:
-            floats[1] = log_conf
-            ints[2] = 1
-        elif depth is not None:
-            floats[1] = self._floats[1].index_select(0, parents) + log_conf
+        up = parents + 1  # their columns (0: the root)
+        ints, floats = self._ints[:, start + 1:start + m + 1], self._floats[:, start + 1:start + m + 1]
+        ints[:2] = torch.stack((tokens, parents))
+        floats[:2] = torch.stack((log_conf, self._floats[1].index_select(0, up) + log_conf))
+        if depth is not None:
             ints[2] = depth
         else:
-            up, root = parents.clamp_min(0), parents < 0
-            floats[1] = torch.where(root, 0.0, self._floats[1, up]) + log_conf
-            ints[2] = torch.where(root, 0, self._ints[2, up]) + 1
+            ints[2] = self._ints[2].index_select(0, up) + 1
         if source != "draft":
             ints[4] = SOURCES.index(source)
             self.has_copies = True
         self.n = start + m
         self.max_depth = max(self.max_depth, depth if depth is not None else int(ints[2].max()) if m else 0)
-        return torch.arange(start, self.n, device=self.device)
+        return self._ids[start:start + m]
 
     def add_chain(self, anchor: int, tokens: list[int], log_conf: list[float], source: str = "lookup") -> torch.Tensor:
         """Append a chain hanging below `anchor` (a pool id; -1 = the root), each token the
         next one's parent; returns their ids."""
+        self._write_queued()
         m, start = len(tokens), self.n
         if not m:
             return torch.zeros(0, dtype=torch.long, device=self.device)
         self._reserve(start + m)
         lc = torch.as_tensor(log_conf, dtype=torch.float32, device=self.device).reshape(-1)
-        depth0 = int(self._ints[2, anchor]) if anchor >= 0 else 0
-        ints, floats = self._ints[:, start:start + m], self._floats[:, start:start + m]
+        depth0 = int(self._ints[2, anchor + 1])
+        ints, floats = self._ints[:, start + 1:start + m + 1], self._floats[:, start + 1:start + m + 1]
         ints[0] = _long(tokens, self.device)
         ints[1] = _long([anchor] + list(range(start, start + m - 1)), self.device)
         ints[2] = torch.arange(depth0 + 1, depth0 + m + 1, device=self.device)
         ints[4] = SOURCES.index(source)
         self.has_copies = self.has_copies or source != "draft"
         floats[0] = lc
-        floats[1] = (self._floats[1, anchor] if anchor >= 0 else 0.0) + lc.cumsum(0)
+        floats[1] = self._floats[1, anchor + 1] + lc.cumsum(0)
         self.n = start + m
         self.max_depth = max(self.max_depth, depth0 + m)
-        return torch.arange(start, self.n, device=self.device)
+        return self._ids[start:start + m]
 
     def feed(self, drafter, ids) -> torch.Tensor:
         """Feed candidates to the drafter (their parents already fed); returns their children's log-probs."""
+        self._write_queued()
         ids = _long(ids, self.device)
-        tokens, parents, _, slots, _ = self._ints.unbind(0)  # whole rows: ids index only filled columns
-        par = parents.index_select(0, ids)
-        parent_slots = torch.where(par >= 0, slots.index_select(0, par.clamp_min(0)), -1)
+        cols = ids + 1
+        fed = self._ints.index_select(1, cols)  # (5, m): tokens, parents, ...
+        parent_slots = self._slot_col.index_select(0, fed[1] + 1)  # column 0 (the root) holds -1
         first = drafter.num_slots
-        logp = drafter.step(tokens.index_select(0, ids), parent_slots)
-        slots.index_copy_(0, ids, torch.arange(first, first + ids.shape[0], device=self.device))
+        logp = drafter.step(fed[0], parent_slots)
+        self._slot_col.index_copy_(0, cols, self._ids[first:first + ids.shape[0]])
         return logp
 
     def revalue(self) -> None:
@@ -147,7 +225,7 @@ class CandidatePool:
         lv = self.log_conf.clone()
         for up in chase(self.parents, self.max_depth - 1):
             lv += torch.where(up >= 0, self.log_conf[up.clamp_min(0)], 0.0)
-        self._floats[1, :self.n] = lv
+        self._floats[1, 1:self.n + 1] = lv  # (reading log_conf wrote the queue)
 
     def sources(self) -> list[str]:
         return [SOURCES[s] for s in self.source.tolist()]
@@ -176,30 +254,30 @@ class CandidatePool:
     def select(self, root_token, keep: torch.Tensor) -> "DraftTree":
         """The tree of the candidates `keep` (ids in creation order, every parent among them); it
         carries their sources only when some candidate was copied (otherwise all are drafted)."""
-        c, k = len(self), keep.shape[0]
-        position = torch.full((c + 1,), -1, dtype=torch.long, device=self.device)  # candidate id + 1 -> node
-        position[0] = 0
-        position[keep + 1] = torch.arange(1, k + 1, device=self.device)
-        ints = torch.empty(5, k + 1, dtype=torch.long, device=self.device)  # token, parent, depth, candidate, source
-        ints[:3, 1:] = self._ints[:3].index_select(1, keep)
-        ints[1, 1:] = position.index_select(0, ints[1, 1:] + 1)
-        ints[3, 1:] = keep
-        if self.has_copies:
-            ints[4, 1:] = self._ints[4].index_select(0, keep)
-        ints[:, 0] = _long([0, -1, 0, -1, 0], self.device)
-        ints[0, :1] = _long(root_token, self.device)[:1]
-        floats = torch.zeros(2, k + 1, dtype=torch.float32, device=self.device)  # log confidence, log value
-        floats[:, 1:] = self._floats.index_select(1, keep)
-        return DraftTree(ints[0], ints[1], floats[0], candidates=ints[3], depths=ints[2], log_values=floats[1],
-                         depth_bound=self.max_depth, sources=ints[4] if self.has_copies else None, check=False)
+        self._write_queued()
+        cols = torch.cat((self._ids[:1], keep + 1))  # the root's column, then the kept ones (increasing)
+        ints = self._ints.index_select(1, cols)  # token, parent, depth, slot, source: the tree's columns
+        floats = self._floats.index_select(1, cols)  # log confidence, log value (the root's: 0, 0)
+        ints[1, 1:] = torch.searchsorted(cols, ints[1, 1:] + 1)  # parents as tree nodes (the root's stays -1)
+        ints[3, 1:] = keep  # the slot row becomes the candidate ids
+        if isinstance(root_token, int):
+            ints[0, 0] = root_token
+        else:
+            ints[0, :1] = _long(root_token, self.device)[:1]
+        return DraftTree.from_columns(ints[0], ints[1], floats[0], floats[1], ints[2], ints[3],
+                                      ints[4] if self.has_copies else None, self.max_depth)
 
 
 def _field(buffer: str, row: int, doc: str) -> property:
     def get(self):
-        return getattr(self, buffer)[row, :self.n]
+        if self._levels or self._fed:
+            self._write_queued()
+        return getattr(self, buffer)[row, 1:self.n + 1]
 
     def set(self, value):
-        getattr(self, buffer)[row, :self.n] = value
+        if self._levels or self._fed:
+            self._write_queued()
+        getattr(self, buffer)[row, 1:self.n + 1] = value
 
     return property(get, set, doc=doc)
 
@@ -257,6 +335,18 @@ class DraftTree:
         self.sources = _long(sources, device) if sources is not None else None
         self._lists: dict[str, list] = {}
         self._anc: torch.Tensor | None = None
+        self._up: torch.Tensor | None = None
+
+    @classmethod
+    def from_columns(cls, tokens, parents, log_confidences, log_values, depths, candidates, sources,
+                     depth_bound: int) -> "DraftTree":
+        """A tree from columns a rerank has already built and checked (no copies, no checks)."""
+        tree = cls.__new__(cls)
+        tree.tokens, tree.parents, tree.log_confidences = tokens, parents, log_confidences
+        tree.depths, tree.log_values, tree.candidates, tree.sources = depths, log_values, candidates, sources
+        tree._depth_bound, tree._max_depth = depth_bound, None
+        tree._lists, tree._anc, tree._up = {}, None, None
+        return tree
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -299,13 +389,20 @@ class DraftTree:
             kids[p].append(i)
         return kids
 
+    @property
+    def parent_rows(self) -> torch.Tensor:
+        """Each node's parent, the root standing for its own (cached)."""
+        if self._up is None:
+            self._up = self.parents.clamp_min(0)
+        return self._up
+
     def ancestor_matrix(self) -> torch.Tensor:
         """(N, N) bool: [i, j] is True when j is i or one of i's ancestors (cached). Built in
         one scatter of every node's [self, parent, grandparent, ...] columns; the root is its
         own parent here, so chasing past it stays on it (it is every node's ancestor anyway)."""
         if self._anc is None:
             n, dev = len(self), self.tokens.device
-            up = self.parents.clamp_min(0)
+            up = self.parent_rows
             cols, cur = [torch.arange(n, device=dev)], up
             for level in range(self.depth_bound):
                 cols.append(cur)
@@ -371,6 +468,7 @@ def rerank(root_token: int, tokens: torch.Tensor, parents: torch.Tensor, log_con
     pool.depth = torch.tensor(depth, dtype=torch.long)
     pool.max_depth = max(depth, default=0)
     tree = pool.rerank(root_token, total_tokens)
-    if bool((tree.parents[1:] < 0).any()):
+    kept = set(tree.candidate_ids)  # with -1, the root
+    if any(p not in kept for p in pool.parents[tree.candidates[1:]].tolist()):
         raise ValueError("rerank produced an orphan: candidate values must not increase along a path")
     return tree, tree.candidate_ids[1:]

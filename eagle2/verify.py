@@ -181,7 +181,7 @@ def argmax(logits: torch.Tensor) -> torch.Tensor:
     faster than a half-precision argmax over a 49 k vocabulary. Taken as `max(-1).indices`,
     which is documented to return the first maximum too and on CPUs runs several times faster
     than torch's argmax over rows this long (docs/benchmarks.md, session 28)."""
-    return logits.float().max(dim=-1).indices
+    return (logits if logits.dtype == torch.float32 else logits.float()).max(dim=-1).indices
 
 
 def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> Verdict:
@@ -193,7 +193,7 @@ def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> Verdict:
     if n == 1:  # nothing drafted (vanilla decoding)
         return Verdict([0], int(argmax(logits[0])), [], [])
     best = argmax(logits)
-    up = tree.parents.clamp_min(0)
+    up = tree.parent_rows
     match = tree.tokens == best.index_select(0, up)
     match[0] = True
     anc = tree.ancestor_matrix()

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from eagle2.policies import Chain, Eagle1, Eagle2
 from eagle2.registry import make_policy
 from eagle2.trace import TraceRecorder
-from eagle2.tree import DraftTree, max_candidates, rerank
+from eagle2.tree import CandidatePool, DraftTree, max_candidates, rerank
 
 
 class FakeDrafter:
@@ -22,6 +22,7 @@ class FakeDrafter:
         self.vocab, self.gen = vocab, torch.Generator().manual_seed(seed)
         self.peaked = peaked
         self.slot_depth: list[int] = []
+        self.fed: list[tuple[list[int], list[int]]] = []  # (tokens, parent slots) of each step
 
     @property
     def num_slots(self) -> int:
@@ -35,6 +36,7 @@ class FakeDrafter:
 
     def step(self, tokens, parents):
         assert all(p < self.num_slots for p in parents), "a parent must be fed before its children"
+        self.fed.append((list(map(int, tokens)), list(map(int, parents))))
         for p in parents:
             self.slot_depth.append((self.slot_depth[p] if p >= 0 else 0) + 1)
         return self._logp(len(parents))
@@ -147,3 +149,57 @@ def test_bad_tree_inputs():
         make_policy("beam")
     with pytest.raises(TypeError):
         Eagle2(top_k=2.5)
+
+
+def _plain_eagle2(top_k: int, depth: int, total: int, drafter: FakeDrafter) -> tuple[CandidatePool, DraftTree]:
+    """EAGLE-2 written plainly on the pool's batch API (add, feed): what Eagle2.expand's level
+    queue must equal."""
+    pool = CandidatePool()
+    lp, tok = torch.topk(drafter.root(), top_k)
+    frontier = pool.add(torch.full((top_k,), -1), tok, lp, depth=1)
+    for step in range(2, depth + 1):
+        child_lp, child_tok = torch.topk(pool.feed(drafter, frontier), top_k, dim=-1)
+        start = len(pool)
+        new = pool.add(frontier.repeat_interleave(top_k), child_tok.flatten(), child_lp.flatten(), depth=step)
+        frontier = new if len(new) <= top_k else torch.topk(pool.log_value[start:], top_k).indices.sort().values + start
+    return pool, pool.rerank(5, total)
+
+
+def _same_pool(a: CandidatePool, b: CandidatePool) -> None:
+    assert len(a) == len(b) and a.max_depth == b.max_depth
+    for name in CandidatePool._INT_ROWS:
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    for name in CandidatePool._FLOAT_ROWS:
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def _same_tree(a: DraftTree, b: DraftTree) -> None:
+    for name in ("tokens", "parents", "depths", "candidates", "log_confidences", "log_values"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+@settings(max_examples=40, deadline=None)
+@given(top_k=st.integers(1, 6), depth=st.integers(1, 6), total=st.integers(1, 80), seed=st.integers(0, 10_000),
+       vocab=st.integers(6, 40), peaked=st.sampled_from([0.0, 1.0, 5.0]))
+def test_eagle2_queued_levels_equal_plain_expansion(top_k, depth, total, seed, vocab, peaked):
+    """The expansion's queued levels (written at the rerank), written step by step (a recorder
+    reads the pool after each step) and a reused pool all give the plain expansion's pool,
+    tree and drafter calls."""
+    top_k = min(top_k, vocab)
+    total = min(total, max_candidates(top_k, depth))
+    plain_drafter = FakeDrafter(vocab, seed, peaked)
+    plain_pool, plain_tree = _plain_eagle2(top_k, depth, total, plain_drafter)
+    policy = Eagle2(top_k=top_k, depth=depth, total_tokens=total)
+    for observer in (None, TraceRecorder(), None):  # the third reuses the pool the first two left
+        drafter = FakeDrafter(vocab, seed, peaked)
+        tree = policy.draft(5, drafter.root(), drafter, observer, cycle=0)
+        _same_tree(tree, plain_tree)
+        _same_pool(policy._last_pool, plain_pool)
+        assert drafter.fed == plain_drafter.fed
+
+
+def test_rerank_refuses_an_orphan():
+    """Values that rise along a path would cut a node from its parent: refused, not a broken tree."""
+    logc = torch.tensor([-2.0, -0.1, -0.1])
+    with pytest.raises(ValueError, match="orphan"):
+        rerank(5, torch.tensor([1, 2, 3]), torch.tensor([-1, 0, 1]), logc, torch.tensor([-2.0, -0.1, -0.05]), 2)
