@@ -78,6 +78,7 @@ class CandidatePool:
         self.has_copies = False  # any candidate not drafted (a host bool: no device read to know it)
         self._levels: list[tuple] = []  # queued add_level calls (start, parents, tokens, log_conf, log_value, depth)
         self._fed: list[tuple[torch.Tensor, int]] = []  # queued note_fed calls (ids, first slot)
+        self._level_sizes: dict[tuple[int, ...], torch.Tensor] = {}
         self._ints = torch.empty(5, 1, dtype=torch.long, device=self.device)
         self._floats = torch.empty(2, 1, dtype=torch.float32, device=self.device)
         self._root = torch.full((1,), -1, dtype=torch.long, device=self.device)  # the root's id, as a parent
@@ -122,7 +123,10 @@ class CandidatePool:
             if len(widths) == 1 and depths == list(range(depths[0], depths[0] + len(levels))):
                 # an expansion: every parent has the same number of children, one level per depth
                 ints[1].copy_(torch.cat([p for _, p, _, _, _, _ in levels]).repeat_interleave(widths.pop()))
-                sizes = torch.tensor([t.numel() for _, _, t, _, _, _ in levels], device=self.device)
+                key = tuple(t.numel() for _, _, t, _, _, _ in levels)
+                sizes = self._level_sizes.get(key)  # the same every cycle: sent to the device once
+                if sizes is None:
+                    sizes = self._level_sizes[key] = torch.tensor(key, device=self.device)
                 ints[2].copy_(self._ids[depths[0]:depths[0] + len(levels)].repeat_interleave(sizes, output_size=end - first))
             else:
                 torch.cat([p.unsqueeze(1).expand(t.shape).reshape(-1) for _, p, t, _, _, _ in levels], out=ints[1])

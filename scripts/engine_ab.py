@@ -103,6 +103,10 @@ def main(argv=None) -> int:
                     help="the other checkout's target (and head) keep transformers' RMSNorm; see above")
     ap.add_argument("--before-library-linears", action="store_true",
                     help="the other checkout's target (and head) keep plain nn.Linear layers; see above")
+    ap.add_argument("--before-same-vocab", action="store_true",
+                    help="the other checkout drafts over this checkout's draft vocabulary (its own ReducedVocabDrafter "
+                         "class): for two commits that both have the reduced vocabulary; default: its whole vocabulary "
+                         "(the code before the engine issue drafted over all of it)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if args.threads:
@@ -120,7 +124,11 @@ def main(argv=None) -> int:
         head_before = eagle2.load_drafter(target_before, head="default", draft_vocab=0).head
     else:
         target_before, head_before = target, drafter_now.head
-    drafter_before = before.EagleDrafter(head_before, target_before.model, name="default")
+    if args.before_same_vocab and getattr(drafter_now, "reduced", None) is not None:
+        drafter_before = before.ReducedVocabDrafter(head_before, target_before.model, drafter_now.token_ids.tolist(),
+                                                    name="default")
+    else:
+        drafter_before = before.EagleDrafter(head_before, target_before.model, name="default")
     drafter_full = eagle2.EagleDrafter(drafter_now.head, target.model, name="default")  # now, whole vocabulary
     questions = load_questions(args.questions, limit=args.limit, first_turn_only=True)
     lookups = [int(m.split("lookup=")[1]) if "lookup=" in m else 0 for m in args.methods.split(",")]
