@@ -125,8 +125,8 @@ def main(argv=None) -> int:
     else:
         target_before, head_before = target, drafter_now.head
     if args.before_same_vocab and getattr(drafter_now, "reduced", None) is not None:
-        drafter_before = before.ReducedVocabDrafter(head_before, target_before.model, drafter_now.token_ids.tolist(),
-                                                    name="default")
+        reduced_before = importlib.import_module(f"{before.__name__}.draft").ReducedVocabDrafter
+        drafter_before = reduced_before(head_before, target_before.model, drafter_now.token_ids.tolist(), name="default")
     else:
         drafter_before = before.EagleDrafter(head_before, target_before.model, name="default")
     drafter_full = eagle2.EagleDrafter(drafter_now.head, target.model, name="default")  # now, whole vocabulary
