@@ -94,10 +94,14 @@ def keep_prefix_and(cache, prefix_len: int, tree_nodes: list[int]) -> None:
     if moved:
         dst = torch.tensor([d for d, _ in moved])
         src = torch.tensor([s for _, s in moved])
+        on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # the indices, sent once to each device
         for layer in cache.layers:
             if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
                 continue
-            d, s = (dst, src) if layer.keys.device == dst.device else (dst.to(layer.keys.device), src.to(layer.keys.device))
+            dev = layer.keys.device
+            if dev not in on:
+                on[dev] = (dst.to(dev), src.to(dev))
+            d, s = on[dev]
             layer.keys.index_copy_(-2, d, layer.keys.index_select(-2, s))
             layer.values.index_copy_(-2, d, layer.values.index_select(-2, s))
     truncate(cache, prefix_len + len(tree_nodes))
