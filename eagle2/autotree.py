@@ -369,6 +369,8 @@ class AutoEagle2(Eagle2):
         self._step_start: float | None = None
         self._expand_s = 0.0
         self._nodes = 0
+        self._top_mass: list[float] = [0.0]  # the last _expected_and_cost's sums of the n largest values
+        self._kept_mass = 0.0  # the kept nodes' values summed (what learn weighs the accepted against)
         # what was chosen (for reports)
         self.cycles = 0
         self.nodes_total = 0
@@ -416,9 +418,11 @@ class AutoEagle2(Eagle2):
         step, where tensor ops on the host would cost more than the arithmetic (~1 ms a cycle)."""
         values = log_values.tolist() if isinstance(log_values, torch.Tensor) else list(log_values)
         a, s, fixed = self.value_scale, self.verify_scale, draft_s + self.overhead_s
-        expected = [1.0]
+        mass = [0.0]  # the sum of the n largest values
         for v in heapq.nlargest(self.max_nodes, values):
-            expected.append(expected[-1] + a * math.exp(v))
+            mass.append(mass[-1] + math.exp(v))
+        self._top_mass = mass  # tree_size's call: its first n are the nodes the rerank keeps
+        expected = [1.0 + a * m for m in mass]
         cost = [fixed + s * t for t in self._verify_s]  # verify T(n + 1): n drafts and the root, n <= max_nodes
         return expected, cost
 
@@ -521,7 +525,7 @@ class AutoEagle2(Eagle2):
     def tree_size(self, pool: CandidatePool) -> int:
         self._expand_s = clock(pool.device) - self._t0
         n = self.choose_nodes(pool.log_value, self._expand_s)
-        self._pool, self._nodes = pool, n
+        self._pool, self._nodes, self._kept_mass = pool, n, self._top_mass[n]
         self.cycles += 1
         self.nodes_total += n
         self.depth_total += pool.max_depth
@@ -579,7 +583,10 @@ class AutoEagle2(Eagle2):
         """The value scale a (accepted drafts against the values the kept nodes promised, on
         drafted-only paths), the copied chains' acceptance, the verify load factor and the
         rest of the cycle's time."""
-        self.accept.add(*drafted_outcome(tree, self._pool, verdict.path, copies=self.copier is not None))
+        if self.copier is None:  # every node drafted: the kept values' sum is on the host already
+            self.accept.add(len(verdict.path) - 1, self._kept_mass if tree.size else 0.0)
+        else:
+            self.accept.add(*drafted_outcome(tree, self._pool, verdict.path))
         if self.copier:
             self.copier.learn(verdict.accepted)
             self.copier.extend(tokens)

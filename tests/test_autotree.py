@@ -113,7 +113,7 @@ def test_overconfident_drafts_shrink_the_tree():
     pool.add([-1] * 5, [5, 6, 7, 8, 9], [0.0] * 5)  # five drafted children of the root, each promising 1.0
     tree = pool.rerank(1, 5)
     for c in range(10):
-        p._pool, p._nodes = pool, 5
+        p._pool, p._nodes, p._kept_mass = pool, 5, 5.0  # what tree_size records: 5 kept, their values summed
         p.learn(c, tree, Verdict([0, 1], 6, [2, 3, 4, 5], [5]), [5, 6],
                 Timings(0.0, p.latency(6), 0.0))  # one accepted draft per 5.0 promised; timings as calibrated
     assert p.value_scale == pytest.approx(0.2)
@@ -282,6 +282,26 @@ def test_auto_policy_is_lossless(tiny_target, drafter, lat):
     assert out.summary()["total_tokens"] == "auto"
     # the decode loop tells the policy every cycle's outcome and timings
     assert len(p.load) == len(p.accept) == len(p.overhead) == len(out.cycles)
+
+
+def test_learns_the_kept_values_it_summed_on_the_host(tiny_target, drafter):
+    """Without prompt lookup every kept node was drafted, and the values it weighs the accepted
+    drafts against are the n largest it summed when it chose n (no second device read): the
+    same as the verified tree's values, cycle by cycle."""
+    ids = tiny_target.tokenizer("hello world the cat is")["input_ids"]
+    p = AutoEagle2(flat(0.01), top_k=3, depth=4)  # verify costs nothing: it keeps nodes
+    seen = []
+    learn = p.learn
+
+    def check(cycle, tree, verdict, tokens, timings):
+        seen.append((p._kept_mass if tree.size else 0.0, float(tree.log_values[1:].double().exp().sum())))
+        learn(cycle, tree, verdict, tokens, timings)
+
+    p.learn = check
+    eagle2.generate(tiny_target.model, ids, p, drafter, max_new_tokens=30)
+    assert len(seen) > 3 and any(tree_sum > 0 for _, tree_sum in seen)
+    for kept, tree_sum in seen:
+        assert kept == pytest.approx(tree_sum, rel=1e-9, abs=1e-12)
 
 
 def test_huge_step_cost_keeps_the_tree_shallow(tiny_target, drafter):
