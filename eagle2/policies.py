@@ -224,6 +224,7 @@ class Eagle1(Policy):
         for c in paths:
             ranks.setdefault(c[:-1], set()).add(c[-1])
         self.can_sample_drafts = all(r == set(range(len(r))) for r in ranks.values())
+        self._plans: dict[torch.device, list[tuple]] = {}
 
     @property
     def total_tokens(self) -> int:
@@ -236,29 +237,43 @@ class Eagle1(Policy):
     def describe(self) -> dict:
         return {"policy": self.name, "total_tokens": self.total_tokens, "depth": self.depth}
 
-    def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
-        pool = CandidatePool(root_logprobs.device)
+    def _plan(self, device: torch.device) -> list[tuple]:
+        """The tree's levels as index tensors on `device` (built once per device): for each depth,
+        (depth, the pool ids fed to the drafter before it, children asked of each, each choice's
+        index into that (fed x width) top-k, each choice's parent id, the same two as host lists
+        for the trace, the ids of the choices with children). Pool ids follow creation order:
+        level by level, each level in choice order."""
+        if device in self._plans:
+            return self._plans[device]
         id_of: dict[tuple, int] = {(): -1}
-        logp_of: dict[tuple, tuple[list[float], list[int]]] = {}
-        need = max(c[-1] for c in self.choices) + 1
-        lp, tok = self.propose(drafter, root_logprobs, need, -1)
-        logp_of[()] = (lp.tolist(), tok.tolist())
+        for i, c in enumerate(self.choices):  # sorted by (depth, ranks): creation order
+            id_of[c] = i
+        plan = []
         for depth in range(1, self.depth + 1):
             level = [c for c in self.choices if len(c) == depth]
-            parents = sorted({c[:-1] for c in level})
-            if depth > 1:  # feed the parents of this level to the drafter
-                width = max(c[-1] for c in level) + 1
-                ids = [id_of[p] for p in parents]
-                lps, toks = self.propose(drafter, pool.feed(drafter, ids), width, ids)
-                for p, l, t in zip(parents, lps.tolist(), toks.tolist()):
-                    logp_of[p] = (l, t)
-            picks = [(logp_of[c[:-1]][0][c[-1]], logp_of[c[:-1]][1][c[-1]]) for c in level]
-            new = pool.add([id_of[c[:-1]] for c in level], [t for _, t in picks], [l for l, _ in picks], depth=depth)
-            id_of.update(zip(level, new.tolist()))
+            fed = sorted({c[:-1] for c in level})
+            width = max(c[-1] for c in self.choices) + 1 if depth == 1 else max(c[-1] for c in level) + 1
+            pick = [fed.index(c[:-1]) * width + c[-1] for c in level]
+            fed_ids, parent_ids = [id_of[p] for p in fed], [id_of[c[:-1]] for c in level]
+            has_kids = {c[:-1] for c in self.choices if len(c) == depth + 1}
+            as_tensor = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+            plan.append((depth, as_tensor(fed_ids), width, as_tensor(pick), as_tensor(parent_ids), fed_ids,
+                         [id_of[c] for c in level if c in has_kids]))
+        self._plans[device] = plan
+        return plan
+
+    def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
+        """Level by level with index tensors made once (`_plan`): no value is read back to the host."""
+        pool = CandidatePool(root_logprobs.device, capacity=len(self.choices))
+        for depth, fed, width, pick, parents, fed_list, with_kids in self._plan(root_logprobs.device):
+            if depth == 1:  # the root's children: its `width` best (or draws), picked by rank
+                lp, tok = self.propose(drafter, root_logprobs, width, -1)
+            else:  # feed this level's parents to the drafter, then pick each choice's rank among their children
+                lps, toks = self.propose(drafter, pool.feed(drafter, fed), width, fed)
+                lp, tok = lps.reshape(-1), toks.reshape(-1)
+            new = pool.add(parents, tok.index_select(0, pick), lp.index_select(0, pick), depth=depth)
             if observer:
-                has_kids = {c[:-1] for c in self.choices if len(c) == depth + 1}
-                observer.on_expand(cycle, ExpansionStep(depth, [id_of[p] for p in parents], pool.records(new),
-                                                        [id_of[c] for c in level if c in has_kids]))
+                observer.on_expand(cycle, ExpansionStep(depth, fed_list, pool.records(new), with_kids))
         tree = pool.rerank(root_token, len(pool))  # keeps every node, in creation order
         if observer:
             observer.on_rerank(cycle, RerankStep(tree.candidate_ids[1:], math.exp(float(pool.log_value.min())), len(pool)))

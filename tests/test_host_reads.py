@@ -1,6 +1,7 @@
 """How often a decode cycle waits for the device: reads of tensor values on the host (`tolist`,
 `item`, `int(t)`, ...), counted per generation with no recording observer (#13 item 1). On a
-GPU each one is a synchronisation; the fixed-size policies make one a cycle, the verdict."""
+GPU each one is a synchronisation; the fixed-size policies (EAGLE-2 at a fixed size, chain, EAGLE-1's
+static tree) make one a cycle, the verdict."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch.overrides import TorchFunctionMode
 from eagle2 import engine_bench as eb
 from eagle2.decode import generate
 from eagle2.draft import EagleDrafter
-from eagle2.policies import Chain, Eagle2
+from eagle2.policies import Chain, Eagle1, Eagle2
 
 HOST_READS = {"tolist", "item", "__int__", "__bool__", "__float__", "__index__", "numpy"}
 
@@ -33,8 +34,8 @@ def tiny():
     return model, EagleDrafter(head, model, name="tiny-head")
 
 
-@pytest.mark.parametrize("policy", [Eagle2(top_k=10, depth=6, total_tokens=60), Eagle2(), Chain(depth=4)],
-                         ids=["paper-tree", "eagle2", "chain"])
+@pytest.mark.parametrize("policy", [Eagle2(top_k=10, depth=6, total_tokens=60), Eagle2(), Chain(depth=4), Eagle1()],
+                         ids=["paper-tree", "eagle2", "chain", "eagle1-static"])
 def test_a_fixed_size_cycle_reads_the_device_once(tiny, policy):
     model, drafter = tiny
     prompt = eb.random_prompts(model.config.vocab_size, (24,), seed=3)[0]

@@ -203,3 +203,49 @@ def test_rerank_refuses_an_orphan():
     logc = torch.tensor([-2.0, -0.1, -0.1])
     with pytest.raises(ValueError, match="orphan"):
         rerank(5, torch.tensor([1, 2, 3]), torch.tensor([-1, 0, 1]), logc, torch.tensor([-2.0, -0.1, -0.05]), 2)
+
+
+def _plain_eagle1(choices, drafter: FakeDrafter) -> DraftTree:
+    """EAGLE-1's static tree written plainly with host lists (what Eagle1's index plan must equal)."""
+    pool, id_of, logp_of = CandidatePool(), {(): -1}, {}
+    lp, tok = torch.topk(drafter.root(), max(c[-1] for c in choices) + 1)
+    logp_of[()] = (lp.tolist(), tok.tolist())
+    for depth in range(1, max(len(c) for c in choices) + 1):
+        level = [c for c in choices if len(c) == depth]
+        parents = sorted({c[:-1] for c in level})
+        if depth > 1:
+            ids = [id_of[p] for p in parents]
+            lps, toks = torch.topk(pool.feed(drafter, ids), max(c[-1] for c in level) + 1, dim=-1)
+            for p, lv, t in zip(parents, lps.tolist(), toks.tolist()):
+                logp_of[p] = (lv, t)
+        picks = [(logp_of[c[:-1]][0][c[-1]], logp_of[c[:-1]][1][c[-1]]) for c in level]
+        new = pool.add([id_of[c[:-1]] for c in level], [t for _, t in picks], [lv for lv, _ in picks], depth=depth)
+        id_of.update(zip(level, new.tolist()))
+    return pool.rerank(5, len(pool))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 30), default=st.booleans())
+def test_eagle1_index_plan_equals_the_plain_static_tree(seed, n, default):
+    """Eagle1 drafts from index tensors made once: the same tree, drafter calls and trace as
+    the same static tree built from host lists, for the default tree and random valid ones."""
+    from eagle2.policies import DEFAULT_STATIC_TREE
+
+    g = torch.Generator().manual_seed(seed)
+    choices = list(DEFAULT_STATIC_TREE)
+    if not default:  # a random valid tree: each new path extends an existing one (or the root) by a rank
+        choices = [(0,)]
+        while len(choices) < n:
+            r = int(torch.randint(len(choices) + 1, (1,), generator=g))  # len(choices): the root
+            base = choices[r] if r < len(choices) and len(choices[r]) < 5 else ()
+            c = base + (int(torch.randint(4, (1,), generator=g)),)
+            if c not in choices:
+                choices.append(c)
+    policy = Eagle1(choices)
+    plain_drafter = FakeDrafter(40, seed)
+    plain = _plain_eagle1(policy.choices, plain_drafter)
+    for observer in (None, TraceRecorder()):
+        drafter = FakeDrafter(40, seed)
+        tree = policy.draft(5, drafter.root(), drafter, observer, cycle=0)
+        _same_tree(tree, plain)
+        assert drafter.fed == plain_drafter.fed
