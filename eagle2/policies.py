@@ -248,6 +248,10 @@ class Eagle1(Policy):
         id_of: dict[tuple, int] = {(): -1}
         for i, c in enumerate(self.choices):  # sorted by (depth, ranks): creation order
             id_of[c] = i
+
+        def as_tensor(xs: list[int]) -> torch.Tensor:
+            return torch.tensor(xs, dtype=torch.long, device=device)
+
         plan = []
         for depth in range(1, self.depth + 1):
             level = [c for c in self.choices if len(c) == depth]
@@ -256,7 +260,6 @@ class Eagle1(Policy):
             pick = [fed.index(c[:-1]) * width + c[-1] for c in level]
             fed_ids, parent_ids = [id_of[p] for p in fed], [id_of[c[:-1]] for c in level]
             has_kids = {c[:-1] for c in self.choices if len(c) == depth + 1}
-            as_tensor = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
             plan.append((depth, as_tensor(fed_ids), width, as_tensor(pick), as_tensor(parent_ids), fed_ids,
                          [id_of[c] for c in level if c in has_kids]))
         self._plans[device] = plan
