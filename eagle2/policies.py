@@ -14,6 +14,7 @@ tokens (EAGLE-2's code counts one step fewer: its depth=5 is our depth=6).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -204,6 +205,19 @@ DEFAULT_STATIC_TREE: tuple[tuple[int, ...], ...] = (
 )
 
 
+@dataclass
+class StaticLevel:
+    """One depth of a static tree as index tensors (Eagle1 drafts from these, made once per device)."""
+
+    depth: int
+    fed: torch.Tensor  # pool ids fed to the drafter before this level (depth > 1)
+    width: int  # children asked of each fed node (at depth 1: of the root)
+    pick: torch.Tensor  # each choice's index into the (fed x width) proposals
+    parents: torch.Tensor  # each choice's parent id (-1 = the root)
+    fed_ids: list[int]  # `fed` on the host, for traces
+    with_children: list[int]  # ids of this level's choices that have children, for traces
+
+
 class Eagle1(Policy):
     """EAGLE-1's static tree: the same shape every cycle, whatever the context."""
 
@@ -224,7 +238,7 @@ class Eagle1(Policy):
         for c in paths:
             ranks.setdefault(c[:-1], set()).add(c[-1])
         self.can_sample_drafts = all(r == set(range(len(r))) for r in ranks.values())
-        self._plans: dict[torch.device, list[tuple]] = {}
+        self._plans: dict[torch.device, list[StaticLevel]] = {}
 
     @property
     def total_tokens(self) -> int:
@@ -237,12 +251,9 @@ class Eagle1(Policy):
     def describe(self) -> dict:
         return {"policy": self.name, "total_tokens": self.total_tokens, "depth": self.depth}
 
-    def _plan(self, device: torch.device) -> list[tuple]:
-        """The tree's levels as index tensors on `device` (built once per device): for each depth,
-        (depth, the pool ids fed to the drafter before it, children asked of each, each choice's
-        index into that (fed x width) top-k, each choice's parent id, the same two as host lists
-        for the trace, the ids of the choices with children). Pool ids follow creation order:
-        level by level, each level in choice order."""
+    def _plan(self, device: torch.device) -> list[StaticLevel]:
+        """The tree's levels as index tensors on `device` (built once per device). Pool ids
+        follow creation order: level by level, each level in choice order."""
         if device in self._plans:
             return self._plans[device]
         id_of: dict[tuple, int] = {(): -1}
@@ -260,24 +271,25 @@ class Eagle1(Policy):
             pick = [fed.index(c[:-1]) * width + c[-1] for c in level]
             fed_ids, parent_ids = [id_of[p] for p in fed], [id_of[c[:-1]] for c in level]
             has_kids = {c[:-1] for c in self.choices if len(c) == depth + 1}
-            plan.append((depth, as_tensor(fed_ids), width, as_tensor(pick), as_tensor(parent_ids), fed_ids,
-                         [id_of[c] for c in level if c in has_kids]))
+            plan.append(StaticLevel(depth, as_tensor(fed_ids), width, as_tensor(pick), as_tensor(parent_ids), fed_ids,
+                                    [id_of[c] for c in level if c in has_kids]))
         self._plans[device] = plan
         return plan
 
     def draft(self, root_token, root_logprobs, drafter, observer=None, cycle=0) -> DraftTree:
         """Level by level with index tensors made once (`_plan`): no value is read back to the host."""
         pool = CandidatePool(root_logprobs.device, capacity=len(self.choices))
-        for depth, fed, width, pick, parents, fed_list, with_kids in self._plan(root_logprobs.device):
-            if depth == 1:  # the root's children: its `width` best (or draws), picked by rank
-                lp, tok = self.propose(drafter, root_logprobs, width, -1)
+        for lv in self._plan(root_logprobs.device):
+            if lv.depth == 1:  # the root's children: its `width` best (or draws), picked by rank
+                lp, tok = self.propose(drafter, root_logprobs, lv.width, -1)
             else:  # feed this level's parents to the drafter, then pick each choice's rank among their children
-                lps, toks = self.propose(drafter, pool.feed(drafter, fed), width, fed)
+                lps, toks = self.propose(drafter, pool.feed(drafter, lv.fed), lv.width, lv.fed)
                 lp, tok = lps.reshape(-1), toks.reshape(-1)
-            new = pool.add(parents, tok.index_select(0, pick), lp.index_select(0, pick), depth=depth)
+            new = pool.add(lv.parents, tok.index_select(0, lv.pick), lp.index_select(0, lv.pick), depth=lv.depth)
             if observer:
-                observer.on_expand(cycle, ExpansionStep(depth, fed_list, pool.records(new), with_kids))
+                observer.on_expand(cycle, ExpansionStep(lv.depth, lv.fed_ids, pool.records(new), lv.with_children))
         tree = pool.rerank(root_token, len(pool))  # keeps every node, in creation order
         if observer:
-            observer.on_rerank(cycle, RerankStep(tree.candidate_ids[1:], math.exp(float(pool.log_value.min())), len(pool)))
+            cutoff = math.exp(float(pool.log_value.min()))
+            observer.on_rerank(cycle, RerankStep(tree.candidate_ids[1:], cutoff, len(pool)))
         return tree

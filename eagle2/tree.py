@@ -46,15 +46,6 @@ def _float(x, device) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.float32, device=device).reshape(-1)
 
 
-def chase(parents: torch.Tensor, steps: int) -> list[torch.Tensor]:
-    """[parent, grandparent, ...] of every entry, `steps` levels up (-1 once past the root)."""
-    up, cur = [], parents
-    for _ in range(steps):
-        up.append(cur)
-        cur = torch.where(cur >= 0, parents[cur.clamp_min(0)], cur)
-    return up
-
-
 class CandidatePool:
     """Every token proposed in one cycle; `add` appends a batch, `add_level` a whole expansion
     level, `feed` sends a batch to the drafter. The fields are views of two preallocated
@@ -127,7 +118,8 @@ class CandidatePool:
                 sizes = self._level_sizes.get(key)  # the same every cycle: sent to the device once
                 if sizes is None:
                     sizes = self._level_sizes[key] = torch.tensor(key, device=self.device)
-                ints[2].copy_(self._ids[depths[0]:depths[0] + len(levels)].repeat_interleave(sizes, output_size=end - first))
+                level_depths = self._ids[depths[0]:depths[0] + len(levels)]
+                ints[2].copy_(level_depths.repeat_interleave(sizes, output_size=end - first))
             else:
                 torch.cat([p.unsqueeze(1).expand(t.shape).reshape(-1) for _, p, t, _, _, _ in levels], out=ints[1])
                 torch.cat([self._ids[d:d + 1].expand(t.numel()) for _, _, t, _, _, d in levels], out=ints[2])
@@ -226,10 +218,13 @@ class CandidatePool:
     def revalue(self) -> None:
         """Recompute every value as the sum of log confidences along its path (after a
         confidence changed, e.g. a copied token raised a drafted one)."""
-        lv = self.log_conf.clone()
-        for up in chase(self.parents, self.max_depth - 1):
-            lv += torch.where(up >= 0, self.log_conf[up.clamp_min(0)], 0.0)
-        self._floats[1, 1:self.n + 1] = lv  # (reading log_conf wrote the queue)
+        lv = self.log_conf.clone()  # (reading log_conf wrote the queue)
+        conf, parent = self._floats[0], self._ints[1]
+        col = self.parents + 1  # each candidate's ancestors' columns, one level up at a time;
+        for _ in range(self.max_depth - 1):  # past the root, column 0 (confidence 0, parent -1) stays put
+            lv += conf.index_select(0, col)
+            col = parent.index_select(0, col) + 1
+        self._floats[1, 1:self.n + 1] = lv
 
     def sources(self) -> list[str]:
         return [SOURCES[s] for s in self.source.tolist()]
@@ -330,16 +325,19 @@ class DraftTree:
                 log_values[i] = log_values[p] + self.log_confidences[i]
         self.depths, self.log_values = depths, log_values
         self._depth_bound = depth_bound  # >= the deepest node's depth: how far ancestry is chased
-        self._max_depth: int | None = None
         if candidates is None:
             candidates = candidate_ids if candidate_ids is not None else range(-1, n - 1)
         self.candidates = _long(list(candidates) if not torch.is_tensor(candidates) else candidates, device)
         # where each node came from (index into SOURCES; None: all drafted): sampling tries a
         # node's drawn children before its copied ones (verify.sample_accept)
         self.sources = _long(sources, device) if sources is not None else None
-        self._lists: dict[str, list] = {}
+        self._clear_cached()
+
+    def _clear_cached(self) -> None:
+        self._lists: dict[str, list] = {}  # host copies of columns, made when asked for
         self._anc: torch.Tensor | None = None
         self._up: torch.Tensor | None = None
+        self._max_depth: int | None = None
 
     @classmethod
     def from_columns(cls, tokens, parents, log_confidences, log_values, depths, candidates, sources,
@@ -348,8 +346,8 @@ class DraftTree:
         tree = cls.__new__(cls)
         tree.tokens, tree.parents, tree.log_confidences = tokens, parents, log_confidences
         tree.depths, tree.log_values, tree.candidates, tree.sources = depths, log_values, candidates, sources
-        tree._depth_bound, tree._max_depth = depth_bound, None
-        tree._lists, tree._anc, tree._up = {}, None, None
+        tree._depth_bound = depth_bound
+        tree._clear_cached()
         return tree
 
     def __len__(self) -> int:
