@@ -596,14 +596,13 @@ class AutoEagle2(Eagle2):
         self.overhead.add(max(0.0, timings.draft_s - self._expand_s) + timings.update_s)
 
 
-def drafted_outcome(tree: DraftTree, pool: CandidatePool, path: list[int], copies: bool = True) -> tuple[int, float]:
+def drafted_outcome(tree: DraftTree, pool: CandidatePool, path: list[int]) -> tuple[int, float]:
     """(accepted nodes, sum of kept values) over the nodes whose whole path the drafter
     proposed: copied tokens (whose confidences are divided by the value scale) must not feed
-    back into it. copies=False (no prompt lookup): every node was drafted, one host copy."""
+    back into it. Without prompt lookup every node was drafted: `learn` uses the sum the size
+    choice already holds on the host instead."""
     if not tree.size:
         return 0, 0.0
-    if not copies:
-        return len(path) - 1, float(tree.log_values[1:].double().exp().sum())
     copied = pool.source[tree.candidates.clamp_min(0)] != SOURCES.index("draft")
     copied[0] = False
     drafted = ~(tree.ancestor_matrix() & copied[None, :]).any(dim=-1)  # no copied node on the path

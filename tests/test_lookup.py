@@ -238,5 +238,8 @@ def test_value_scale_is_learnt_on_drafted_nodes_only():
     assert drafted_outcome(tree, pool, [0, 1, 3]) == (0, pytest.approx(0.2))
     assert drafted_outcome(tree, pool, [0, 2]) == (1, pytest.approx(0.2))
     assert drafted_outcome(tree, pool, [0]) == (0, pytest.approx(0.2))
-    every_value = tree.log_values[1:].exp().sum().item()  # without prompt lookup every node was drafted
-    assert drafted_outcome(tree, pool, [0, 2], copies=False) == (1, pytest.approx(every_value))
+    drafted_only = CandidatePool()  # without prompt lookup every node was drafted: every value counts
+    drafted_only.add([-1, -1], [4, 8], [math.log(0.5), math.log(0.2)])
+    plain = drafted_only.rerank(1, 2)
+    every_value = plain.log_values[1:].exp().sum().item()
+    assert drafted_outcome(plain, drafted_only, [0, 2]) == (1, pytest.approx(every_value))
