@@ -276,7 +276,10 @@ def test_streaming_run_owns_every_view(page_at):
     during = page.wait_for_function(snapshot, timeout=90_000).json_value()
     t_first = time.time()
     assert "Running" in during["summary"], during  # not the previous run's cards
-    assert during["trees"] == 0 and during["slider_off"], during  # no previous tree; nothing to select yet
+    assert during["trees"] == 0, during  # no previous tree
+    # nothing to select yet: the slider is off while tokens stream (the page applies an update's
+    # keys one at a time, so on a slow machine a token may land a moment before the slider turns off)
+    page.wait_for_function(f"() => {{ const s = ({snapshot})(); return s && s.slider_off; }}", timeout=10_000)
     page.locator("#answer .tl-cyc").first.dispatch_event("click")  # a click on a streaming token ...
     page.locator("#cycle input[type=range]").dispatch_event("input")  # ... and a slider event
     page.keyboard.press("ArrowRight")
@@ -310,8 +313,8 @@ def test_examples_settings_and_download(page_at, tmp_path):
         want = json.loads((TRACES / f"{name}.json").read_text())
         assert got["meta"] == want["meta"] and got["output_tokens"] == want["output_tokens"]
         if policy == "eagle1":  # the static tree's real size, greyed out
-            assert page.locator("#total-tokens input[type=number]").input_value() == "25"
-            assert page.locator("#total-tokens input[type=range]").is_disabled()
+            expect(page.locator("#total-tokens input[type=number]")).to_have_value("25", timeout=10_000)
+            expect(page.locator("#total-tokens input[type=range]")).to_be_disabled(timeout=10_000)
     copies = page.locator("#answer .tl-tok.tl-copy").count()
     assert copies > 0, "the lookup example's copied tokens are not marked in the answer"
     page.screenshot(path=str(ARTIFACTS / "browser-lookup-example.png"))

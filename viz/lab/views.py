@@ -99,7 +99,8 @@ def running_outputs(status: str) -> dict:
     out = {"status": status, "trace": None, "cycle_info": RUNNING_INFO, "tree": None, "stage_plot": None,
            "summary": '<div class="tl-cards tl-pending">Running… the summary appears when the run ends.</div>',
            "answer": tokens_html(None, live=True, empty="Waiting for the first token…"),
-           "cycle": gr.update(minimum=0, maximum=1, value=0, interactive=False,
+           # interactive first: the page applies an update's keys one at a time, in order
+           "cycle": gr.update(interactive=False, minimum=0, maximum=1, value=0,
                               label="Cycle: available when the run ends"),
            "stage": gr.update(choices=["Verify"], value="Verify"), "stage_caption": "",
            "download": gr.update(value=None, interactive=False)}
