@@ -369,7 +369,6 @@ class AutoEagle2(Eagle2):
         self._step_start: float | None = None
         self._expand_s = 0.0
         self._nodes = 0
-        self._top_mass: list[float] = [0.0]  # the last _expected_and_cost's sums of the n largest values
         self._kept_mass = 0.0  # the kept nodes' values summed (what learn weighs the accepted against)
         # what was chosen (for reports)
         self.cycles = 0
@@ -411,24 +410,27 @@ class AutoEagle2(Eagle2):
     def value_scale(self) -> float:
         return self.accept.value if self.calibrate_values else 1.0
 
-    def _expected_and_cost(self, log_values, draft_s: float) -> tuple[list[float], list[float]]:
-        """Expected tokens 1 + a * (sum of the n largest values) for keeping n = 0, 1, ... of
-        the candidates (the most valuable first), and the cycle's seconds for n = 0, 1, ...,
-        max_nodes. Plain Python over a list: a few dozen values, asked once or twice per drafter
-        step, where tensor ops on the host would cost more than the arithmetic (~1 ms a cycle)."""
+    def _top_mass(self, log_values) -> list[float]:
+        """The sums of the n largest values, n = 0, 1, ..., max_nodes (fewer if there are fewer
+        candidates). Plain Python over a list: a few dozen values, asked once or twice per drafter
+        step, where tensor ops on the host would cost more than the arithmetic."""
         values = log_values.tolist() if isinstance(log_values, torch.Tensor) else list(log_values)
-        a, s, fixed = self.value_scale, self.verify_scale, draft_s + self.overhead_s
-        mass = [0.0]  # the sum of the n largest values
+        mass = [0.0]
         for v in heapq.nlargest(self.max_nodes, values):
             mass.append(mass[-1] + math.exp(v))
-        self._top_mass = mass  # tree_size's call: its first n are the nodes the rerank keeps
+        return mass
+
+    def _expected_and_cost(self, mass: list[float], draft_s: float) -> tuple[list[float], list[float]]:
+        """Expected tokens 1 + a * mass[n] for keeping the n most valuable candidates, and the
+        cycle's seconds, for n = 0, 1, ... (as far as `mass` goes)."""
+        a, s, fixed = self.value_scale, self.verify_scale, draft_s + self.overhead_s
         expected = [1.0 + a * m for m in mass]
         cost = [fixed + s * t for t in self._verify_s]  # verify T(n + 1): n drafts and the root, n <= max_nodes
         return expected, cost
 
     def rates(self, log_values, draft_s: float) -> list[float]:
         """Expected tokens per second for keeping n = 0, 1, ..., max_nodes of the candidates."""
-        expected, cost = self._expected_and_cost(log_values, draft_s)
+        expected, cost = self._expected_and_cost(self._top_mass(log_values), draft_s)
         return [e / c for e, c in zip(expected, cost)]
 
     def choose_nodes(self, log_values, draft_s: float) -> int:
@@ -440,7 +442,11 @@ class AutoEagle2(Eagle2):
         rate so far. Not simply "while the rate rises": a CPU's verify cost jumps from one token
         to two and is nearly flat up to four, so the rate can fall at the first node and rise
         past where it started by the third."""
-        expected, cost = self._expected_and_cost(log_values, draft_s)
+        return self._choose(self._top_mass(log_values), draft_s)
+
+    def _choose(self, mass: list[float], draft_s: float) -> int:
+        """choose_nodes on the sums of the largest values (tree_size keeps them for learn)."""
+        expected, cost = self._expected_and_cost(mass, draft_s)
         rates = [e / c for e, c in zip(expected, cost)]
         if self.drafts is None:
             return max(range(len(rates)), key=rates.__getitem__)  # the first maximum: the smaller tree
@@ -524,8 +530,9 @@ class AutoEagle2(Eagle2):
 
     def tree_size(self, pool: CandidatePool) -> int:
         self._expand_s = clock(pool.device) - self._t0
-        n = self.choose_nodes(pool.log_value, self._expand_s)
-        self._pool, self._nodes, self._kept_mass = pool, n, self._top_mass[n]
+        mass = self._top_mass(pool.log_value)
+        n = self._choose(mass, self._expand_s)
+        self._pool, self._nodes, self._kept_mass = pool, n, mass[n]
         self.cycles += 1
         self.nodes_total += n
         self.depth_total += pool.max_depth
