@@ -249,20 +249,20 @@ def run_serve_config(argv: list[str]) -> int:
     return 0
 
 
-def _delegate(module: str, argv: list[str]) -> int:
+def _delegate(module: str, argv: list[str], **kwargs) -> int:
     import importlib
 
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
         raise UsageError(f"{module} is not available ({e})") from None
-    return int(mod.main(argv) or 0)
+    return int(mod.main(argv, **kwargs) or 0)
 
 
 COMMANDS = {
     "generate": run_generate,
     "bench": lambda argv: _delegate("eagle2.bench", argv),
-    "train": lambda argv: _delegate("eagle2.train", argv),
+    "train": lambda argv: _delegate("eagle2.train", argv, restart_by_exec=True),
     "serve-config": run_serve_config,
 }
 

@@ -12,6 +12,7 @@ Stages (each writes its output into --out and is skipped when that output exists
 4. features  → features.pt     last hidden states (after the final norm), bf16, + answer offsets;
                                with --arch eagle3 also the inputs of layers 2, n/2, n-3
 5. train     → head/           the draft head (official EAGLE format, bf16) + train.json
+                               (--restart-minutes: in fresh processes, via train_state.pt)
 6. report    → report.json, TRAINING.md and train_tokens.npz (the written data as token ids; --data
                                starts a later run from it) beside the head, copied to --head-out
 
@@ -76,7 +77,8 @@ STAGES = ("prompts", "answers", "tasks", "features", "train")
 OUTPUTS = {"prompts": "prompts.jsonl", "answers": "answers.jsonl", "tasks": "tasks.jsonl", "features": "features.pt",
            "train": "head/model.safetensors"}
 PARTIALS = {"prompts": ["prompts.partial.jsonl"], "answers": ["answers.partial.jsonl"],
-            "tasks": ["tasks.partial.jsonl"], "features": [], "train": ["head/config.json", "train.json"]}
+            "tasks": ["tasks.partial.jsonl"], "features": [], "train": ["head/config.json", "train.json", "train_state.pt"]}
+STATE_FILE = PARTIALS["train"][-1]  # a training run's checkpoint between segments (--restart-minutes)
 TOKENS_FILE = "train_tokens.npz"  # the run's prompts + answers as token ids, shipped beside the head
 ARCH_DEFAULTS = {  # what each head kind trains with unless told otherwise
     "eagle1": {"noise": 0.2, "ce_frac": 0.25, "ttt_steps": 1},
@@ -170,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLP width of a fresh head's decoder layer (0 = the target's; --init-head keeps its own)")
     g.add_argument("--init-head", default=None,
                    help="start from this head folder instead of a fresh one (continue training)")
+    g.add_argument("--restart-minutes", type=float, default=0.0,
+                   help="every this many minutes, save the training state (train_state.pt: head, optimizer, place in "
+                        "the data) and go on in a fresh process: a CPU run slows down as its heap fragments. A run "
+                        "that was stopped resumes from the last state. 0 = one process, no state saved")
     g.add_argument("--keep-better", action="store_true",
                    help="copy to --head-out only if the held-out score beats the head already there")
     g.add_argument("--pilot-warmup-steps", type=int, default=10, help="warmup of the short pilot runs")
@@ -443,8 +449,39 @@ def evaluate(head, data: FeatureData, idx: list[int], target, args, ac: bool,
     return out
 
 
+class RestartTraining(Exception):
+    """Raised once a training segment has saved its state: the caller goes on in a fresh process."""
+
+
+# options a resumed run must share with the run that saved the state
+RESUME_KEYS = ("arch", "seed", "lr", "min_lr_frac", "epochs", "train_minutes", "batch_tokens", "warmup_steps",
+               "train_vocab", "ttt_decay", "ce_frac", "ce_weight", "noise", "val_frac", "init_head")
+
+
+def save_train_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a run killed while saving keeps the previous state
+
+
+def load_train_state(path: Path, args) -> dict | None:
+    if not path.exists():
+        return None
+    state = torch.load(path, weights_only=False)
+    diff = [k for k in RESUME_KEYS if state["args"].get(k) != getattr(args, k, None)]
+    if diff:
+        k = diff[0]
+        raise ValueError(f"{path} was saved by a run with --{k.replace('_', '-')} {state['args'].get(k)} "
+                         f"(this run: {getattr(args, k, None)}): give the same options, or --force train to start over")
+    return state
+
+
 def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: int, minutes: float,
-               epochs: int, desc: str, warmup: int | None = None, out_head=None) -> dict:
+               epochs: int, desc: str, warmup: int | None = None, out_head=None,
+               state_path: Path | None = None, extra_state: dict | None = None) -> dict:
+    """With state_path, the run resumes from the state saved there, and saves it and raises
+    RestartTraining every --restart-minutes (a long CPU run slows down as its heap fragments;
+    a fresh process runs at full speed again)."""
     from eagle2.head import Eagle3Head, EagleHead, load_head_folder
 
     torch.manual_seed(args.seed)
@@ -480,7 +517,24 @@ def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: i
     t0 = time.perf_counter()
     eval_s = 0.0  # held-out evaluation does not count against the training budget
     step, tokens_seen, run_loss, run_n = 0, 0, {}, 0
-    bar = tqdm(total=total_steps, desc=desc, unit="step")
+    epoch, pos, order = 0, 0, None  # where in the data the next step starts
+    processes = 1  # the training ran in this many processes (--restart-minutes)
+    saved = load_train_state(state_path, args) if state_path is not None else None
+    if saved is not None:
+        head.load_state_dict(saved["head"])
+        opt.load_state_dict(saved["opt"])
+        rng.setstate(saved["rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        history, best, best_state = saved["history"], saved["best"], saved["best_state"]
+        step, tokens_seen, run_loss, run_n = saved["step"], saved["tokens_seen"], saved["run_loss"], saved["run_n"]
+        epoch, pos, order = saved["epoch"], saved["pos"], saved["order"]
+        processes = saved["processes"] + 1
+        t0 -= saved["train_seconds"]
+        log(f"{desc}: resumed at step {step} (epoch {epoch}, {saved['train_seconds'] / 60:.1f} training minutes) "
+            f"from {state_path}")
+    restart_s = args.restart_minutes * 60 if state_path is not None and args.restart_minutes > 0 else None
+    segment_t0, segment_step = time.perf_counter(), step
+    bar = tqdm(total=total_steps, initial=step, desc=desc, unit="step")
     stop = False
 
     def do_eval(epoch_f):
@@ -499,14 +553,27 @@ def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: i
         log(f"{desc}: step {step} ep {epoch_f:.2f} train {rec['train']} | val acc {ev['acc']} "
             f"score {ev['score']} vloss {ev['vloss']} ce {ev['ce']}")
 
-    for epoch in range(epochs):
-        order = list(range(len(groups)))
-        rng.shuffle(order)
-        for gi in order:
+    while epoch < epochs:
+        if order is None:
+            order = list(range(len(groups)))
+            rng.shuffle(order)
+        while pos < len(order):
             elapsed = time.perf_counter() - t0 - eval_s
             if elapsed > budget:
                 stop = True
                 break
+            if restart_s is not None and step > segment_step and time.perf_counter() - segment_t0 > restart_s:
+                bar.close()
+                save_train_state(state_path, {
+                    "args": {k: getattr(args, k, None) for k in RESUME_KEYS}, "head": head.state_dict(),
+                    "opt": opt.state_dict(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                    "history": history, "best": best, "best_state": best_state, "step": step,
+                    "tokens_seen": tokens_seen, "run_loss": run_loss, "run_n": run_n, "epoch": epoch, "pos": pos,
+                    "order": order, "train_seconds": elapsed, "processes": processes, **(extra_state or {})})
+                log(f"{desc}: state saved at step {step} to {state_path}; going on in a fresh process")
+                raise RestartTraining
+            gi = order[pos]
+            pos += 1
             progress = max(step / total_steps, elapsed / budget if budget < float("inf") else 0.0)
             if step < warmup:
                 lr_f = (step + 1) / warmup
@@ -550,13 +617,14 @@ def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: i
                 run_loss, run_n = {}, 0
         if stop:
             break
+        epoch, pos, order = epoch + 1, 0, None
     bar.close()
     if not history or history[-1]["step"] != step:
         do_eval(step / max(len(groups), 1))
     head.load_state_dict(best_state)
     return {"head": head, "history": history, "best": best, "steps": step, "ttt_steps": ttt_steps,
             "tokens_seen": tokens_seen, "minutes": round((time.perf_counter() - t0) / 60, 2),
-            "steps_per_epoch": len(groups), "autocast_bf16": ac}
+            "steps_per_epoch": len(groups), "autocast_bf16": ac, "processes": processes}
 
 
 def stage_train(target, args, out: Path) -> dict:
@@ -574,7 +642,12 @@ def stage_train(target, args, out: Path) -> dict:
         meta["train_vocab"] = len(out_head.token_ids)
     ttt = args.ttt_steps
     pilots = []
-    if args.ttt_steps > 0 and args.ttt_pilot_minutes > 0:
+    state_path = out / STATE_FILE
+    started = time.time()
+    saved = load_train_state(state_path, args)
+    if saved is not None:  # the pilots ran in an earlier segment
+        ttt, pilots, started = saved["ttt_steps"], saved["pilots"], saved["stage_started"]
+    elif args.ttt_steps > 0 and args.ttt_pilot_minutes > 0:
         for variant in (0, args.ttt_steps):
             r = train_head(target, data, train_idx, val_idx, args, variant, args.ttt_pilot_minutes,
                            args.epochs, f"pilot ttt={variant}", warmup=args.pilot_warmup_steps,
@@ -584,18 +657,21 @@ def stage_train(target, args, out: Path) -> dict:
         ttt = max(pilots, key=lambda p: p["best"]["val"]["score"])["ttt_steps"]
         log(f"pilots: {[(p['ttt_steps'], p['best']['val']['score']) for p in pilots]} → ttt_steps={ttt}")
     r = train_head(target, data, train_idx, val_idx, args, ttt, args.train_minutes, args.epochs, f"train ttt={ttt}",
-                 out_head=out_head)
+                   out_head=out_head, state_path=state_path, extra_state={"ttt_steps": ttt, "pilots": pilots, "stage_started": started})
     head_dir = out / "head"
     r["head"].save_pretrained(head_dir, dtype=torch.bfloat16)
     meta.update({"ttt_steps_used": ttt, "pilots": pilots, "history": r["history"], "best": r["best"],
                  "steps": r["steps"], "steps_per_epoch": r["steps_per_epoch"], "tokens_seen": r["tokens_seen"],
+                 "processes": r["processes"],
                  "train_minutes": r["minutes"], "autocast_bf16": r["autocast_bf16"],
                  "head_bytes": (head_dir / "model.safetensors").stat().st_size,
                  "head_params": sum(p.numel() for p in r["head"].parameters())})
     if r["head"].kind == "eagle3":
         meta["draft_vocab"] = r["head"].draft_vocab_size
     write_json(out / "train.json", meta)
-    return {k: v for k, v in meta.items() if k not in ("history", "pilots")}
+    state_path.unlink(missing_ok=True)
+    # seconds since the stage first started, across processes (main() times only this one)
+    return {"seconds": round(time.time() - started, 1), **{k: v for k, v in meta.items() if k not in ("history", "pilots")}}
 
 
 # ---- report -------------------------------------------------------------------------------
@@ -688,7 +764,36 @@ def resolve_arch_defaults(args) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
+def main(argv=None, restart_by_exec: bool = False) -> int:
+    """Run the stages. A training segment that saved its state (--restart-minutes) goes on in a
+    fresh process when restart_by_exec (the command line), else in this one (a library call)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    while True:
+        try:
+            return run_stages(argv)
+        except RestartTraining:
+            if restart_by_exec:
+                sys.stdout.flush(), sys.stderr.flush()
+                os.execv(sys.executable, [sys.executable, "-m", "eagle2.train", *without_force(argv)])
+            argv = without_force(argv)
+
+
+def without_force(argv: list[str]) -> list[str]:
+    """argv less --force and its stage names: a resumed run must not redo the stages it forced."""
+    out, skipping = [], False
+    for a in argv:
+        if a == "--force":
+            skipping = True
+        elif skipping and not a.startswith("-"):
+            continue
+        else:
+            skipping = False
+            if not a.startswith("--force="):
+                out.append(a)
+    return out
+
+
+def run_stages(argv: list[str]) -> int:
     parser = build_parser()
     args = resolve_arch_defaults(parser.parse_args(argv))
     if args.passages and args.data:
@@ -705,11 +810,12 @@ def main(argv=None) -> int:
         forced = set(STAGES[first:])
     import transformers
 
-    write_json(out / "config.json", {
-        "args": vars(args), "command": "python -m eagle2.train " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
-        "transformers": transformers.__version__, "python": platform.python_version(),
-        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()})
+    if "train" in forced or not (out / STATE_FILE).exists():  # a resumed run keeps the config it goes on with
+        write_json(out / "config.json", {
+            "args": vars(args), "command": "python -m eagle2.train " + " ".join(argv),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()})
     todo = [s for s in STAGES[: STAGES.index(args.until) + 1]]
     if args.data:  # the written data comes from the file: only features and training run
         todo = [s for s in todo if s in ("features", "train")]
@@ -775,4 +881,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(restart_by_exec=True))

@@ -4,6 +4,7 @@ an end-to-end run on the tiny model (a few prompts, one short epoch, seconds).""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,6 +206,48 @@ def test_features_from_an_earlier_run_copy_known_sequences_and_compute_the_rest(
         torch.save(dict(old, target="another-model"), tmp_path / "other.pt")
         train.main(["--out", str(tmp_path / "third"), "--data", str(first), "--features-from",
                     str(tmp_path / "other.pt")] + common)
+
+
+def test_training_restarted_in_fresh_processes_ends_with_the_same_head(tiny_dir, tmp_path):
+    """--restart-minutes: the command line saves the state and re-executes itself; resuming loses
+    nothing (head, optimizer, place in the data and the random streams come back), so a run cut
+    after every step ends with the head of a run in one process."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    once, cut = tmp_path / "once", tmp_path / "cut"
+    common = ["--model", tiny_dir, "--dtype", "float32", "--device", "cpu", "--threads", "1",
+              "--epochs", "2", "--train-minutes", "0", "--batch-tokens", "160", "--ttt-steps", "1",
+              "--eval-steps", "2", "--warmup-steps", "1", "--eval-every", "1.0"]
+    assert train.main(["--out", str(once), "--n-prompts", "6", "--prompt-batch", "3", "--prompt-max-tokens", "6",
+                       "--prompt-filter", "loose", "--answer-batch", "3", "--answer-max-tokens", "8",
+                       "--n-tasks", "3"] + common) == 0
+    cut.mkdir()
+    for name in ("prompts.jsonl", "answers.jsonl", "tasks.jsonl", "features.pt"):
+        shutil.copyfile(once / name, cut / name)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(train.__file__).parents[1]),
+                                                                      os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", "eagle2", "train", "--out", str(cut), "--restart-minutes", "1e-9",
+                           "--force", "train"] + common, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta, ref = (json.loads((d / "train.json").read_text()) for d in (cut, once))
+    assert meta["steps"] == ref["steps"] >= 3 and meta["processes"] == meta["steps"]
+    assert proc.stderr.count("resumed at step") == meta["steps"] - 1
+    assert not (cut / train.STATE_FILE).exists()  # removed once the stage is done
+    assert [h["val"]["acc"] for h in meta["history"]] == [h["val"]["acc"] for h in ref["history"]]
+    got, want = load_file(cut / "head" / "model.safetensors"), load_file(once / "head" / "model.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+    # a state saved under other options is refused, not silently mixed in
+    torch.save({"args": {k: getattr(train.resolve_arch_defaults(train.build_parser().parse_args(
+        ["--out", str(cut)] + common)), k) for k in train.RESUME_KEYS} | {"lr": 0.5}}, cut / train.STATE_FILE)
+    (cut / "head" / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="--lr 0.5"):
+        train.main(["--out", str(cut)] + common)
 
 
 def test_parser_defaults():
