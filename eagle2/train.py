@@ -77,7 +77,8 @@ STAGES = ("prompts", "answers", "tasks", "features", "train")
 OUTPUTS = {"prompts": "prompts.jsonl", "answers": "answers.jsonl", "tasks": "tasks.jsonl", "features": "features.pt",
            "train": "head/model.safetensors"}
 PARTIALS = {"prompts": ["prompts.partial.jsonl"], "answers": ["answers.partial.jsonl"],
-            "tasks": ["tasks.partial.jsonl"], "features": [], "train": ["head/config.json", "train.json", "train_state.pt"]}
+            "tasks": ["tasks.partial.jsonl"], "features": [],
+            "train": ["head/config.json", "train.json", "train_state.pt"]}
 STATE_FILE = PARTIALS["train"][-1]  # a training run's checkpoint between segments (--restart-minutes)
 TOKENS_FILE = "train_tokens.npz"  # the run's prompts + answers as token ids, shipped beside the head
 ARCH_DEFAULTS = {  # what each head kind trains with unless told otherwise
@@ -657,7 +658,8 @@ def stage_train(target, args, out: Path) -> dict:
         ttt = max(pilots, key=lambda p: p["best"]["val"]["score"])["ttt_steps"]
         log(f"pilots: {[(p['ttt_steps'], p['best']['val']['score']) for p in pilots]} → ttt_steps={ttt}")
     r = train_head(target, data, train_idx, val_idx, args, ttt, args.train_minutes, args.epochs, f"train ttt={ttt}",
-                   out_head=out_head, state_path=state_path, extra_state={"ttt_steps": ttt, "pilots": pilots, "stage_started": started})
+                   out_head=out_head, state_path=state_path,
+                   extra_state={"ttt_steps": ttt, "pilots": pilots, "stage_started": started})
     head_dir = out / "head"
     r["head"].save_pretrained(head_dir, dtype=torch.bfloat16)
     meta.update({"ttt_steps_used": ttt, "pilots": pilots, "history": r["history"], "best": r["best"],
@@ -671,7 +673,8 @@ def stage_train(target, args, out: Path) -> dict:
     write_json(out / "train.json", meta)
     state_path.unlink(missing_ok=True)
     # seconds since the stage first started, across processes (main() times only this one)
-    return {"seconds": round(time.time() - started, 1), **{k: v for k, v in meta.items() if k not in ("history", "pilots")}}
+    return {"seconds": round(time.time() - started, 1),
+            **{k: v for k, v in meta.items() if k not in ("history", "pilots")}}
 
 
 # ---- report -------------------------------------------------------------------------------
@@ -773,7 +776,8 @@ def main(argv=None, restart_by_exec: bool = False) -> int:
             return run_stages(argv)
         except RestartTraining:
             if restart_by_exec:
-                sys.stdout.flush(), sys.stderr.flush()
+                sys.stdout.flush()
+                sys.stderr.flush()
                 os.execv(sys.executable, [sys.executable, "-m", "eagle2.train", *without_force(argv)])
             argv = without_force(argv)
 
