@@ -479,10 +479,10 @@ def load_train_state(path: Path, args) -> dict | None:
 
 def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: int, minutes: float,
                epochs: int, desc: str, warmup: int | None = None, out_head=None,
-               state_path: Path | None = None, extra_state: dict | None = None) -> dict:
-    """With state_path, the run resumes from the state saved there, and saves it and raises
-    RestartTraining every --restart-minutes (a long CPU run slows down as its heap fragments;
-    a fresh process runs at full speed again)."""
+               state_path: Path | None = None, saved: dict | None = None, extra_state: dict | None = None) -> dict:
+    """Resumes from `saved` (load_train_state) when given. With state_path, saves the state there
+    and raises RestartTraining every --restart-minutes (a long CPU run slows down as its heap
+    fragments; a fresh process runs at full speed again)."""
     from eagle2.head import Eagle3Head, EagleHead, load_head_folder
 
     torch.manual_seed(args.seed)
@@ -520,7 +520,6 @@ def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: i
     step, tokens_seen, run_loss, run_n = 0, 0, {}, 0
     epoch, pos, order = 0, 0, None  # where in the data the next step starts
     processes = 1  # the training ran in this many processes (--restart-minutes)
-    saved = load_train_state(state_path, args) if state_path is not None else None
     if saved is not None:
         head.load_state_dict(saved["head"])
         opt.load_state_dict(saved["opt"])
@@ -658,7 +657,7 @@ def stage_train(target, args, out: Path) -> dict:
         ttt = max(pilots, key=lambda p: p["best"]["val"]["score"])["ttt_steps"]
         log(f"pilots: {[(p['ttt_steps'], p['best']['val']['score']) for p in pilots]} → ttt_steps={ttt}")
     r = train_head(target, data, train_idx, val_idx, args, ttt, args.train_minutes, args.epochs, f"train ttt={ttt}",
-                   out_head=out_head, state_path=state_path,
+                   out_head=out_head, state_path=state_path, saved=saved,
                    extra_state={"ttt_steps": ttt, "pilots": pilots, "stage_started": started})
     head_dir = out / "head"
     r["head"].save_pretrained(head_dir, dtype=torch.bfloat16)
