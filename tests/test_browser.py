@@ -138,15 +138,22 @@ def _title(page, plot="#tree-plot") -> str:
         return ""
 
 
-def _wait_title(page, pattern: str, plot="#tree-plot", timeout=30.0) -> str:
+def _until(read, ok, failure, timeout: float = 30.0):
+    """read() again and again until ok(value): Gradio applies an update's keys one at a time,
+    so what a test reads right after an event may still be the old value."""
     deadline = time.time() + timeout
-    title = ""
-    while time.time() < deadline:
-        title = _title(page, plot)
-        if re.search(pattern, title):
-            return title
+    while True:
+        value = read()
+        if ok(value):
+            return value
+        if time.time() > deadline:
+            raise AssertionError(failure(value))
         time.sleep(0.2)
-    raise AssertionError(f"{plot} title {title!r} never matched {pattern!r}")
+
+
+def _wait_title(page, pattern: str, plot="#tree-plot", timeout=30.0) -> str:
+    return _until(lambda: _title(page, plot), lambda title: re.search(pattern, title),
+                  lambda title: f"{plot} title {title!r} never matched {pattern!r}", timeout)
 
 
 def _set_number(page, elem_id: str, value) -> None:
@@ -160,16 +167,10 @@ def _cycle(page) -> int:
 
 
 def _settled_cycle(page, timeout: float = 30.0) -> tuple[int, str]:
-    """(cycle, tree title) once the slider and the tree agree: a run's last update reaches the
-    page key by key, so right after "Done" the slider may still show 0 beside the new tree."""
-    deadline = time.time() + timeout
-    while True:
-        cycle, title = _cycle(page), _title(page)
-        if title.startswith(f"Cycle {cycle} "):
-            return cycle, title
-        if time.time() > deadline:
-            raise AssertionError(f"the cycle slider ({cycle}) and the tree title ({title!r}) never agreed")
-        time.sleep(0.2)
+    """(cycle, tree title) once the slider and the tree agree: right after "Done" the slider may
+    still show 0 beside the new tree."""
+    return _until(lambda: (_cycle(page), _title(page)), lambda ct: ct[1].startswith(f"Cycle {ct[0]} "),
+                  lambda ct: f"the cycle slider ({ct[0]}) and the tree title ({ct[1]!r}) never agreed", timeout)
 
 
 def _run(page, prompt: str, max_new_tokens: int = 24, done: str = "Done", timeout=120_000) -> None:
