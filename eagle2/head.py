@@ -7,7 +7,9 @@ input RMSNorm, as in EAGLE) mixes it with the past, and the target's own `lm_hea
 predicted feature into next-token logits. The layer is the library's `LlamaDecoderLayer`, not a
 copy. Checkpoints use the official EAGLE format: `config.json` (LlamaConfig keys plus an
 optional `"bias"`, default true) and `model.safetensors` or `pytorch_model.bin` with keys
-`fc.weight`, `fc.bias`, `layers.0.*` and optionally `embed_tokens.weight`.
+`fc.weight`, `fc.bias`, `layers.0.*` and optionally `embed_tokens.weight`. The format allows
+`num_hidden_layers` > 1 (EAGLE's code builds that many layers): `layers.1.*` onwards each have
+an `input_layernorm`; released heads have one layer.
 
 EAGLE-3 (`Eagle3Head`) drafts from a fusion of three target layers and has its own output
 vocabulary:
@@ -63,26 +65,29 @@ class EagleHead(nn.Module):
 
     kind = "eagle1"  # the EAGLE-1/2 checkpoint format
 
-    def __init__(self, config: LlamaConfig, bias: bool = True, with_embeddings: bool = False):
+    def __init__(self, config: LlamaConfig, bias: bool = True, with_embeddings: bool = False, num_layers: int = 1):
         super().__init__()
-        config = LlamaConfig(**{**config.to_dict(), "num_hidden_layers": 1})
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"an EAGLE head needs at least one decoder layer, got num_layers={num_layers!r}")
+        config = LlamaConfig(**{**config.to_dict(), "num_hidden_layers": num_layers})
         config._attn_implementation = "sdpa"
         self.config = config
         self.bias = bias
         h = config.hidden_size
         self.fc = nn.Linear(2 * h, h, bias=bias)
-        layer = LlamaDecoderLayer(config, layer_idx=0)
-        layer.input_layernorm = nn.Identity()  # EAGLE's first (only) layer has no input norm
-        self.layers = nn.ModuleList([layer])
+        layers = [LlamaDecoderLayer(config, layer_idx=i) for i in range(num_layers)]
+        layers[0].input_layernorm = nn.Identity()  # EAGLE's first layer has no input norm; later ones do
+        self.layers = nn.ModuleList(layers)
         self.rotary_emb = LlamaRotaryEmbedding(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, h) if with_embeddings else None
 
     @classmethod
-    def for_target(cls, target_config, bias: bool = True, intermediate_size: int | None = None) -> "EagleHead":
+    def for_target(cls, target_config, bias: bool = True, intermediate_size: int | None = None,
+                   num_layers: int = 1) -> "EagleHead":
         """A fresh head shaped for a target model's config (Llama, Qwen2, Mistral).
 
-        intermediate_size widens (or narrows) the layer's MLP; None keeps the target's. The
-        width is recorded in config.json, so the head stays in the official EAGLE format.
+        intermediate_size widens (or narrows) the layer's MLP; None keeps the target's. Width and
+        num_layers are recorded in config.json, so the head stays in the official EAGLE format.
         """
         cfg = target_config.to_dict()
         keep = {k: cfg[k] for k in HEAD_CONFIG_KEYS if k in cfg and cfg[k] is not None}
@@ -91,11 +96,39 @@ class EagleHead(nn.Module):
             if not isinstance(intermediate_size, int) or intermediate_size < 1:
                 raise ValueError(f"intermediate_size must be a positive int, got {intermediate_size!r}")
             keep["intermediate_size"] = intermediate_size
-        return cls(LlamaConfig(**keep), bias=bias)
+        return cls(LlamaConfig(**keep), bias=bias, num_layers=num_layers)
 
     @property
     def hidden_size(self) -> int:
         return self.config.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def grown(self, num_layers: int) -> "EagleHead":
+        """A copy with `num_layers` decoder layers that drafts exactly as this head does.
+
+        Each added layer starts as a copy of the last one (with a fresh input norm) whose output
+        projections (o_proj, down_proj) are zero, so it adds nothing to the residual stream until
+        training moves them: a trained head can grow deeper without losing what it learnt.
+        """
+        if not isinstance(num_layers, int) or num_layers < self.num_layers:
+            raise ValueError(f"a head with {self.num_layers} layers cannot grow to {num_layers!r}")
+        bigger = type(self)(self.config, bias=self.bias, with_embeddings=self.embed_tokens is not None,
+                            num_layers=num_layers)
+        bigger = bigger.to(device=self.fc.weight.device, dtype=self.fc.weight.dtype)
+        own = self.state_dict()
+        last = f"layers.{self.num_layers - 1}."
+        state = dict(own)
+        for i in range(self.num_layers, num_layers):
+            for k, v in own.items():
+                if k.startswith(last) and "input_layernorm" not in k:
+                    zero = k.endswith(("o_proj.weight", "o_proj.bias", "down_proj.weight", "down_proj.bias"))
+                    state[f"layers.{i}." + k[len(last):]] = torch.zeros_like(v) if zero else v.clone()
+            state[f"layers.{i}.input_layernorm.weight"] = bigger.layers[i].input_layernorm.weight.detach().clone()
+        bigger.load_state_dict(state)
+        return bigger
 
     def feature_layers(self, num_layers: int) -> None:
         """EAGLE-1/2 heads read the target's last hidden state (after its final norm)."""
@@ -149,9 +182,12 @@ class EagleHead(nn.Module):
             config = LlamaConfig(**{k: v for k, v in raw.items() if k in HEAD_CONFIG_KEYS})
         except (TypeError, ValueError) as e:
             raise ValueError(f"draft head {folder}: bad config.json ({e})") from None
-        head = cls(config, bias=bias, with_embeddings="embed_tokens.weight" in state)
+        layers = raw.get("num_hidden_layers", 1)
+        if not isinstance(layers, int) or layers < 1:
+            raise ValueError(f"draft head {folder}: config.json num_hidden_layers must be a positive int, got {layers!r}")
+        head = cls(config, bias=bias, with_embeddings="embed_tokens.weight" in state, num_layers=layers)
         state = {k: v for k, v in state.items() if not k.startswith("rotary_emb.")
-                 and not k.endswith("input_layernorm.weight")}
+                 and k != "layers.0.input_layernorm.weight"}  # the first layer has none (some checkpoints keep one)
         _load_into(head, state, folder)
         return head
 

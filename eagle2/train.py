@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train plain and TTT variants this long each and keep the better (0 = trust --ttt-steps)")
     g.add_argument("--head-intermediate", type=int_at_least(0), default=0,
                    help="MLP width of a fresh head's decoder layer (0 = the target's; --init-head keeps its own)")
+    g.add_argument("--head-layers", type=int_at_least(0), default=0,
+                   help="eagle1: decoder layers of the head (0 = one, or --init-head's); a continued head "
+                        "grows to this many, each new layer starting as one that adds nothing")
     g.add_argument("--init-head", default=None,
                    help="start from this head folder instead of a fresh one (continue training)")
     g.add_argument("--restart-minutes", type=float, default=0.0,
@@ -456,7 +459,8 @@ class RestartTraining(Exception):
 
 # options a resumed run must share with the run that saved the state
 RESUME_KEYS = ("arch", "seed", "lr", "min_lr_frac", "epochs", "train_minutes", "batch_tokens", "warmup_steps",
-               "train_vocab", "ttt_decay", "ce_frac", "ce_weight", "noise", "val_frac", "init_head")
+               "train_vocab", "ttt_decay", "ce_frac", "ce_weight", "noise", "val_frac", "init_head",
+               "head_layers")
 
 
 def save_train_state(path: Path, state: dict) -> None:
@@ -496,7 +500,15 @@ def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: i
         ids = out_head.token_ids if isinstance(out_head, ReducedLMHead) else torch.arange(lm_head.weight.shape[0])
         head = Eagle3Head.for_target(target.config, ids.cpu(), target_model=target.model)
     else:
-        head = EagleHead.for_target(target.config, intermediate_size=args.head_intermediate or None)
+        head = EagleHead.for_target(target.config, intermediate_size=args.head_intermediate or None,
+                                    num_layers=max(1, args.head_layers))
+    if args.head_layers and args.head_layers != head.num_layers:
+        if head.kind == "eagle3":
+            raise ValueError("--head-layers: EAGLE-3 heads have one decoder layer")
+        if args.head_layers < head.num_layers:
+            raise ValueError(f"--head-layers {args.head_layers}: --init-head {args.init_head} already has "
+                             f"{head.num_layers} layers (a head grows, it is not cut)")
+        head = head.grown(args.head_layers)
     head = head.to(target.device).float().train()
     eagle3 = head.kind == "eagle3"
     if eagle3:  # its CE is over its own draft vocabulary (a continued head keeps the one it has)
@@ -633,7 +645,7 @@ def stage_train(target, args, out: Path) -> dict:
     if not train_idx:
         train_idx = val_idx
     tok_count = lambda ids: sum(data.lengths[i] for i in ids)  # noqa: E731
-    meta = {"arch": args.arch, "init_head": args.init_head, "train_sequences": len(train_idx), "val_sequences": len(val_idx),
+    meta = {"arch": args.arch, "init_head": args.init_head, "head_layers": args.head_layers or None, "train_sequences": len(train_idx), "val_sequences": len(val_idx),
             "train_tokens": tok_count(train_idx), "val_tokens": tok_count(val_idx)}
     out_head, vocab = target.model.lm_head, int(target.model.lm_head.weight.shape[0])
     if 0 < args.train_vocab < vocab:

@@ -43,11 +43,12 @@ def drafters(target, other):
         "self": lambda: ModelDrafter(target),  # proposals always right: long paths, deep acceptance
         "noisy": lambda: ModelDrafter(other),
         "head": lambda: EagleDrafter(EagleHead.for_target(target.config), target),  # random head
+        "head2": lambda: EagleDrafter(EagleHead.for_target(target.config, num_layers=2), target),  # two layers
     }
 
 
 @pytest.mark.parametrize("policy_name", list(POLICIES))
-@pytest.mark.parametrize("drafter_name", ["self", "noisy", "head"])
+@pytest.mark.parametrize("drafter_name", ["self", "noisy", "head", "head2"])
 def test_greedy_equals_vanilla(models, policy_name, drafter_name):
     target, other = models
     drafter = drafters(target, other)[drafter_name]()
@@ -163,16 +164,17 @@ def test_buffered_cache_matches_dynamic_through_surgery_and_growth(models, monke
     assert layer._keys_buf.data_ptr() == before and layer.keys.data_ptr() == before  # written in place
 
 
-@pytest.mark.parametrize("kind", ["head", "model"])
+@pytest.mark.parametrize("kind", ["head", "head2", "model"])
 def test_drafter_cache_after_commit_equals_fresh(models, kind):
     """Draft a tree, accept a path, commit: the drafter's cache equals a fresh one built at once."""
     target, other = models
-    make = (lambda: EagleDrafter(EagleHead.for_target(target.config), target)) if kind == "head" else \
+    layers = {"head": 1, "head2": 2}.get(kind)
+    make = (lambda: EagleDrafter(EagleHead.for_target(target.config, num_layers=layers), target)) if layers else \
         (lambda: ModelDrafter(other))
     torch.manual_seed(0)
     d1 = make()
     d2 = make()
-    if kind == "head":
+    if layers:
         d2.head.load_state_dict(d1.head.state_dict())
     seq = torch.tensor([3, 8, 21, 34, 55, 13])
     feats, _ = target_forward(target, seq[:-1], DynamicCache())
@@ -185,6 +187,7 @@ def test_drafter_cache_after_commit_equals_fresh(models, kind):
     lp1 = d1.commit(full, full_feats[len(seq) - 1:] if d1.needs_features else None)
     lp2 = d2.commit(full, full_feats if d2.needs_features else None)
     assert d1.committed == d2.committed
+    assert len(d1.cache.layers) == len(d2.cache.layers) == (layers or other.config.num_hidden_layers)
     for a, b in zip(d1.cache.layers, d2.cache.layers):
         assert a.keys.shape == b.keys.shape
         assert torch.allclose(a.keys, b.keys, atol=1e-5) and torch.allclose(a.values, b.values, atol=1e-5)

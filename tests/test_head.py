@@ -94,6 +94,44 @@ def test_wider_head_keeps_the_official_format(tmp_path):
         EagleHead.for_target(target.config, intermediate_size=0)
 
 
+def test_deeper_official_heads_load_and_a_trained_head_grows_without_changing_its_drafts(tmp_path):
+    """EAGLE's format allows num_hidden_layers > 1 (layers after the first have an input norm);
+    grown() adds layers that start by adding nothing, so a trained head can be deepened."""
+    state = official_state(embeddings=False)
+    state.update({k.replace("layers.0.", "layers.1."): v.flip(0) for k, v in state.items() if k.startswith("layers.0.")})
+    state["layers.1.input_layernorm.weight"] = torch.full((HID,), 0.5)
+    (tmp_path / "config.json").write_text(json.dumps(official_config(num_hidden_layers=2)))
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    two = EagleHead.from_pretrained(tmp_path)
+    assert two.num_layers == 2 and isinstance(two.layers[0].input_layernorm, torch.nn.Identity)
+    assert torch.equal(two.layers[1].input_layernorm.weight, state["layers.1.input_layernorm.weight"])
+
+    one = EagleHead.from_pretrained(_one_layer_head(tmp_path / "one"))
+    three = one.grown(3)
+    assert three.num_layers == 3 and three.config.num_hidden_layers == 3
+    assert not torch.equal(three.layers[2].self_attn.q_proj.weight, torch.zeros_like(three.layers[2].self_attn.q_proj.weight))
+    e, f, pos = torch.randn(1, 5, HID), torch.randn(1, 5, HID), torch.arange(5)[None]
+    with torch.no_grad():
+        assert torch.equal(one(e, f, pos), three(e, f, pos))
+    three.save_pretrained(tmp_path / "three")
+    assert json.loads((tmp_path / "three" / "config.json").read_text())["num_hidden_layers"] == 3
+    again = EagleHead.from_pretrained(tmp_path / "three")
+    for (k, a), b in zip(three.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="cannot grow"):
+        three.grown(2)
+    (tmp_path / "config.json").write_text(json.dumps(official_config(num_hidden_layers=0)))
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        EagleHead.from_pretrained(tmp_path)
+
+
+def _one_layer_head(folder):
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(official_config()))
+    torch.save(official_state(embeddings=False), folder / "pytorch_model.bin")
+    return folder
+
+
 def test_head_that_does_not_fit(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(official_config(hidden_size=32, intermediate_size=64)))
     st = {k: v for k, v in official_state(embeddings=False).items()}

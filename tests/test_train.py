@@ -127,6 +127,15 @@ def test_pipeline_end_to_end(tiny_dir, tmp_path):
     meta = json.loads((out / "train.json").read_text())
     assert meta["pilots"] == [] and 40 <= meta["train_vocab"] <= 41  # + EOS when it is not frequent
     assert len(meta["best"]["val"]["acc_train_vocab"]) == 3
+    # a trained head continues with more layers (--head-layers grows it); it is never cut
+    grow = argv + ["--force", "train", "--ttt-pilot-minutes", "0", "--init-head", str(head_out), "--head-layers", "2"]
+    grow[grow.index("--head-out") + 1] = str(tmp_path / "head2")
+    assert train.main(grow) == 0
+    grown = EagleHead.from_pretrained(tmp_path / "head2")
+    assert grown.num_layers == 2 and grown.layers[0].mlp.up_proj.out_features == 96
+    assert json.loads((out / "train.json").read_text())["head_layers"] == 2
+    with pytest.raises(ValueError, match="already has 2 layers"):
+        train.main(grow[:-3] + [str(tmp_path / "head2"), "--head-layers", "1"])
     # without --head-out the run's own head folder is complete too: the bench and the app draft
     # from its reduced vocabulary, which needs the answer token counts beside it
     (out / "head" / "token_counts.json").unlink()
