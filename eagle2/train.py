@@ -473,10 +473,12 @@ def load_train_state(path: Path, args) -> dict | None:
     if not path.exists():
         return None
     state = torch.load(path, weights_only=False)
-    diff = [k for k in RESUME_KEYS if state["args"].get(k) != getattr(args, k, None)]
+    parser = build_parser()  # an option newer than the saved state counts as left at its default
+    saved_args = {k: state["args"].get(k, parser.get_default(k)) for k in RESUME_KEYS}
+    diff = [k for k in RESUME_KEYS if saved_args[k] != getattr(args, k, None)]
     if diff:
         k = diff[0]
-        raise ValueError(f"{path} was saved by a run with --{k.replace('_', '-')} {state['args'].get(k)} "
+        raise ValueError(f"{path} was saved by a run with --{k.replace('_', '-')} {saved_args[k]} "
                          f"(this run: {getattr(args, k, None)}): give the same options, or --force train to start over")
     return state
 

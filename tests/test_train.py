@@ -257,6 +257,11 @@ def test_training_restarted_in_fresh_processes_ends_with_the_same_head(tiny_dir,
     (cut / "head" / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="--lr 0.5"):
         train.main(["--out", str(cut)] + common)
+    # a state saved before an option existed counts it as left at its default
+    args = train.resolve_arch_defaults(train.build_parser().parse_args(["--out", str(cut)] + common))
+    older = {k: getattr(args, k) for k in train.RESUME_KEYS if k != "head_layers"}
+    torch.save({"args": older}, cut / train.STATE_FILE)
+    assert train.load_train_state(cut / train.STATE_FILE, args)["args"] == older
 
 
 def test_parser_defaults():
