@@ -184,7 +184,8 @@ class EagleHead(nn.Module):
             raise ValueError(f"draft head {folder}: bad config.json ({e})") from None
         layers = raw.get("num_hidden_layers", 1)
         if not isinstance(layers, int) or layers < 1:
-            raise ValueError(f"draft head {folder}: config.json num_hidden_layers must be a positive int, got {layers!r}")
+            raise ValueError(f"draft head {folder}: config.json num_hidden_layers must be a positive int, "
+                             f"got {layers!r}")
         head = cls(config, bias=bias, with_embeddings="embed_tokens.weight" in state, num_layers=layers)
         state = {k: v for k, v in state.items() if not k.startswith("rotary_emb.")
                  and k != "layers.0.input_layernorm.weight"}  # the first layer has none (some checkpoints keep one)

@@ -647,7 +647,8 @@ def stage_train(target, args, out: Path) -> dict:
     if not train_idx:
         train_idx = val_idx
     tok_count = lambda ids: sum(data.lengths[i] for i in ids)  # noqa: E731
-    meta = {"arch": args.arch, "init_head": args.init_head, "head_layers": args.head_layers or None, "train_sequences": len(train_idx), "val_sequences": len(val_idx),
+    meta = {"arch": args.arch, "init_head": args.init_head, "head_layers": args.head_layers or None,
+            "train_sequences": len(train_idx), "val_sequences": len(val_idx),
             "train_tokens": tok_count(train_idx), "val_tokens": tok_count(val_idx)}
     out_head, vocab = target.model.lm_head, int(target.model.lm_head.weight.shape[0])
     if 0 < args.train_vocab < vocab:
