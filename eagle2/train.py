@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-stop-frac", type=float, default=0.95,
                    help="end a batch once this share of rows finished (the rest are dropped)")
     g.add_argument("--prompt-filter", choices=("strict", "loose"), default="strict")
+    g.add_argument("--prompt-openers", choices=("none", "mixed"), default="none",
+                   help="mixed: each prompt batch starts its user messages with a request opener drawn from "
+                        "a list (write, draft, pretend you are, solve ...); none: the target starts them itself")
     g.add_argument("--prompt-minutes", type=float, default=8.0, help="time budget (0 = none)")
     g = p.add_argument_group("answers")
     g.add_argument("--answer-batch", type=int, default=32)

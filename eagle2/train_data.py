@@ -32,7 +32,23 @@ REQUEST_WORDS = {
     "create", "help", "make", "generate", "suggest", "provide", "summarize", "compare", "translate",
     "find", "calculate", "solve", "design", "draft", "compose", "recommend", "analyze", "define",
     "i", "i'm", "im", "please", "imagine", "plan", "show", "teach", "rewrite", "identify", "discuss",
+    "pretend", "act", "outline", "brainstorm", "develop", "edit", "propose", "evaluate", "classify",
+    "you", "as", "if", "in",
 }
+
+# First words of a user message, one drawn per prompt with --prompt-openers mixed. Left to
+# itself the target opens two thirds of its requests with "Can you" or "I'm" (advice questions);
+# people also give orders (write, draft, pretend, solve, rewrite ...), and those answers read
+# differently. Generic request openers, not taken from any benchmark.
+PROMPT_OPENERS = (
+    "Write", "Write a short story", "Write a poem", "Write a blog post", "Write a letter",
+    "Compose", "Draft an email", "Draft a", "Imagine you are", "Pretend you are", "Act as",
+    "You are", "As a", "In a world where", "Describe", "Explain", "Explain why", "Create", "Design",
+    "Give me", "List", "Suggest", "Summarize", "Rewrite", "Edit", "Solve", "Calculate", "If",
+    "Compare", "What is the difference between", "How would you", "Why do", "Plan", "Develop",
+    "Generate", "Tell me a", "Provide", "Write a Python function", "Write a program", "Outline",
+    "Brainstorm", "Analyze", "Discuss", "Evaluate", "Propose", "Identify", "Classify",
+)
 
 
 # ---- small helpers ----------------------------------------------------------------------------
@@ -214,6 +230,14 @@ def prompt_verdict(text: str, finished: bool, mode: str = "strict") -> str | Non
     return None
 
 
+def batch_openers(args, batch: int) -> list[str]:
+    """The words each user message of a prompt batch starts with ('' = the target's own choice)."""
+    if args.prompt_openers == "none":
+        return [""] * args.prompt_batch
+    rng = random.Random(args.seed * 100003 + batch)
+    return [rng.choice(PROMPT_OPENERS) for _ in range(args.prompt_batch)]
+
+
 def stage_prompts(target, args, out: Path) -> dict:
     tok = target.tokenizer
     raw_path, final = out / "prompts.partial.jsonl", out / "prompts.jsonl"
@@ -250,14 +274,15 @@ def stage_prompts(target, args, out: Path) -> dict:
                 break
             adapt_threads(args)
             torch.manual_seed(args.seed * 100003 + n_batches)
-            ids = torch.tensor([prefix_ids] * args.prompt_batch)
-            new = _generate(target, ids, torch.ones_like(ids), max_new_tokens=args.prompt_max_tokens,
+            openers = [encode(tok, o) if o else [] for o in batch_openers(args, n_batches)]
+            ids, mask = left_pad([prefix_ids + o for o in openers], pad_id(target))
+            new = _generate(target, ids, mask, max_new_tokens=args.prompt_max_tokens,
                             do_sample=True, temperature=args.prompt_temperature, top_p=args.prompt_top_p,
                             stops=stops, stop_frac=args.prompt_stop_frac)
             batch = []
-            for row in new.tolist():
+            for opener, row in zip(openers, new.tolist()):
                 cut, finished = cut_at_stop(row, stop_set)
-                text = tok.decode(cut[:-1] if finished else cut, skip_special_tokens=True)
+                text = tok.decode(opener + (cut[:-1] if finished else cut), skip_special_tokens=True)
                 batch.append({"batch": n_batches, "text": text, "finished": finished})
             for r in batch:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -31,6 +31,27 @@ def test_prompt_filters():
     assert td.prompt_verdict("anything at all", False, "loose") is None
 
 
+def test_prompt_openers_start_the_user_messages(tiny_target, tmp_path, monkeypatch):
+    """--prompt-openers mixed: every prompt begins with a listed opener, drawn per row (seeded), and
+    each opener passes the request filter; none leaves the whole message to the target."""
+    from types import SimpleNamespace
+
+    for opener in td.PROMPT_OPENERS:
+        assert td.prompt_verdict(opener + " the three things that matter most here", True) is None, opener
+    monkeypatch.setattr(td, "PROMPT_OPENERS", ("how", "could you", "why do", "what is the", "can"))  # tiny words
+    args = SimpleNamespace(seed=5, prompt_openers="mixed", prompt_batch=6, n_prompts=12, prompt_minutes=0,
+                           prompt_max_tokens=6, prompt_temperature=1.0, prompt_top_p=0.95, prompt_stop_frac=1.0,
+                           prompt_filter="loose", threads=1)
+    assert td.batch_openers(args, 3) == td.batch_openers(args, 3) != td.batch_openers(args, 4)
+    assert len(set(td.batch_openers(args, 3))) > 1 and set(td.batch_openers(args, 3)) <= set(td.PROMPT_OPENERS)
+    stats = td.stage_prompts(tiny_target, args, tmp_path)
+    raw = td.read_jsonl(tmp_path / "prompts.partial.jsonl")
+    assert stats["raw"] == len(raw) >= 12
+    for r in raw:
+        assert r["text"].startswith(tuple(td.PROMPT_OPENERS)), r["text"]
+    assert td.batch_openers(SimpleNamespace(prompt_openers="none", prompt_batch=3, seed=5), 0) == ["", "", ""]
+
+
 def test_cut_at_stop_and_batches():
     assert td.cut_at_stop([5, 6, 2, 2, 2], {2}) == ([5, 6, 2], True)
     assert td.cut_at_stop([5, 6], {2}) == ([5, 6], False)
