@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end a batch once this share of rows finished (the rest are dropped)")
     g.add_argument("--prompt-filter", choices=("strict", "loose"), default="strict")
     g.add_argument("--prompt-openers", choices=("none", "mixed"), default="none",
-                   help="mixed: each prompt batch starts its user messages with a request opener drawn from "
-                        "a list (write, draft, pretend you are, solve ...); none: the target starts them itself")
+                   help="mixed: each user message starts with a request opener drawn (per prompt, seeded) from a "
+                        "list (write, draft an email, pretend you are, solve ...); none: the target starts it itself")
     g.add_argument("--prompt-minutes", type=float, default=8.0, help="time budget (0 = none)")
     g = p.add_argument_group("answers")
     g.add_argument("--answer-batch", type=int, default=32)

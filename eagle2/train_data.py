@@ -37,9 +37,9 @@ REQUEST_WORDS = {
 }
 
 # First words of a user message, one drawn per prompt with --prompt-openers mixed. Left to
-# itself the target opens two thirds of its requests with "Can you" or "I'm" (advice questions);
-# people also give orders (write, draft, pretend, solve, rewrite ...), and those answers read
-# differently. Generic request openers, not taken from any benchmark.
+# itself the target opens two thirds of its requests with "Can" or "I'm" (advice questions);
+# people also give orders (write, draft, pretend, solve, rewrite ...). Generic request openers,
+# not taken from any benchmark.
 PROMPT_OPENERS = (
     "Write", "Write a short story", "Write a poem", "Write a blog post", "Write a letter",
     "Compose", "Draft an email", "Draft a", "Imagine you are", "Pretend you are", "Act as",
