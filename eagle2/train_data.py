@@ -33,7 +33,6 @@ REQUEST_WORDS = {
     "find", "calculate", "solve", "design", "draft", "compose", "recommend", "analyze", "define",
     "i", "i'm", "im", "please", "imagine", "plan", "show", "teach", "rewrite", "identify", "discuss",
     "pretend", "act", "outline", "brainstorm", "develop", "edit", "propose", "evaluate", "classify",
-    "you", "as", "if", "in",
 }
 
 # First words of a user message, one drawn per prompt with --prompt-openers mixed. Left to
@@ -203,8 +202,9 @@ def _norm_key(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()[:80]
 
 
-def prompt_verdict(text: str, finished: bool, mode: str = "strict") -> str | None:
-    """None if the prompt is kept, else the reason it is dropped."""
+def prompt_verdict(text: str, finished: bool, mode: str = "strict", opener: str = "") -> str | None:
+    """None if the prompt is kept, else the reason it is dropped. A prompt that starts with the
+    opener it was given (--prompt-openers) is a request by construction."""
     t = text.strip()
     if not t:
         return "empty"
@@ -225,7 +225,7 @@ def prompt_verdict(text: str, finished: bool, mode: str = "strict") -> str | Non
     if len(set(w.lower() for w in words)) / len(words) < 0.5:
         return "repetitive"
     first = re.sub(r"[^a-z']", "", words[0].lower())
-    if "?" not in t and first not in REQUEST_WORDS:
+    if "?" not in t and first not in REQUEST_WORDS and not (opener and t.startswith(opener)):
         return "not-a-request"
     return None
 
@@ -251,7 +251,7 @@ def stage_prompts(target, args, out: Path) -> dict:
     def kept_rows(rows):
         seen, kept, reasons = set(), [], {}
         for r in rows:
-            why = prompt_verdict(r["text"], r["finished"], args.prompt_filter)
+            why = prompt_verdict(r["text"], r["finished"], args.prompt_filter, r.get("opener", ""))
             key = _norm_key(r["text"])
             if why is None and key in seen:
                 why = "duplicate"
@@ -274,16 +274,17 @@ def stage_prompts(target, args, out: Path) -> dict:
                 break
             adapt_threads(args)
             torch.manual_seed(args.seed * 100003 + n_batches)
-            openers = [encode(tok, o) if o else [] for o in batch_openers(args, n_batches)]
-            ids, mask = left_pad([prefix_ids + o for o in openers], pad_id(target))
+            openers = batch_openers(args, n_batches)
+            opener_ids = [encode(tok, o) for o in openers]
+            ids, mask = left_pad([prefix_ids + o for o in opener_ids], pad_id(target))
             new = _generate(target, ids, mask, max_new_tokens=args.prompt_max_tokens,
                             do_sample=True, temperature=args.prompt_temperature, top_p=args.prompt_top_p,
                             stops=stops, stop_frac=args.prompt_stop_frac)
             batch = []
-            for opener, row in zip(openers, new.tolist()):
+            for opener, o_ids, row in zip(openers, opener_ids, new.tolist()):
                 cut, finished = cut_at_stop(row, stop_set)
-                text = tok.decode(opener + (cut[:-1] if finished else cut), skip_special_tokens=True)
-                batch.append({"batch": n_batches, "text": text, "finished": finished})
+                text = tok.decode(o_ids + (cut[:-1] if finished else cut), skip_special_tokens=True)
+                batch.append({"batch": n_batches, "text": text, "finished": finished, "opener": opener})
             for r in batch:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
             f.flush()

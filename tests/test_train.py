@@ -37,7 +37,10 @@ def test_prompt_openers_start_the_user_messages(tiny_target, tmp_path, monkeypat
     from types import SimpleNamespace
 
     for opener in td.PROMPT_OPENERS:
-        assert td.prompt_verdict(opener + " the three things that matter most here", True) is None, opener
+        assert td.prompt_verdict(opener + " the three things that matter most here", True, opener=opener) is None, opener
+    plain = "In a world where the weather was nice today, we walked in the park."
+    assert td.prompt_verdict(plain, True) == "not-a-request"  # without the opener: not a request
+    assert td.prompt_verdict(plain, True, opener="In a world where") is None
     monkeypatch.setattr(td, "PROMPT_OPENERS", ("how", "could you", "why do", "what is the", "can"))  # tiny words
     args = SimpleNamespace(seed=5, prompt_openers="mixed", prompt_batch=6, n_prompts=12, prompt_minutes=0,
                            prompt_max_tokens=6, prompt_temperature=1.0, prompt_top_p=0.95, prompt_stop_frac=1.0,
@@ -49,6 +52,7 @@ def test_prompt_openers_start_the_user_messages(tiny_target, tmp_path, monkeypat
     assert stats["raw"] == len(raw) >= 12
     for r in raw:
         assert r["text"].startswith(tuple(td.PROMPT_OPENERS)), r["text"]
+        assert r["opener"] in td.PROMPT_OPENERS
     assert td.batch_openers(SimpleNamespace(prompt_openers="none", prompt_batch=3, seed=5), 0) == ["", "", ""]
 
 
