@@ -230,11 +230,16 @@ def prompt_verdict(text: str, finished: bool, mode: str = "strict", opener: str 
     return None
 
 
+def prompt_batch_seed(args, batch: int) -> int:
+    """The seed of prompt batch `batch`: a resumed run writes the same prompts it would have."""
+    return args.seed * 100003 + batch
+
+
 def batch_openers(args, batch: int) -> list[str]:
     """The words each user message of a prompt batch starts with ('' = the target's own choice)."""
     if args.prompt_openers == "none":
         return [""] * args.prompt_batch
-    rng = random.Random(args.seed * 100003 + batch)
+    rng = random.Random(prompt_batch_seed(args, batch))
     return [rng.choice(PROMPT_OPENERS) for _ in range(args.prompt_batch)]
 
 
@@ -273,7 +278,7 @@ def stage_prompts(target, args, out: Path) -> dict:
                 tqdm.write(f"prompts: time budget of {args.prompt_minutes} min reached")
                 break
             adapt_threads(args)
-            torch.manual_seed(args.seed * 100003 + n_batches)
+            torch.manual_seed(prompt_batch_seed(args, n_batches))
             openers = batch_openers(args, n_batches)
             opener_ids = [encode(tok, o) for o in openers]
             ids, mask = left_pad([prefix_ids + o for o in opener_ids], pad_id(target))
