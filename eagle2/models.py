@@ -138,8 +138,11 @@ def default_gguf_path() -> Path:
 
 
 def _gguf_cache_folder(gguf: Path) -> Path:
-    st = gguf.stat()
-    key = hashlib.sha1(f"{gguf.name}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    """The dequantized model's folder, named by the GGUF's content: each virtual environment installs
+    its own copy of the file, with its own mtime, and all of them must share one conversion (half a
+    GB for the embedded target) and, through its path, one latency calibration."""
+    with open(gguf, "rb") as f:
+        key = hashlib.file_digest(f, "sha256").hexdigest()[:12]
     return cache_dir() / "targets" / f"{gguf.stem}-{key}"
 
 

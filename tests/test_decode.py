@@ -273,3 +273,22 @@ def test_a_converted_model_already_in_the_cache_is_kept(tiny_target, tmp_path):
     _save_to_cache(tiny_target.model, tiny_target.tokenizer, cached)  # the loser of the race
     assert (cached / "model.safetensors").stat().st_mtime_ns == first
     assert [p.name for p in cached.parent.iterdir()] == ["model-abc"]  # no temporary folder left
+
+
+def test_the_converted_model_folder_is_named_by_the_gguf_content(tmp_path, monkeypatch):
+    """Each virtual environment installs its own copy of the GGUF (a new mtime): all copies share one
+    converted folder, and a file of the same name and size with other bytes gets its own."""
+    import os
+
+    from eagle2.models import _gguf_cache_folder
+
+    monkeypatch.setenv("EAGLE2_CACHE", str(tmp_path / "cache"))
+    data = bytes(range(256)) * 64
+    a, b, c = (tmp_path / d / "model.gguf" for d in "abc")
+    for path, payload in ((a, data), (b, data), (c, data[:-1] + b"\x00")):
+        path.parent.mkdir()
+        path.write_bytes(payload)
+    os.utime(b, (1_000_000, 1_000_000))
+    assert _gguf_cache_folder(a) == _gguf_cache_folder(b)
+    assert _gguf_cache_folder(a).parent == tmp_path / "cache" / "targets"
+    assert _gguf_cache_folder(c) != _gguf_cache_folder(a)
