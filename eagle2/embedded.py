@@ -177,7 +177,8 @@ def _bar(total: int | None, desc: str, progress: bool):
 
 
 # ---- checks and extraction --------------------------------------------------------------------
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The file's sha256, read in chunks: the GGUF check here and the converted target's cache key (models)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -187,7 +188,7 @@ def _sha256_file(path: Path) -> str:
 
 def _check_sha256(path: Path, expected: str, what: str) -> None:
     try:
-        got = _sha256_file(path)
+        got = sha256_file(path)
     except OSError as e:
         raise ValueError(f"cannot read {what}: {e.strerror or e}") from None
     if got != expected:

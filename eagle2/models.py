@@ -8,7 +8,6 @@ take about a second.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -141,9 +140,9 @@ def _gguf_cache_folder(gguf: Path) -> Path:
     """The dequantized model's folder, named by the GGUF's content: each virtual environment installs
     its own copy of the file, with its own mtime, and all of them must share one conversion (half a
     GB for the embedded target) and, through its path, one latency calibration."""
-    with open(gguf, "rb") as f:
-        key = hashlib.file_digest(f, "sha256").hexdigest()[:12]
-    return cache_dir() / "targets" / f"{gguf.stem}-{key}"
+    from eagle2.embedded import sha256_file
+
+    return cache_dir() / "targets" / f"{gguf.stem}-{sha256_file(gguf)[:12]}"
 
 
 def _save_plain(model, tokenizer, folder: Path) -> None:

