@@ -42,7 +42,7 @@ bench: $(STAMP)
 	PYTHONPATH=. $(PY) -m eagle2 bench --questions ../shared/data/mt_bench.jsonl
 
 train: $(STAMP)
-	PYTHONPATH=. $(PY) -m eagle2 train --out runs/smollm2-head --head-out eagle2/heads/smollm2-135m-instruct --keep-better --restart-minutes 20
+	PYTHONPATH=. $(PY) -m eagle2 train --out runs/smollm2-head --head-out eagle2/heads/smollm2-135m-instruct --keep-better --restart-minutes 20 --exclude-prompts eagle2/heads/smollm2-135m-instruct/heldout_tokens.npz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis artifacts

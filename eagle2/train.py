@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("features")
     g.add_argument("--max-seq-len", type=int, default=1024)
     g.add_argument("--feature-batch-tokens", type=int, default=4096)
+    g.add_argument("--exclude-prompts", nargs="+", default=None, metavar="TOKENS_NPZ",
+                   help="held-out token files (heldout_tokens.npz beside the shipped head): sequences whose prompt "
+                        "they hold get no features, so they are neither trained on nor in the run's own split")
     g.add_argument("--features-from", nargs="+", default=None, metavar="FEATURES",
                    help="features.pt files (or run folders) of earlier runs on the same target and dtype: "
                         "sequences with the same token ids copy their rows instead of a target forward")
@@ -821,6 +824,11 @@ def run_stages(argv: list[str]) -> int:
         parser.error("--passages feeds the tasks stage, which --data skips: give one of them")
     if args.passages and STAGES.index(args.until) < STAGES.index("tasks"):
         parser.error("--passages feeds the tasks stage: --until must be tasks or later")
+    if args.exclude_prompts:  # read now, not after an hour of writing data
+        try:
+            td.prompt_keys(args.exclude_prompts)
+        except ValueError as e:
+            parser.error(f"--exclude-prompts: {e}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)

@@ -19,6 +19,7 @@ import json
 import random
 import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -423,6 +424,11 @@ def stage_features(target, args, out: Path) -> dict:
     from .head import eagle3_feature_layers
 
     rows = read_jsonl(out / "answers.jsonl") + [dict(r, id=f"task-{r['id']}") for r in read_jsonl(out / "tasks.jsonl")]
+    held = prompt_keys(getattr(args, "exclude_prompts", None) or [])
+    excluded = sum(tuple(r["prompt_ids"]) in held for r in rows)
+    if excluded:  # a held-out set's prompts: never trained on, never in this run's own split either
+        rows = [r for r in rows if tuple(r["prompt_ids"]) not in held]
+        tqdm.write(f"features: {excluded} sequences left out, their prompt is in --exclude-prompts")
     seqs, starts = [], []
     for r in rows:
         ids = (r["prompt_ids"] + r["answer_ids"])[: args.max_seq_len]
@@ -473,7 +479,7 @@ def stage_features(target, args, out: Path) -> dict:
     torch.save(data, tmp)
     tmp.replace(out / "features.pt")
     return {"sequences": len(seqs), "tokens": offsets[-1], "task_sequences": sum(str(r["id"]).startswith("task-") for r in rows),
-            "eagle3_layers": layers, "reused_sequences": len(reused),
+            "eagle3_layers": layers, "reused_sequences": len(reused), "excluded_sequences": excluded,
             "answer_tokens": sum(n - s for n, s in zip(lengths, starts)),
             "bytes": (out / "features.pt").stat().st_size}
 
@@ -526,14 +532,10 @@ def copy_known_features(sources: list, seqs: list[list[int]], offsets: list[int]
 TOKENS_SCHEMA = "eagle2-train-tokens/1"
 
 
-def export_tokens(out: Path, dest: Path) -> dict:
-    """Write the answered chat and task prompts of a run as token ids (compressed npz, a few MB):
-    enough to recompute features and train again without writing the data anew."""
+def _write_token_rows(rows: list[tuple[dict, int]], dest: Path) -> dict:
+    """Write (row, is_task) pairs as an export_tokens file."""
     import numpy as np
 
-    rows = [(r, 0) for r in read_jsonl(out / "answers.jsonl")] + [(r, 1) for r in read_jsonl(out / "tasks.jsonl")]
-    if not rows:
-        raise ValueError(f"{out}: no answers.jsonl / tasks.jsonl rows to export")
     seqs = [r["prompt_ids"] + r["answer_ids"] for r, _ in rows]
     ids = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs])
     dtype = np.uint16 if ids.max() < 2 ** 16 else np.int32
@@ -546,6 +548,15 @@ def export_tokens(out: Path, dest: Path) -> dict:
         finished=np.array([bool(r.get("finished")) for r, _ in rows]),
         task=np.array([src for _, src in rows], dtype=np.int8))
     return {"rows": len(rows), "tokens": int(ids.size), "bytes": dest.stat().st_size, "path": str(dest)}
+
+
+def export_tokens(out: Path, dest: Path) -> dict:
+    """Write the answered chat and task prompts of a run as token ids (compressed npz, a few MB):
+    enough to recompute features and train again without writing the data anew."""
+    rows = [(r, 0) for r in read_jsonl(out / "answers.jsonl")] + [(r, 1) for r in read_jsonl(out / "tasks.jsonl")]
+    if not rows:
+        raise ValueError(f"{out}: no answers.jsonl / tasks.jsonl rows to export")
+    return _write_token_rows(rows, dest)
 
 
 def select_tokens(src: Path, dest: Path, keep) -> dict:
@@ -573,8 +584,9 @@ def select_tokens(src: Path, dest: Path, keep) -> dict:
     return {"rows": int(keep.size), "of": n, "tokens": int(out["ids"].size), "path": str(dest)}
 
 
-def _rows_from_tokens(src: Path, tokenizer) -> tuple[list[dict], list[dict]]:
-    """Chat and task rows of one export_tokens file."""
+def _token_rows(src: Path) -> tuple[list[dict], list[dict]]:
+    """Chat and task rows of one export_tokens file as token ids (prompt_ids, answer_ids,
+    temperature, finished), without decoding them."""
     import numpy as np
 
     try:
@@ -588,11 +600,74 @@ def _rows_from_tokens(src: Path, tokenizer) -> tuple[list[dict], list[dict]]:
     chat, tasks = [], []
     for i in range(len(starts)):
         seq = ids[offsets[i]:offsets[i + 1]].tolist()
-        p, a = seq[: starts[i]], seq[starts[i]:]
         (tasks if task[i] else chat).append({
-            "prompt": tokenizer.decode(p), "temperature": float(temps[i]), "finished": bool(finished[i]),
-            "prompt_ids": p, "answer_ids": a, "answer": tokenizer.decode(a, skip_special_tokens=True)})
+            "prompt_ids": seq[: starts[i]], "answer_ids": seq[starts[i]:],
+            "temperature": float(temps[i]), "finished": bool(finished[i])})
     return chat, tasks
+
+
+def _rows_from_tokens(src: Path, tokenizer) -> tuple[list[dict], list[dict]]:
+    """Chat and task rows of one export_tokens file, with their texts decoded."""
+    chat, tasks = _token_rows(src)
+    for r in chat + tasks:
+        r["prompt"] = tokenizer.decode(r["prompt_ids"])
+        r["answer"] = tokenizer.decode(r["answer_ids"], skip_special_tokens=True)
+    return chat, tasks
+
+
+def _id_rows(src: Path) -> tuple[list[dict], list[dict]]:
+    """Chat and task rows of an export_tokens file or a run folder, as token ids."""
+    if not src.is_dir():
+        return _token_rows(src)
+    if not ((src / "answers.jsonl").exists() or (src / "tasks.jsonl").exists()):
+        raise ValueError(f"{src}: a run folder needs answers.jsonl or tasks.jsonl")
+    out = []
+    for name in ("answers.jsonl", "tasks.jsonl"):
+        rows = read_jsonl(src / name) if (src / name).exists() else []
+        out.append([{"prompt_ids": r["prompt_ids"], "answer_ids": r["answer_ids"],
+                     "temperature": r["temperature"], "finished": bool(r.get("finished"))} for r in rows])
+    return out[0], out[1]
+
+
+def prompt_keys(files: list[Path]) -> set[tuple[int, ...]]:
+    """The prompts (token ids) of export_tokens files: what a held-out set keeps out of training."""
+    keys = set()
+    for src in map(Path, files):
+        chat, tasks = _token_rows(src)
+        keys.update(tuple(r["prompt_ids"]) for r in chat + tasks)
+    return keys
+
+
+def merge_tokens(sources: list[Path], dest: Path, exclude: list[Path] = ()) -> dict:
+    """Concatenate the sequences of export_tokens files and/or run folders into one token file
+    (chat rows first, then task rows, each in source order: what import_tokens then export_tokens
+    give), leaving out any sequence whose prompt (its token ids) one of the `exclude` files holds:
+    a held-out set must share no prompt with the data trained on, in either direction. Works on ids
+    alone: no tokenizer, no model."""
+    held = prompt_keys(exclude)
+    chat, tasks, dropped = [], [], 0
+    for src in map(Path, sources):
+        c, t = _id_rows(src)
+        for rows, into in ((c, chat), (t, tasks)):
+            keep = [r for r in rows if tuple(r["prompt_ids"]) not in held]
+            dropped += len(rows) - len(keep)
+            into += keep
+    if not chat + tasks:
+        raise ValueError("no sequences to merge")
+    info = _write_token_rows([(r, 0) for r in chat] + [(r, 1) for r in tasks], dest)
+    distinct = len({tuple(r["prompt_ids"] + r["answer_ids"]) for r in chat + tasks})
+    return {**info, "chat": len(chat), "tasks": len(tasks), "excluded": dropped,
+            "duplicates": len(chat) + len(tasks) - distinct,
+            "answer_tokens": sum(len(r["answer_ids"]) for r in chat + tasks)}
+
+
+def answer_counts(path: Path) -> Counter:
+    """Token counts of every answer in an export_tokens file (what token_counts.json holds)."""
+    chat, tasks = _token_rows(Path(path))
+    counts: Counter = Counter()
+    for r in chat + tasks:
+        counts.update(r["answer_ids"])
+    return counts
 
 
 def read_rows(sources: list[Path], tokenizer) -> tuple[list[dict], list[dict]]:

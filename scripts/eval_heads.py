@@ -11,6 +11,13 @@ trained on an earlier split has never seen: a fair comparison of an old and a co
 `--not-in RUN [RUN ...]` keeps only held-out sequences whose token ids none of those runs'
 features.pt (or those train_tokens.npz files, e.g. the data shipped beside the previous head) holds:
 the data this run added, wherever the import put it; `--kind task|chat` keeps one kind of sequence.
+
+`--heldout FILE.npz` scores every sequence of a fixed held-out token file instead (the head folder's
+heldout_tokens.npz: never trained on, so rounds compare on the same sequences); RUN_FOLDER is then
+where its features go, computed once (`--arch eagle3` for EAGLE-3 heads):
+
+    PYTHONPATH=. python scripts/eval_heads.py runs/heldout-features HEAD_FOLDER [HEAD_FOLDER ...] \
+        --heldout eagle2/heads/smollm2-135m-instruct/heldout_tokens.npz --threads 2
 """
 import argparse
 import json
@@ -31,13 +38,27 @@ ap.add_argument("--threads", type=int, default=0)
 ap.add_argument("--from-sequence", type=int, default=0)
 ap.add_argument("--not-in", nargs="+", type=Path, default=[])
 ap.add_argument("--kind", choices=("all", "task", "chat"), default="all")
+ap.add_argument("--heldout", type=Path, help="score every sequence of this token file (RUN = where its features go)")
+ap.add_argument("--arch", choices=("eagle1", "eagle3"), default="eagle1", help="with --heldout: the features to compute")
+ap.add_argument("--dtype", default="bfloat16", help="with --heldout: the target's precision for its features")
 args = ap.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
+if args.heldout:
+    if not args.heldout.is_file():
+        ap.error(f"--heldout {args.heldout}: no such token file")
+    if args.from_sequence or args.not_in:
+        ap.error("--heldout scores the whole file: --from-sequence and --not-in do not apply")
+    if not (args.run / "features.pt").exists():  # the train pipeline's features stage, on that file alone
+        train.main(["--out", str(args.run), "--data", str(args.heldout), "--until", "features", "--arch", args.arch,
+                    "--dtype", args.dtype, "--threads", str(args.threads)])
 run_args = argparse.Namespace(**json.loads((args.run / "config.json").read_text())["args"])
+if args.heldout and [str(d) for d in (run_args.data or [])] != [str(args.heldout)]:
+    ap.error(f"{args.run} holds the features of {run_args.data}, not of {args.heldout}: give another folder")
 target = load_target(run_args.model, dtype=run_args.dtype, device=run_args.device)
 data = train.FeatureData(args.run / "features.pt")
-_, val_idx = train.split(len(data), run_args.val_frac, run_args.seed)
+_, val_idx = ((None, list(range(len(data)))) if args.heldout
+              else train.split(len(data), run_args.val_frac, run_args.seed))
 val_idx = [i for i in val_idx if i >= args.from_sequence]
 seen = set()
 for other in args.not_in:
@@ -56,4 +77,5 @@ ac = train.use_autocast(run_args, target)
 for folder in args.heads:
     head = load_head_folder(folder).to(target.device)
     ev = train.evaluate(head, data, val_idx, target, run_args, ac)
-    print(json.dumps({"head": folder, "val_sequences": len(val_idx), "kind": args.kind, **ev}), flush=True)
+    print(json.dumps({"head": folder, "val_sequences": len(val_idx), "kind": args.kind,
+                      **({"heldout": str(args.heldout)} if args.heldout else {}), **ev}), flush=True)

@@ -8,7 +8,8 @@
 #   DEVICE=cpu ... scripts/gpu_train.sh          # the same script on a CPU (budgets in minutes)
 #
 # Needs the project's Python deps and the embedded model (`make setup`); nothing is downloaded.
-# Writes $OUT/head (official format, report.json, TRAINING.md, train_tokens.npz) and $OUT/train.log.
+# Writes $OUT/head (official format, report.json, TRAINING.md, train_tokens.npz) and $OUT/train.log,
+# which ends with both heads' top-1 by draft step on the fixed held-out set (heldout_tokens.npz).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +29,9 @@ mkdir -p "$OUT"
       --n-prompts 20000 --prompt-batch 256 --prompt-minutes "$PROMPT_MIN" \
       --answer-batch 256 --answer-minutes "$ANSWER_MIN" --n-tasks 20000 --task-minutes "$TASK_MIN" \
       --feature-batch-tokens 32768 --batch-tokens 16384 --train-minutes "$TRAIN_MIN" --eval-every 1 \
-      --head-out "$OUT/head"
+      --exclude-prompts eagle2/heads/smollm2-135m-instruct/heldout_tokens.npz --head-out "$OUT/head"
+  # the new head and the shipped one on the fixed held-out set (the same sequences every round)
+  "$PY" scripts/eval_heads.py "$OUT/heldout" "$OUT/head" eagle2/heads/smollm2-135m-instruct \
+      --heldout eagle2/heads/smollm2-135m-instruct/heldout_tokens.npz --arch "$ARCH"
   echo "== done $(date -u +%FT%TZ)"
 } 2>&1 | tee "$OUT/train.log"

@@ -4,6 +4,7 @@ an end-to-end run on the tiny model (a few prompts, one short epoch, seconds).""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -431,6 +432,19 @@ def test_eagle3_pipeline_writes_layer_features_and_an_official_head(tiny6_dir, t
     assert [r["id"] for r in rows] == list(range(len(rows))) and rows[0]["answer_ids"] == rows[first["chat"]]["answer_ids"]
     with pytest.raises(ValueError, match="needs answers.jsonl"):
         td.import_tokens([tmp_path / "run3"], tmp_path / "run6", None)
+    # a held-out file's prompts get no features: not trained on, not in the run's own split
+    td.select_tokens(head_out / train.TOKENS_FILE, tmp_path / "held.npz", [0])
+    held_prompt = td.read_jsonl(tmp_path / "run4" / "answers.jsonl")[0]["prompt_ids"]
+    out7 = tmp_path / "run7"
+    assert train.main(["--out", str(out7), "--model", tiny6_dir, "--dtype", "float32", "--device", "cpu",
+                       "--threads", "1", "--arch", "eagle3", "--data", str(head_out / train.TOKENS_FILE),
+                       "--until", "features", "--exclude-prompts", str(tmp_path / "held.npz")]) == 0
+    kept = torch.load(out7 / "features.pt", weights_only=False)
+    n_same = sum(r["prompt_ids"] == held_prompt for r in rows[: first["chat"]])
+    assert len(kept["offsets"]) - 1 == first["chat"] + first["tasks"] - n_same >= 1
+    assert json.loads((out7 / "stage_features.json").read_text())["excluded_sequences"] == n_same
+    offs, starts = kept["offsets"].tolist(), kept["answer_start"].tolist()
+    assert held_prompt not in [kept["tokens"][o: o + a].tolist() for o, a in zip(offs, starts)]
 
 
 def test_eagle3_training_beats_a_random_head(tmp_path):
@@ -500,3 +514,74 @@ def test_select_tokens_keeps_chosen_sequences_with_every_field(tmp_path):
         td.select_tokens(tmp_path / "all.npz", tmp_path / "bad.npz", [3])
     with pytest.raises(ValueError, match="not a token file"):
         td.select_tokens(tmp_path / "missing.npz", tmp_path / "bad.npz", [0])
+
+
+def test_merge_tokens_concatenates_sources_leaves_out_held_out_sequences_and_counts_answers(tmp_path):
+    """The all-data merge: token files and run folders concatenate (chat rows first, then tasks),
+    a sequence whose prompt the held-out file holds stays out (whatever its answer), and the answer
+    counts are those of the merged answers."""
+    import numpy as np
+
+    old, new, held = tmp_path / "old", tmp_path / "new", tmp_path / "held"
+    rows = {
+        old: ([{"prompt_ids": [1, 2], "answer_ids": [3, 4, 5], "temperature": 0.0, "finished": True}],
+              [{"prompt_ids": [8, 9], "answer_ids": [11], "temperature": 1.0, "finished": False}]),
+        new: ([{"prompt_ids": [6], "answer_ids": [7, 7], "temperature": 0.7, "finished": True},
+               {"prompt_ids": [20], "answer_ids": [21], "temperature": 0.0, "finished": True}], []),
+        held: ([{"prompt_ids": [20], "answer_ids": [22, 23], "temperature": 1.0, "finished": True}], []),
+    }
+    for run, (chat, tasks) in rows.items():
+        run.mkdir()
+        td.write_jsonl(run / "answers.jsonl", chat)
+        td.write_jsonl(run / "tasks.jsonl", tasks)
+    td.export_tokens(old, tmp_path / "old.npz")
+    td.export_tokens(held, tmp_path / "held.npz")
+    info = td.merge_tokens([tmp_path / "old.npz", new], tmp_path / "all.npz", exclude=[tmp_path / "held.npz"])
+    assert (info["rows"], info["chat"], info["tasks"], info["excluded"], info["duplicates"]) == (3, 2, 1, 1, 0)
+    assert info["answer_tokens"] == 6
+    d = np.load(tmp_path / "all.npz")
+    assert d["ids"].tolist() == [1, 2, 3, 4, 5, 6, 7, 7, 8, 9, 11]
+    assert d["offsets"].tolist() == [0, 5, 8, 11] and d["answer_start"].tolist() == [2, 1, 2]
+    assert d["task"].tolist() == [0, 0, 1] and d["finished"].tolist() == [True, True, False]
+    assert d["temperature"].tolist() == pytest.approx([0.0, 0.7, 1.0])
+    assert td.answer_counts(tmp_path / "all.npz") == {3: 1, 4: 1, 5: 1, 7: 2, 11: 1}
+    # merging the file with itself keeps every sequence and reports the copies
+    again = td.merge_tokens([tmp_path / "all.npz", tmp_path / "all.npz"], tmp_path / "twice.npz")
+    assert (again["rows"], again["duplicates"]) == (6, 3)
+    with pytest.raises(ValueError, match="no sequences"):
+        td.merge_tokens([tmp_path / "held.npz"], tmp_path / "none.npz", exclude=[tmp_path / "held.npz"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="needs answers.jsonl"):
+        td.merge_tokens([tmp_path / "empty"], tmp_path / "bad.npz")
+
+
+def test_merge_tokens_script_writes_the_file_and_counts_and_rejects_bad_sources(tmp_path):
+    """scripts/merge_tokens.py: the merged file and its counts file in one command; a bad source
+    is a one-line error with exit code 2."""
+    import subprocess
+    import sys
+
+    from eagle2.vocab import load_counts
+
+    run = tmp_path / "run"
+    run.mkdir()
+    td.write_jsonl(run / "answers.jsonl", [{"prompt_ids": [1], "answer_ids": [2, 2, 3], "temperature": 0.0}])
+    script = Path(__file__).resolve().parents[1] / "scripts" / "merge_tokens.py"
+    env = {**os.environ, "PYTHONPATH": str(script.parents[1])}
+    ok = subprocess.run([sys.executable, str(script), str(run), "--dest", str(tmp_path / "all.npz"),
+                         "--counts", str(tmp_path / "counts.json")], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "1 sequences (1 chat, 0 task)" in ok.stdout
+    assert load_counts(tmp_path / "counts.json") == {2: 2, 3: 1}
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nothing.npz"), "--dest", str(tmp_path / "x.npz")],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "not a training-token file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_bad_exclude_prompts_file_stops_the_run_before_any_stage(tmp_path, capsys):
+    """--exclude-prompts is read first: a wrong path is a usage error (exit 2), not a failure after
+    the prompts and answers stages have run."""
+    with pytest.raises(SystemExit) as e:
+        train.main(["--out", str(tmp_path / "run"), "--exclude-prompts", str(tmp_path / "none.npz")])
+    assert e.value.code == 2
+    assert "--exclude-prompts" in capsys.readouterr().err and not (tmp_path / "run").exists()
