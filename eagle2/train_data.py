@@ -425,9 +425,9 @@ def stage_features(target, args, out: Path) -> dict:
 
     rows = read_jsonl(out / "answers.jsonl") + [dict(r, id=f"task-{r['id']}") for r in read_jsonl(out / "tasks.jsonl")]
     held = prompt_keys(getattr(args, "exclude_prompts", None) or [])
-    excluded = sum(tuple(r["prompt_ids"]) in held for r in rows)
-    if excluded:  # a held-out set's prompts: never trained on, never in this run's own split either
-        rows = [r for r in rows if tuple(r["prompt_ids"]) not in held]
+    kept = [r for r in rows if tuple(r["prompt_ids"]) not in held]  # a held-out set's prompts: never trained on
+    excluded, rows = len(rows) - len(kept), kept
+    if excluded:
         tqdm.write(f"features: {excluded} sequences left out, their prompt is in --exclude-prompts")
     seqs, starts = [], []
     for r in rows:
@@ -615,18 +615,13 @@ def _rows_from_tokens(src: Path, tokenizer) -> tuple[list[dict], list[dict]]:
     return chat, tasks
 
 
-def _id_rows(src: Path) -> tuple[list[dict], list[dict]]:
-    """Chat and task rows of an export_tokens file or a run folder, as token ids."""
-    if not src.is_dir():
-        return _token_rows(src)
+def _folder_rows(src: Path) -> tuple[list[dict], list[dict]]:
+    """Chat and task rows of a run folder (its answers.jsonl / tasks.jsonl)."""
     if not ((src / "answers.jsonl").exists() or (src / "tasks.jsonl").exists()):
         raise ValueError(f"{src}: a run folder needs answers.jsonl or tasks.jsonl")
-    out = []
-    for name in ("answers.jsonl", "tasks.jsonl"):
-        rows = read_jsonl(src / name) if (src / name).exists() else []
-        out.append([{"prompt_ids": r["prompt_ids"], "answer_ids": r["answer_ids"],
-                     "temperature": r["temperature"], "finished": bool(r.get("finished"))} for r in rows])
-    return out[0], out[1]
+    c = read_jsonl(src / "answers.jsonl") if (src / "answers.jsonl").exists() else []
+    t = read_jsonl(src / "tasks.jsonl") if (src / "tasks.jsonl").exists() else []
+    return c, t
 
 
 def prompt_keys(files: list[Path]) -> set[tuple[int, ...]]:
@@ -647,7 +642,7 @@ def merge_tokens(sources: list[Path], dest: Path, exclude: list[Path] = ()) -> d
     held = prompt_keys(exclude)
     chat, tasks, dropped = [], [], 0
     for src in map(Path, sources):
-        c, t = _id_rows(src)
+        c, t = _folder_rows(src) if src.is_dir() else _token_rows(src)
         for rows, into in ((c, chat), (t, tasks)):
             keep = [r for r in rows if tuple(r["prompt_ids"]) not in held]
             dropped += len(rows) - len(keep)
@@ -675,13 +670,7 @@ def read_rows(sources: list[Path], tokenizer) -> tuple[list[dict], list[dict]]:
     tasks.jsonl), concatenated in order."""
     chat, tasks = [], []
     for src in map(Path, sources):
-        if src.is_dir():
-            if not ((src / "answers.jsonl").exists() or (src / "tasks.jsonl").exists()):
-                raise ValueError(f"{src}: a run folder needs answers.jsonl or tasks.jsonl")
-            c = read_jsonl(src / "answers.jsonl") if (src / "answers.jsonl").exists() else []
-            t = read_jsonl(src / "tasks.jsonl") if (src / "tasks.jsonl").exists() else []
-        else:
-            c, t = _rows_from_tokens(src, tokenizer)
+        c, t = _folder_rows(src) if src.is_dir() else _rows_from_tokens(src, tokenizer)
         chat += c
         tasks += t
     return chat, tasks

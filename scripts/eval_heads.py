@@ -57,8 +57,7 @@ if args.heldout and [str(d) for d in (run_args.data or [])] != [str(args.heldout
     ap.error(f"{args.run} holds the features of {run_args.data}, not of {args.heldout}: give another folder")
 target = load_target(run_args.model, dtype=run_args.dtype, device=run_args.device)
 data = train.FeatureData(args.run / "features.pt")
-_, val_idx = ((None, list(range(len(data)))) if args.heldout
-              else train.split(len(data), run_args.val_frac, run_args.seed))
+val_idx = list(range(len(data))) if args.heldout else train.split(len(data), run_args.val_frac, run_args.seed)[1]
 val_idx = [i for i in val_idx if i >= args.from_sequence]
 seen = set()
 for other in args.not_in:
