@@ -187,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the data) and go on in a fresh process: a CPU run slows down as its heap fragments. A run "
                         "that was stopped resumes from the last state. 0 = one process, no state saved")
     g.add_argument("--keep-better", action="store_true",
-                   help="copy to --head-out only if the held-out score beats the head already there")
+                   help="copy to --head-out only if the new head's held-out chain score is at least that of the "
+                        "head already there: both scored on the first --exclude-prompts file (a fixed held-out set) when given, "
+                        "else each on its own run's split")
     g.add_argument("--pilot-warmup-steps", type=int, default=10, help="warmup of the short pilot runs")
     g.add_argument("--val-frac", type=float, default=0.04)
     g.add_argument("--eval-steps", type=int, default=6, help="draft steps measured on held-out data")
@@ -457,6 +459,39 @@ def evaluate(head, data: FeatureData, idx: list[int], target, args, ac: bool,
     if ids is not None:
         out["acc_train_vocab"] = [round(c / max(n, 1), 4) for c, n in zip(correct_rows, count)]
     return out
+
+
+def heldout_features(heldout: Path, folder: Path, arch: str, args) -> Path:
+    """The features of every sequence of a fixed held-out token file, computed once into `folder` by
+    this pipeline's features stage (with `args`' target, precision and lengths); a folder that holds
+    the features of another file, or EAGLE-1 features where EAGLE-3 ones are asked for, is refused."""
+    if (folder / "features.pt").exists():
+        made = json.loads((folder / "config.json").read_text())["args"]
+        if [str(d) for d in made.get("data") or []] != [str(heldout)] or (arch == "eagle3" and made["arch"] != arch):
+            raise ValueError(f"{folder} holds the features of {made.get('data')} ({made['arch']}), "
+                             f"not of {heldout} ({arch}): give another folder")
+    else:
+        main(["--out", str(folder), "--data", str(heldout), "--until", "features", "--arch", arch,
+              "--model", str(args.model), "--dtype", str(args.dtype), "--device", str(args.device),
+              "--max-seq-len", str(args.max_seq_len), "--feature-batch-tokens", str(args.feature_batch_tokens),
+              "--threads", str(args.threads or 0)])
+    return folder / "features.pt"
+
+
+def heldout_scores(heads: list, heldout: Path, folder: Path, args) -> list[dict]:
+    """Score head folders on every sequence of a fixed held-out token file (never trained on): every
+    head sees the same sequences, so a new head and the one it may replace compare fairly. `args`
+    (a run's) gives the target, precision and evaluation options."""
+    from eagle2.head import load_head_folder
+    from eagle2.models import load_target
+
+    heads = [load_head_folder(h) for h in heads]
+    arch = "eagle3" if any(h.kind == "eagle3" for h in heads) else "eagle1"  # eagle3 features hold both
+    data = FeatureData(heldout_features(heldout, folder, arch, args))
+    target = load_target(args.model, dtype=args.dtype, device=args.device)
+    idx = list(range(len(data)))
+    ac = use_autocast(args, target)
+    return [{**evaluate(h.to(target.device), data, idx, target, args, ac), "val_sequences": len(idx)} for h in heads]
 
 
 class RestartTraining(Exception):
@@ -893,10 +928,18 @@ def run_stages(argv: list[str]) -> int:
         old = Path(args.head_out) / "report.json" if args.head_out else None
         old_score = None
         if args.keep_better and old is not None and old.exists():
-            old_best = json.loads(old.read_text()).get("training", {}).get("best") or {}
-            old_score = (old_best.get("val") or {}).get("score")
+            if args.exclude_prompts:  # the fixed held-out set: both heads scored on the same sequences
+                held = Path(args.exclude_prompts[0])
+                log(f"--keep-better: scoring the new head and the one in {args.head_out} on {held}")
+                new_ev, old_ev = heldout_scores([out / "head", Path(args.head_out)], held, out / "heldout", args)
+                write_json(out / "keep_better.json", {"heldout": str(held), "new": new_ev, "old": old_ev})
+                new_score, old_score = new_ev["score"], old_ev["score"]
+                log(f"held-out top-1 by step: new {new_ev['acc']}, old {old_ev['acc']}")
+            else:  # each head's score on its own run's split: a rough guide only
+                old_best = json.loads(old.read_text()).get("training", {}).get("best") or {}
+                old_score = (old_best.get("val") or {}).get("score")
         if args.head_out and old_score is not None and new_score < old_score:
-            log(f"held-out score {new_score} does not beat {old_score} in {args.head_out}: not copied")
+            log(f"held-out score {new_score} is below {old_score} of the head in {args.head_out}: not copied")
         elif args.head_out:
             dst = Path(args.head_out)
             dst.mkdir(parents=True, exist_ok=True)

@@ -49,12 +49,13 @@ if args.heldout:
         ap.error(f"--heldout {args.heldout}: no such token file")
     if args.from_sequence or args.not_in:
         ap.error("--heldout scores the whole file: --from-sequence and --not-in do not apply")
-    if not (args.run / "features.pt").exists():  # the train pipeline's features stage, on that file alone
-        train.main(["--out", str(args.run), "--data", str(args.heldout), "--until", "features", "--arch", args.arch,
-                    "--dtype", args.dtype, "--threads", str(args.threads)])
+    defaults = train.build_parser().parse_args(["--out", str(args.run)])  # the pipeline's target, lengths and batch sizes
+    defaults.dtype, defaults.threads = args.dtype, args.threads
+    try:  # the train pipeline's features stage, on that file alone, once
+        train.heldout_features(args.heldout, args.run, args.arch, defaults)
+    except ValueError as e:
+        ap.error(str(e))
 run_args = argparse.Namespace(**json.loads((args.run / "config.json").read_text())["args"])
-if args.heldout and [str(d) for d in (run_args.data or [])] != [str(args.heldout)]:
-    ap.error(f"{args.run} holds the features of {run_args.data}, not of {args.heldout}: give another folder")
 target = load_target(run_args.model, dtype=run_args.dtype, device=run_args.device)
 data = train.FeatureData(args.run / "features.pt")
 val_idx = list(range(len(data))) if args.heldout else train.split(len(data), run_args.val_frac, run_args.seed)[1]

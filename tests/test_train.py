@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,6 +170,33 @@ def test_pipeline_end_to_end(tiny_dir, tmp_path):
     bare = [a for i, a in enumerate(argv) if "--head-out" not in (a, argv[i - 1])]
     assert train.main(bare + ["--force", "train", "--ttt-pilot-minutes", "0"]) == 0
     assert sum(load_counts(out / "head" / "token_counts.json").values()) == answer_tokens
+
+    # --keep-better with a fixed held-out file (--exclude-prompts): the new head and the one in
+    # --head-out are scored on the same sequences of that file; the new one is copied only if its
+    # chain score is not lower
+    held = tmp_path / "held.npz"
+    td.select_tokens(out / "head" / train.TOKENS_FILE, held, [0, 1])
+    old_weights = (head_out / "model.safetensors").read_bytes()
+    assert train.main(argv + ["--force", "train", "--ttt-pilot-minutes", "0", "--keep-better",
+                              "--exclude-prompts", str(held)]) == 0
+    kept = json.loads((out / "keep_better.json").read_text())
+    assert kept["new"]["val_sequences"] == kept["old"]["val_sequences"] == 2
+    assert kept["new"]["positions"] == kept["old"]["positions"] > 0
+    copied = (head_out / "model.safetensors").read_bytes() != old_weights
+    assert copied == (kept["new"]["score"] >= kept["old"]["score"])
+    # scripts/eval_heads.py --heldout scores from the same features and agrees; it refuses a folder
+    # that holds the features of another file
+    script = [sys.executable, str(Path(__file__).parents[1] / "scripts" / "eval_heads.py"), str(out / "heldout")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    res = subprocess.run(script + [str(out / "head"), "--heldout", str(held), "--threads", "1"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    line = json.loads(res.stdout.strip().splitlines()[-1])
+    assert line["positions"] == kept["new"]["positions"]
+    assert line["acc"][:3] == pytest.approx(kept["new"]["acc"], abs=1e-3)
+    res = subprocess.run(script + [str(out / "head"), "--heldout", str(out / "head" / train.TOKENS_FILE)],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 2 and "holds the features of" in res.stderr.splitlines()[-1]
 
 
 def test_train_vocab_rows_are_frequent_answer_tokens_and_ce_matches_a_sliced_lm_head():
