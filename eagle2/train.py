@@ -478,17 +478,17 @@ def heldout_features(heldout: Path, folder: Path, arch: str, args) -> Path:
     return folder / "features.pt"
 
 
-def heldout_scores(heads: list, heldout: Path, folder: Path, args) -> list[dict]:
+def heldout_scores(heads: list, heldout: Path, folder: Path, args, target=None) -> list[dict]:
     """Score head folders on every sequence of a fixed held-out token file (never trained on): every
     head sees the same sequences, so a new head and the one it may replace compare fairly. `args`
-    (a run's) gives the target, precision and evaluation options."""
+    (a run's) gives the target, precision and evaluation options; a `target` already loaded is used."""
     from eagle2.head import load_head_folder
     from eagle2.models import load_target
 
     heads = [load_head_folder(h) for h in heads]
     arch = "eagle3" if any(h.kind == "eagle3" for h in heads) else "eagle1"  # eagle3 features hold both
     data = FeatureData(heldout_features(heldout, folder, arch, args))
-    target = load_target(args.model, dtype=args.dtype, device=args.device)
+    target = target or load_target(args.model, dtype=args.dtype, device=args.device)
     idx = list(range(len(data)))
     ac = use_autocast(args, target)
     return [{**evaluate(h.to(target.device), data, idx, target, args, ac), "val_sequences": len(idx)} for h in heads]
@@ -931,7 +931,7 @@ def run_stages(argv: list[str]) -> int:
             if args.exclude_prompts:  # the fixed held-out set: both heads scored on the same sequences
                 held = Path(args.exclude_prompts[0])
                 log(f"--keep-better: scoring the new head and the one in {args.head_out} on {held}")
-                new_ev, old_ev = heldout_scores([out / "head", Path(args.head_out)], held, out / "heldout", args)
+                new_ev, old_ev = heldout_scores([out / "head", Path(args.head_out)], held, out / "heldout", args, target)
                 write_json(out / "keep_better.json", {"heldout": str(held), "new": new_ev, "old": old_ev})
                 new_score, old_score = new_ev["score"], old_ev["score"]
                 log(f"held-out top-1 by step: new {new_ev['acc']}, old {old_ev['acc']}")
