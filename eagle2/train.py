@@ -122,9 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-stop-frac", type=float, default=0.95,
                    help="end a batch once this share of rows finished (the rest are dropped)")
     g.add_argument("--prompt-filter", choices=("strict", "loose"), default="strict")
-    g.add_argument("--prompt-openers", choices=("none", "mixed"), default="none",
-                   help="mixed: each user message starts with a request opener drawn (per prompt, seeded) from a "
-                        "list (write, draft an email, pretend you are, solve ...); none: the target starts it itself")
+    g.add_argument("--prompt-openers", choices=("none", "mixed"), default="mixed",
+                   help="mixed (the shipped head's data since session 34): each user message starts with a request "
+                        "opener drawn (per prompt, seeded) from a list (write, draft an email, pretend you are, "
+                        "solve ...); none: the target starts it itself, mostly with 'Can' or 'I'm'")
     g.add_argument("--prompt-minutes", type=float, default=8.0, help="time budget (0 = none)")
     g = p.add_argument_group("answers")
     g.add_argument("--answer-batch", type=int, default=32)
