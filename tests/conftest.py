@@ -81,25 +81,6 @@ def _threads():
     torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _private_cache(tmp_path_factory):
-    """The small files tests cache (latency calibrations, precision probes and draft-vocabulary
-    choices of throwaway tiny models) go to a temp folder, not the user's eagle2 cache; the
-    embedded target's dequantized weights (hundreds of MB, made once) are shared through links."""
-    if os.environ.get("EAGLE2_CACHE"):  # the caller chose a cache already
-        yield
-        return
-    from eagle2.models import cache_dir
-
-    user, private = cache_dir(), tmp_path_factory.mktemp("eagle2-cache")
-    for name in ("targets", "embedded"):
-        (user / name).mkdir(parents=True, exist_ok=True)
-        (private / name).symlink_to(user / name, target_is_directory=True)
-    os.environ["EAGLE2_CACHE"] = str(private)
-    yield
-    os.environ.pop("EAGLE2_CACHE", None)
-
-
 def model_threads() -> int:
     """Threads for a test that runs the embedded model: both cores, or one each when pytest-xdist
     runs two workers (three busy threads on two cores stall torch's thread pool)."""
