@@ -394,3 +394,59 @@ def _load_state(folder: Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # corrupt files raise many types; report one line
         raise ValueError(f"draft head {folder}: cannot read weights ({type(e).__name__}: {str(e)[:120]})") from None
     raise ValueError(f"draft head {folder}: no model.safetensors or pytorch_model.bin")
+
+
+def average_head_folders(folders: list[str | os.PathLike], dest: str | os.PathLike) -> dict:
+    """Write the element-wise mean of several heads' weights to `dest` (a weight "soup").
+
+    Why: two runs continued from one head end close to each other, and the mean of their weights
+    can score above both (as in stochastic weight averaging and model soups) with no training.
+    The heads must share one config.json (kind, shapes, draft vocabulary); integer buffers (an
+    EAGLE-3 head's d2t / t2d) must be equal. Weights keep their dtype; the mean is taken in fp32.
+    Returns {"sources", "tensors", "parameters", "counts_from"}; `dest` gets config.json,
+    model.safetensors and the first source's token_counts.json (the draft-vocabulary counts).
+    """
+    from safetensors.torch import save_file
+
+    from .vocab import COUNTS_FILE as HEAD_COUNTS_FILE
+
+    folders = [Path(f) for f in folders]
+    if len(folders) < 2:
+        raise ValueError("averaging needs at least two head folders")
+    dest = Path(dest)
+    if any(dest.resolve() == f.resolve() for f in folders):
+        raise ValueError(f"the destination {dest} is one of the heads being averaged; write elsewhere")
+    configs = [read_head_config(f) for f in folders]
+    for f, cfg in zip(folders[1:], configs[1:]):
+        if cfg != configs[0]:
+            diff = sorted(k for k in set(cfg) | set(configs[0]) if cfg.get(k) != configs[0].get(k))
+            raise ValueError(f"draft head {f}: config.json differs from {folders[0]}'s ({', '.join(diff[:4])}); "
+                             "only heads of one shape can be averaged")
+    states = [_load_state(f) for f in folders]
+    first = states[0]
+    mean: dict[str, torch.Tensor] = {}
+    for f, state in zip(folders[1:], states[1:]):
+        if state.keys() != first.keys():
+            odd = sorted(set(state) ^ set(first))[:3]
+            raise ValueError(f"draft head {f}: weights differ in names from {folders[0]}'s ({odd})")
+    for key, ref in first.items():
+        for f, state in zip(folders[1:], states[1:]):
+            if state[key].shape != ref.shape:
+                raise ValueError(f"draft head {f}: {key} has shape {tuple(state[key].shape)}, not {tuple(ref.shape)}")
+        if ref.is_floating_point():
+            mean[key] = torch.stack([s[key].float() for s in states]).mean(0).to(ref.dtype).contiguous()
+        else:
+            if any(not torch.equal(s[key], ref) for s in states[1:]):
+                raise ValueError(f"draft heads differ in the integer buffer {key} (different draft vocabularies?)")
+            mean[key] = ref.contiguous()
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "config.json").write_text(json.dumps(configs[0], indent=2, sort_keys=True) + "\n")
+    save_file(mean, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    # The answer-token counts pick the reduced draft vocabulary that auto drafting uses; without
+    # them a head drafts over the full vocabulary (slower, other trees), so the soup keeps them.
+    counts_from = next((f for f in folders if (f / HEAD_COUNTS_FILE).exists()), None)
+    if counts_from is not None:
+        (dest / HEAD_COUNTS_FILE).write_bytes((counts_from / HEAD_COUNTS_FILE).read_bytes())
+    return {"sources": [str(f) for f in folders], "tensors": len(mean),
+            "parameters": sum(v.numel() for v in mean.values()),
+            "counts_from": None if counts_from is None else str(counts_from)}

@@ -190,3 +190,94 @@ def test_missing_head_paths(tiny_target, tmp_path):
         load_head("default", tiny_target)
     with pytest.raises(ValueError, match="config.json is missing"):
         load_head(str(tmp_path), tiny_target)
+
+
+def _write_official(folder, seed, dtype=torch.bfloat16, **cfg):
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(official_config(**cfg)))
+    save_file({k: v.to(dtype) for k, v in official_state(seed=seed).items()}, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_average_of_heads_is_the_mean_of_their_weights_and_loads(tmp_path):
+    from eagle2.head import average_head_folders
+
+    a, b = _write_official(tmp_path / "a", 1), _write_official(tmp_path / "b", 2)
+    (b / "token_counts.json").write_text('{"counts": {"5": 3}}')  # picks the draft vocabulary: kept
+    info = average_head_folders([a, b], tmp_path / "soup")
+    assert info["tensors"] == len(official_state()) and info["sources"] == [str(a), str(b)]
+    assert info["counts_from"] == str(b) and (tmp_path / "soup" / "token_counts.json").read_text() == '{"counts": {"5": 3}}'
+    from safetensors.torch import load_file
+
+    sa, sb, ss = (load_file(str(p / "model.safetensors")) for p in (a, b, tmp_path / "soup"))
+    for k in official_state():
+        want = ((sa[k].float() + sb[k].float()) / 2).to(torch.bfloat16)
+        assert ss[k].dtype == torch.bfloat16 and torch.equal(ss[k], want), k
+    assert not torch.equal(ss["fc.weight"], sa["fc.weight"])  # a real mean, not a copy of one head
+    assert json.loads((tmp_path / "soup" / "config.json").read_text()) == official_config()
+    soup = EagleHead.from_pretrained(tmp_path / "soup")  # loads as a head like any other
+    assert torch.equal(soup.fc.weight.detach(), ss["fc.weight"].float())
+
+
+def test_average_refuses_heads_of_different_shapes_and_bad_requests(tmp_path):
+    from eagle2.head import average_head_folders
+
+    a = _write_official(tmp_path / "a", 1)
+    wide = _write_official(tmp_path / "wide", 2, intermediate_size=4 * HID)
+    with pytest.raises(ValueError, match="config.json differs.*intermediate_size"):
+        average_head_folders([a, wide], tmp_path / "soup")
+    with pytest.raises(ValueError, match="at least two"):
+        average_head_folders([a], tmp_path / "soup")
+    with pytest.raises(ValueError, match="destination"):
+        average_head_folders([a, _write_official(tmp_path / "b", 2)], a)
+    no_bias = tmp_path / "nobias"
+    no_bias.mkdir()
+    (no_bias / "config.json").write_text(json.dumps(official_config()))
+    torch.save(official_state(bias=False), no_bias / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="differ in names"):
+        average_head_folders([a, no_bias], tmp_path / "soup")
+    assert not (tmp_path / "soup").exists()
+
+
+def test_average_keeps_equal_eagle3_vocab_maps_and_refuses_different_ones(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaConfig
+
+    from eagle2.head import Eagle3Head, average_head_folders
+
+    cfg = LlamaConfig(hidden_size=HID, intermediate_size=2 * HID, num_attention_heads=4, num_key_value_heads=2,
+                      vocab_size=VOCAB)
+    for name, seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(seed)
+        Eagle3Head(cfg, 32, HID).save_pretrained(tmp_path / name)
+    average_head_folders([tmp_path / "a", tmp_path / "b"], tmp_path / "soup")
+    soup = load_file(str(tmp_path / "soup" / "model.safetensors"))
+    assert torch.equal(soup["d2t"], load_file(str(tmp_path / "a" / "model.safetensors"))["d2t"])
+    state = load_file(str(tmp_path / "b" / "model.safetensors"))
+    state["d2t"] = state["d2t"] + 1
+    save_file(state, str(tmp_path / "b" / "model.safetensors"))
+    with pytest.raises(ValueError, match="integer buffer d2t"):
+        average_head_folders([tmp_path / "a", tmp_path / "b"], tmp_path / "soup2")
+
+
+def test_average_heads_script_reports_a_bad_request_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    a = _write_official(tmp_path / "a", 1)
+    r = subprocess.run([sys.executable, str(root / "scripts" / "average_heads.py"), str(a), str(tmp_path / "missing"),
+                        "--out", str(tmp_path / "soup")], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "config.json is missing" in r.stderr
+    b = _write_official(tmp_path / "b", 2)
+    (b / "report.json").write_text(json.dumps({"command": "train b"}))
+    r = subprocess.run([sys.executable, str(root / "scripts" / "average_heads.py"), str(a), str(b),
+                        "--out", str(tmp_path / "soup")], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "soup" / "report.json").read_text())
+    assert report["averaged"] == [str(a), str(b)] and report["source_reports"] == {str(b): {"command": "train b"}}
