@@ -424,21 +424,21 @@ def average_head_folders(folders: list[str | os.PathLike], dest: str | os.PathLi
                              "only heads of one shape can be averaged")
     states = [_load_state(f) for f in folders]
     first = states[0]
-    mean: dict[str, torch.Tensor] = {}
     for f, state in zip(folders[1:], states[1:]):
         if state.keys() != first.keys():
             odd = sorted(set(state) ^ set(first))[:3]
             raise ValueError(f"draft head {f}: weights differ in names from {folders[0]}'s ({odd})")
+        bad = next((k for k in first if state[k].shape != first[k].shape), None)
+        if bad is not None:
+            raise ValueError(f"draft head {f}: {bad} has shape {tuple(state[bad].shape)}, not {tuple(first[bad].shape)}")
+    mean: dict[str, torch.Tensor] = {}
     for key, ref in first.items():
-        for f, state in zip(folders[1:], states[1:]):
-            if state[key].shape != ref.shape:
-                raise ValueError(f"draft head {f}: {key} has shape {tuple(state[key].shape)}, not {tuple(ref.shape)}")
-        if ref.is_floating_point():
-            mean[key] = torch.stack([s[key].float() for s in states]).mean(0).to(ref.dtype).contiguous()
-        else:
+        if not ref.is_floating_point():  # index maps (d2t / t2d) are kept, never averaged
             if any(not torch.equal(s[key], ref) for s in states[1:]):
                 raise ValueError(f"draft heads differ in the integer buffer {key} (different draft vocabularies?)")
             mean[key] = ref.contiguous()
+            continue
+        mean[key] = torch.stack([s[key].float() for s in states]).mean(0).to(ref.dtype).contiguous()
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "config.json").write_text(json.dumps(configs[0], indent=2, sort_keys=True) + "\n")
     save_file(mean, str(dest / "model.safetensors"), metadata={"format": "pt"})
