@@ -158,16 +158,11 @@ class EagleHead(nn.Module):
 
     # ---- official EAGLE checkpoint format -------------------------------------------------
     def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         cfg = {k: v for k, v in self.config.to_dict().items() if k in HEAD_CONFIG_KEYS or k == "num_hidden_layers"}
         cfg.update({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "bias": self.bias})
-        (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        state = {k: v.detach().to(dtype or v.dtype).contiguous() for k, v in self.state_dict().items()
+        state = {k: v.detach().to(dtype or v.dtype) for k, v in self.state_dict().items()
                  if not k.startswith("rotary_emb.")}
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        write_head_files(folder, cfg, state)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "EagleHead":
@@ -299,17 +294,12 @@ class Eagle3Head(nn.Module):
         return self.lm_head(self.norm(hidden))
 
     def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         cfg = {k: v for k, v in self.config.to_dict().items() if k in HEAD_CONFIG_KEYS or k == "num_hidden_layers"}
         cfg.update({"architectures": [EAGLE3_ARCHITECTURE], "model_type": "llama",
                     "draft_vocab_size": self.draft_vocab_size, "target_hidden_size": self.target_hidden_size})
-        (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        state = {k: (v.detach().to(dtype or v.dtype) if v.is_floating_point() else v).contiguous()
+        state = {k: v.detach().to(dtype or v.dtype) if v.is_floating_point() else v
                  for k, v in self.state_dict().items() if not k.startswith("rotary_emb.")}
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        write_head_files(folder, cfg, state)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "Eagle3Head":
@@ -396,6 +386,17 @@ def _load_state(folder: Path) -> dict[str, torch.Tensor]:
     raise ValueError(f"draft head {folder}: no model.safetensors or pytorch_model.bin")
 
 
+def write_head_files(folder: str | os.PathLike, config: dict, state: dict[str, torch.Tensor]) -> None:
+    """Write a head folder in the official layout: config.json and model.safetensors."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+
+
 def average_head_folders(folders: list[str | os.PathLike], dest: str | os.PathLike) -> dict:
     """Write the element-wise mean of several heads' weights to `dest` (a weight "soup").
 
@@ -404,11 +405,12 @@ def average_head_folders(folders: list[str | os.PathLike], dest: str | os.PathLi
     The heads must share one config.json (kind, shapes, draft vocabulary); integer buffers (an
     EAGLE-3 head's d2t / t2d) must be equal. Weights keep their dtype; the mean is taken in fp32.
     Returns {"sources", "tensors", "parameters", "counts_from"}; `dest` gets config.json,
-    model.safetensors and the first source's token_counts.json (the draft-vocabulary counts).
+    model.safetensors and the token_counts.json (the draft-vocabulary counts) of the first source
+    that has one.
     """
-    from safetensors.torch import save_file
+    import shutil
 
-    from .vocab import COUNTS_FILE as HEAD_COUNTS_FILE
+    from .vocab import COUNTS_FILE
 
     folders = [Path(f) for f in folders]
     if len(folders) < 2:
@@ -436,17 +438,15 @@ def average_head_folders(folders: list[str | os.PathLike], dest: str | os.PathLi
         if not ref.is_floating_point():  # index maps (d2t / t2d) are kept, never averaged
             if any(not torch.equal(s[key], ref) for s in states[1:]):
                 raise ValueError(f"draft heads differ in the integer buffer {key} (different draft vocabularies?)")
-            mean[key] = ref.contiguous()
+            mean[key] = ref
             continue
-        mean[key] = torch.stack([s[key].float() for s in states]).mean(0).to(ref.dtype).contiguous()
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "config.json").write_text(json.dumps(configs[0], indent=2, sort_keys=True) + "\n")
-    save_file(mean, str(dest / "model.safetensors"), metadata={"format": "pt"})
+        mean[key] = torch.stack([s[key].float() for s in states]).mean(0).to(ref.dtype)
+    write_head_files(dest, configs[0], mean)
     # The answer-token counts pick the reduced draft vocabulary that auto drafting uses; without
     # them a head drafts over the full vocabulary (slower, other trees), so the soup keeps them.
-    counts_from = next((f for f in folders if (f / HEAD_COUNTS_FILE).exists()), None)
+    counts_from = next((f for f in folders if (f / COUNTS_FILE).exists()), None)
     if counts_from is not None:
-        (dest / HEAD_COUNTS_FILE).write_bytes((counts_from / HEAD_COUNTS_FILE).read_bytes())
+        shutil.copyfile(counts_from / COUNTS_FILE, dest / COUNTS_FILE)
     return {"sources": [str(f) for f in folders], "tensors": len(mean),
             "parameters": sum(v.numel() for v in mean.values()),
             "counts_from": None if counts_from is None else str(counts_from)}

@@ -8,14 +8,16 @@ the result on the fixed held-out set before shipping it, as for any head:
     PYTHONPATH=. python scripts/eval_heads.py HELDOUT_FEATURES runs/s46/v29 runs/s46/v27 \\
         --heldout eagle2/heads/smollm2-135m-instruct/heldout_tokens.npz
 
-The new folder gets config.json, model.safetensors and a report.json naming its sources (and
-holding their own report.json files, where they have one).
+The new folder gets config.json, model.safetensors, the token_counts.json of the first source that
+has one (it picks the reduced draft vocabulary) and a report.json naming its sources (and holding
+their own report.json files, where they have one).
 """
 import argparse
 import json
 import sys
 from pathlib import Path
 
+from eagle2.files import write_text_atomic
 from eagle2.head import average_head_folders
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,5 +39,5 @@ for h in args.heads:
             reports[str(h)] = None
 report = {"command": "python scripts/average_heads.py " + " ".join(map(str, args.heads)) + f" --out {args.out}",
           "averaged": info["sources"], "source_reports": reports}
-(args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+write_text_atomic(args.out / "report.json", json.dumps(report, indent=1) + "\n")
 print(json.dumps(info))
