@@ -584,6 +584,29 @@ def select_tokens(src: Path, dest: Path, keep) -> dict:
     return {"rows": int(keep.size), "of": n, "tokens": int(out["ids"].size), "path": str(dest)}
 
 
+def featured_sequences(src: Path, feature_files: list, max_seq_len: int = 1024) -> list[int]:
+    """Indices of the sequences of an export_tokens file whose features the given features.pt
+    files (or run folders) already hold, matched by token ids cut at max_seq_len as
+    stage_features cuts them. Why: a round that trains on exactly those (plus new data) copies
+    every old feature and spends its minutes training instead of recomputing."""
+    import numpy as np
+
+    try:
+        with np.load(src, allow_pickle=False) as f:
+            ids, offsets = f["ids"], f["offsets"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{src}: not a token file ({e})") from None
+    known: set[bytes] = set()
+    for item in feature_files:
+        path = Path(item) / "features.pt" if Path(item).is_dir() else Path(item)
+        if not path.exists():
+            raise ValueError(f"{path} does not exist")
+        old = torch.load(path, weights_only=False, mmap=True)
+        known.update(sequence_keys(old["tokens"], old["offsets"]))
+    return [i for i, (a, b) in enumerate(zip(offsets[:-1], offsets[1:]))
+            if ids[a:min(b, a + max_seq_len)].astype(np.int32).tobytes() in known]
+
+
 def _token_rows(src: Path) -> tuple[list[dict], list[dict]]:
     """Chat and task rows of one export_tokens file as token ids (prompt_ids, answer_ids,
     temperature, finished), without decoding them."""

@@ -1,10 +1,14 @@
-"""Write a random share of a training-token file (export_tokens format) to a new file.
+"""Write a share of a training-token file (export_tokens format) to a new file.
 
 Why: a machine that lost an earlier run's features.pt must recompute the features of every
 sequence it trains on (~15 minutes per million tokens on a 2-core CPU). Continuing a head on its
 new data plus a sample of the data it already learned (against forgetting) costs a fraction of that.
+Where earlier runs' features.pt files are still on the machine, `--featured-in` keeps exactly the
+sequences they hold instead: passed with the same runs to `--features-from`, a round then copies
+every old feature and spends its minutes training (session 49).
 
     PYTHONPATH=. python scripts/sample_tokens.py eagle2/heads/smollm2-135m-instruct/train_tokens.npz runs/old_quarter.npz --frac 0.25 --seed 15
+    PYTHONPATH=. python scripts/sample_tokens.py eagle2/heads/smollm2-135m-instruct/train_tokens.npz runs/cached.npz --featured-in runs/s48/v31a runs/s47/v30a
 """
 import argparse
 from pathlib import Path
@@ -16,16 +20,25 @@ from eagle2 import train_data as td
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("source", type=Path)
 ap.add_argument("dest", type=Path)
-ap.add_argument("--frac", type=float, required=True, help="share of the sequences to keep (0, 1]")
-ap.add_argument("--seed", type=int, default=0)
+how = ap.add_mutually_exclusive_group(required=True)
+how.add_argument("--frac", type=float, help="a random share of the sequences to keep (0, 1]")
+how.add_argument("--featured-in", nargs="+", type=Path, metavar="RUN",
+                 help="keep the sequences whose features these runs' features.pt files hold")
+ap.add_argument("--seed", type=int, default=0, help="with --frac")
+ap.add_argument("--max-seq-len", type=int, default=1024, help="with --featured-in: the training runs' --max-seq-len")
 args = ap.parse_args()
-if not 0 < args.frac <= 1:
+if args.frac is not None and not 0 < args.frac <= 1:
     ap.error(f"--frac must be in (0, 1], got {args.frac}")
 try:
     with np.load(args.source, allow_pickle=False) as f:
         n = len(f["offsets"]) - 1
         tasks = f["task"]
-    keep = np.sort(np.random.default_rng(args.seed).choice(n, size=max(1, round(n * args.frac)), replace=False))
+    if args.featured_in:
+        keep = np.asarray(td.featured_sequences(args.source, args.featured_in, args.max_seq_len), dtype=np.int64)
+        if keep.size == 0:
+            ap.error(f"none of the {n} sequences of {args.source} has features in {', '.join(map(str, args.featured_in))}")
+    else:
+        keep = np.sort(np.random.default_rng(args.seed).choice(n, size=max(1, round(n * args.frac)), replace=False))
     info = td.select_tokens(args.source, args.dest, keep)
 except (OSError, ValueError, KeyError) as e:
     ap.error(f"{args.source}: {e}")

@@ -545,6 +545,39 @@ def test_select_tokens_keeps_chosen_sequences_with_every_field(tmp_path):
         td.select_tokens(tmp_path / "missing.npz", tmp_path / "bad.npz", [0])
 
 
+def test_featured_sequences_are_those_an_earlier_runs_features_hold(tmp_path):
+    """The sequences of a token file that a features.pt already holds, matched by token ids cut at
+    the runs' max_seq_len, so a round can copy every old feature; the script writes them as a share."""
+    import numpy as np
+
+    run = tmp_path / "run"
+    run.mkdir()
+    chat = [{"prompt_ids": [1, 2], "answer_ids": [3, 4, 5], "temperature": 0.0, "finished": True},
+            {"prompt_ids": [6], "answer_ids": [7], "temperature": 0.7, "finished": False},
+            {"prompt_ids": [1, 2], "answer_ids": [3, 9], "temperature": 0.0, "finished": True}]
+    td.write_jsonl(run / "answers.jsonl", chat)
+    td.write_jsonl(run / "tasks.jsonl", [])
+    td.export_tokens(run, tmp_path / "all.npz")
+    held = [[6, 7], [1, 2, 3, 4]]  # the second sequence, and the first cut at 4 tokens
+    old = tmp_path / "old"
+    old.mkdir()
+    torch.save({"tokens": torch.tensor([t for s in held for t in s], dtype=torch.int32),
+                "offsets": torch.tensor([0, 2, 6])}, old / "features.pt")
+    assert td.featured_sequences(tmp_path / "all.npz", [old], max_seq_len=4) == [0, 1]
+    assert td.featured_sequences(tmp_path / "all.npz", [old / "features.pt"]) == [1]  # uncut, [1..5] differs
+    with pytest.raises(ValueError, match="does not exist"):
+        td.featured_sequences(tmp_path / "all.npz", [tmp_path / "nowhere"])
+    script = [sys.executable, str(Path(__file__).parents[1] / "scripts" / "sample_tokens.py"), str(tmp_path / "all.npz")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    res = subprocess.run(script + [str(tmp_path / "share.npz"), "--featured-in", str(old), "--max-seq-len", "4"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert np.load(tmp_path / "share.npz")["ids"].tolist() == [1, 2, 3, 4, 5, 6, 7]
+    res = subprocess.run(script + [str(tmp_path / "none.npz"), "--featured-in", str(tmp_path)],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 2 and "does not exist" in res.stderr.splitlines()[-1]
+
+
 def test_merge_tokens_concatenates_sources_leaves_out_held_out_sequences_and_counts_answers(tmp_path):
     """The all-data merge: token files and run folders concatenate (chat rows first, then tasks),
     a sequence whose prompt the held-out file holds stays out (whatever its answer), and the answer
