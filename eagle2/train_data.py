@@ -491,6 +491,16 @@ def sequence_keys(tokens: torch.Tensor, offsets) -> list[bytes]:
     return [tokens[a:b].numpy().tobytes() for a, b in zip(offs[:-1], offs[1:])]
 
 
+def load_features_file(item, option: str = "") -> tuple[Path, dict]:
+    """An earlier run's features.pt (a run folder or the file itself) and its path, memory-mapped:
+    the callers read its token ids and copy rows, never the whole file. `option` names the flag
+    in errors."""
+    path = Path(item) / "features.pt" if Path(item).is_dir() else Path(item)
+    if not path.exists():
+        raise ValueError(f"{option + ': ' if option else ''}{path} does not exist")
+    return path, torch.load(path, weights_only=False, mmap=True)
+
+
 def copy_known_features(sources: list, seqs: list[list[int]], offsets: list[int], feats: torch.Tensor,
                         aux: torch.Tensor | None, layers: list[int] | None, target_name: str | None = None) -> set[int]:
     """Fill the rows of sequences that an earlier run's features.pt already holds (same token
@@ -503,10 +513,7 @@ def copy_known_features(sources: list, seqs: list[list[int]], offsets: list[int]
         want.setdefault(key, []).append(i)
     filled: set[int] = set()
     for src in sources:
-        path = Path(src) / "features.pt" if Path(src).is_dir() else Path(src)
-        if not path.exists():
-            raise ValueError(f"--features-from: {path} does not exist")
-        old = torch.load(path, weights_only=False, mmap=True)
+        path, old = load_features_file(src, "--features-from")
         if target_name and old.get("target") and old["target"] != target_name:
             raise ValueError(f"--features-from: {path} holds features of {old['target']}, not {target_name}")
         if old["feats"].shape[1] != feats.shape[1]:
@@ -598,10 +605,7 @@ def featured_sequences(src: Path, feature_files: list, max_seq_len: int = 1024) 
         raise ValueError(f"{src}: not a token file ({e})") from None
     known: set[bytes] = set()
     for item in feature_files:
-        path = Path(item) / "features.pt" if Path(item).is_dir() else Path(item)
-        if not path.exists():
-            raise ValueError(f"{path} does not exist")
-        old = torch.load(path, weights_only=False, mmap=True)
+        _, old = load_features_file(item)
         known.update(sequence_keys(old["tokens"], old["offsets"]))
     return [i for i, (a, b) in enumerate(zip(offsets[:-1], offsets[1:]))
             if ids[a:min(b, a + max_seq_len)].astype(np.int32).tobytes() in known]
