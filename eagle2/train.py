@@ -679,7 +679,9 @@ def train_head(target, data: FeatureData, train_idx, val_idx, args, ttt_steps: i
         do_eval(step / max(len(groups), 1))
     head.load_state_dict(best_state)
     return {"head": head, "history": history, "best": best, "steps": step, "ttt_steps": ttt_steps,
-            "tokens_seen": tokens_seen, "minutes": round((time.perf_counter() - t0) / 60, 2),
+            # training minutes, as the budget counts them: a resumed process's t0 holds only the
+            # earlier processes' training time, so this process's evaluations are left out too
+            "tokens_seen": tokens_seen, "minutes": round((time.perf_counter() - t0 - eval_s) / 60, 2),
             "steps_per_epoch": len(groups), "autocast_bf16": ac, "processes": processes}
 
 

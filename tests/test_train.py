@@ -319,6 +319,31 @@ def test_training_restarted_in_fresh_processes_ends_with_the_same_head(tiny_dir,
     assert train.load_train_state(cut / train.STATE_FILE, args)["args"] == older
 
 
+def test_reported_training_minutes_leave_out_the_held_out_evaluations(tiny_dir, tmp_path, monkeypatch):
+    """The budget (--train-minutes) does not count evaluation time, and neither does the minutes
+    figure a run reports: an evaluation made slow on purpose must not show up in it."""
+    import time
+
+    real = train.evaluate
+
+    def slow_evaluate(*a, **k):
+        time.sleep(1.0)
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "evaluate", slow_evaluate)
+    out = tmp_path / "run"
+    assert train.main(["--out", str(out), "--model", tiny_dir, "--dtype", "float32", "--device", "cpu",
+                       "--threads", "1", "--n-prompts", "4", "--prompt-batch", "4", "--prompt-max-tokens", "6",
+                       "--prompt-filter", "loose", "--answer-batch", "4", "--answer-max-tokens", "6",
+                       "--n-tasks", "2", "--epochs", "2", "--train-minutes", "0", "--batch-tokens", "160",
+                       "--ttt-steps", "1", "--eval-steps", "2", "--warmup-steps", "1", "--eval-every", "0.5"]) == 0
+    meta = json.loads((out / "train.json").read_text())
+    evals = len(meta["history"])
+    assert evals >= 4
+    assert meta["history"][-1]["minutes"] * 60 < 0.5 * evals
+    assert json.loads((out / "stage_train.json").read_text())["train_minutes"] * 60 < 0.5 * evals
+
+
 def test_parser_defaults():
     args = train.build_parser().parse_args(["--out", "x"])
     assert args.model == "default" and args.sampled_frac == pytest.approx(0.2)
