@@ -274,8 +274,10 @@ def test_streaming_run_owns_every_view(page_at):
 
     page = page_at()
     old_answer = page.locator("#answer").inner_text()
-    _set_number(page, "max-new-tokens", 96)
-    _pick(page, "policy", "vanilla")  # the slowest policy: a long enough stream to poke at
+    # the slowest policy and a long answer: the stream must outlast the waits below (with 96 tokens
+    # the slider-off wait once timed out in a full run; a longer stream gives it more room)
+    _set_number(page, "max-new-tokens", 200)
+    _pick(page, "policy", "vanilla")
     page.locator("#prompt textarea").fill("Write a short story about a robot who learns to paint.")
     page.locator("#run-btn").click()
     snapshot = """() => {
