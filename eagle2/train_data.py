@@ -491,6 +491,20 @@ def sequence_keys(tokens: torch.Tensor, offsets) -> list[bytes]:
     return [tokens[a:b].numpy().tobytes() for a, b in zip(offs[:-1], offs[1:])]
 
 
+def token_file_keys(src: Path, max_seq_len: int) -> list[bytes]:
+    """sequence_keys of an export_tokens file's sequences, each cut at max_seq_len as
+    stage_features cuts them, so they match the keys of the features.pt files runs made of it."""
+    import numpy as np
+
+    try:
+        with np.load(src, allow_pickle=False) as f:
+            ids, offsets = f["ids"].astype(np.int32), f["offsets"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{src}: not a token file ({e})") from None
+    cut = [ids[a: min(b, a + max_seq_len)] for a, b in zip(offsets[:-1], offsets[1:])]
+    return sequence_keys(torch.from_numpy(np.concatenate(cut)), np.cumsum([0] + [len(c) for c in cut]))
+
+
 def load_features_file(item, option: str = "") -> tuple[Path, dict]:
     """An earlier run's features.pt (a run folder or the file itself) and its path, memory-mapped:
     the callers read its token ids and copy rows, never the whole file. `option` names the flag
@@ -596,19 +610,12 @@ def featured_sequences(src: Path, feature_files: list, max_seq_len: int = 1024) 
     files (or run folders) already hold, matched by token ids cut at max_seq_len as
     stage_features cuts them. Why: a round that trains on exactly those (plus new data) copies
     every old feature and spends its minutes training instead of recomputing."""
-    import numpy as np
-
-    try:
-        with np.load(src, allow_pickle=False) as f:
-            ids, offsets = f["ids"], f["offsets"]
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{src}: not a token file ({e})") from None
+    keys = token_file_keys(src, max_seq_len)
     known: set[bytes] = set()
     for item in feature_files:
         _, old = load_features_file(item)
         known.update(sequence_keys(old["tokens"], old["offsets"]))
-    return [i for i, (a, b) in enumerate(zip(offsets[:-1], offsets[1:]))
-            if ids[a:min(b, a + max_seq_len)].astype(np.int32).tobytes() in known]
+    return [i for i, key in enumerate(keys) if key in known]
 
 
 def _token_rows(src: Path) -> tuple[list[dict], list[dict]]:

@@ -23,7 +23,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from eagle2 import train
@@ -61,15 +60,15 @@ data = train.FeatureData(args.run / "features.pt")
 val_idx = list(range(len(data))) if args.heldout else train.split(len(data), run_args.val_frac, run_args.seed)[1]
 val_idx = [i for i in val_idx if i >= args.from_sequence]
 seen = set()
-for other in args.not_in:
-    if other.suffix == ".npz":  # an export_tokens file: the same ids, cut as the features stage cuts them
-        d = np.load(other, allow_pickle=False)
-        ids, offs = d["ids"].astype(np.int32), d["offsets"]
-        cut = [ids[a: min(b, a + run_args.max_seq_len)] for a, b in zip(offs[:-1], offs[1:])]
-        seen.update(td.sequence_keys(torch.from_numpy(np.concatenate(cut)), np.cumsum([0] + [len(c) for c in cut])))
-        continue
-    d = torch.load(other / "features.pt" if other.is_dir() else other, weights_only=False, mmap=True)
-    seen.update(td.sequence_keys(d["tokens"], d["offsets"]))
+try:
+    for other in args.not_in:
+        if other.suffix == ".npz":  # an export_tokens file: the same ids, cut as the features stage cuts them
+            seen.update(td.token_file_keys(other, run_args.max_seq_len))
+            continue
+        _, d = td.load_features_file(other, "--not-in")
+        seen.update(td.sequence_keys(d["tokens"], d["offsets"]))
+except ValueError as e:
+    ap.error(str(e))
 keys = td.sequence_keys(data.tokens, data.offsets)
 val_idx = [i for i in val_idx if keys[i] not in seen
            and (args.kind == "all" or str(data.ids[i]).startswith("task-") == (args.kind == "task"))]
