@@ -572,7 +572,8 @@ def test_select_tokens_keeps_chosen_sequences_with_every_field(tmp_path):
 
 def test_featured_sequences_are_those_an_earlier_runs_features_hold(tmp_path):
     """The sequences of a token file that a features.pt already holds, matched by token ids cut at
-    the runs' max_seq_len, so a round can copy every old feature; the script writes them as a share."""
+    the runs' max_seq_len, so a round can copy every old feature; the script writes them as a share,
+    or (--skip-featured-in) a share of the others, whose features a round computes."""
     import numpy as np
 
     run = tmp_path / "run"
@@ -601,6 +602,20 @@ def test_featured_sequences_are_those_an_earlier_runs_features_hold(tmp_path):
     res = subprocess.run(script + [str(tmp_path / "none.npz"), "--featured-in", str(tmp_path)],
                          capture_output=True, text=True, env=env)
     assert res.returncode == 2 and "does not exist" in res.stderr.splitlines()[-1]
+    # --skip-featured-in: a share drawn only from the sequences the runs do not hold
+    res = subprocess.run(script + [str(tmp_path / "fresh.npz"), "--frac", "1", "--skip-featured-in", str(old),
+                                   "--max-seq-len", "4"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert np.load(tmp_path / "fresh.npz")["ids"].tolist() == [1, 2, 3, 9]
+    res = subprocess.run(script + [str(tmp_path / "fresh.npz"), "--frac", "0.5", "--skip-featured-in", str(old)],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert len(np.load(tmp_path / "fresh.npz")["offsets"]) - 1 == 1  # half of the two sequences [1..5] and [1, 2, 3, 9]
+    for bad, message in ((["--featured-in", str(old), "--skip-featured-in", str(old)], "goes with --frac"),
+                         (["--frac", "1", "--skip-featured-in", str(old), str(tmp_path / "also"), "--max-seq-len", "4"],
+                          "does not exist")):
+        res = subprocess.run(script + [str(tmp_path / "bad.npz")] + bad, capture_output=True, text=True, env=env)
+        assert res.returncode == 2 and message in res.stderr.splitlines()[-1], res.stderr
 
 
 def test_merge_tokens_concatenates_sources_leaves_out_held_out_sequences_and_counts_answers(tmp_path):
