@@ -610,12 +610,22 @@ def featured_sequences(src: Path, feature_files: list, max_seq_len: int = 1024) 
     files (or run folders) already hold, matched by token ids cut at max_seq_len as
     stage_features cuts them. Why: a round that trains on exactly those (plus new data) copies
     every old feature and spends its minutes training instead of recomputing."""
-    keys = token_file_keys(src, max_seq_len)
+    known = known_sequence_keys(feature_files, max_seq_len)
+    return [i for i, key in enumerate(token_file_keys(src, max_seq_len)) if key in known]
+
+
+def known_sequence_keys(items: list, max_seq_len: int, option: str = "") -> set[bytes]:
+    """The sequence keys that earlier runs' features.pt files (or run folders) hold, and those of
+    export_tokens files (.npz) cut at max_seq_len, as stage_features cuts them. `option` names
+    the flag in errors."""
     known: set[bytes] = set()
-    for item in feature_files:
-        _, old = load_features_file(item)
-        known.update(sequence_keys(old["tokens"], old["offsets"]))
-    return [i for i, key in enumerate(keys) if key in known]
+    for item in items:
+        if Path(item).suffix == ".npz":
+            known.update(token_file_keys(item, max_seq_len))
+        else:
+            _, old = load_features_file(item, option)
+            known.update(sequence_keys(old["tokens"], old["offsets"]))
+    return known
 
 
 def _token_rows(src: Path) -> tuple[list[dict], list[dict]]:

@@ -59,14 +59,8 @@ target = load_target(run_args.model, dtype=run_args.dtype, device=run_args.devic
 data = train.FeatureData(args.run / "features.pt")
 val_idx = list(range(len(data))) if args.heldout else train.split(len(data), run_args.val_frac, run_args.seed)[1]
 val_idx = [i for i in val_idx if i >= args.from_sequence]
-seen = set()
 try:
-    for other in args.not_in:
-        if other.suffix == ".npz":  # an export_tokens file: the same ids, cut as the features stage cuts them
-            seen.update(td.token_file_keys(other, run_args.max_seq_len))
-            continue
-        _, d = td.load_features_file(other, "--not-in")
-        seen.update(td.sequence_keys(d["tokens"], d["offsets"]))
+    seen = td.known_sequence_keys(args.not_in, run_args.max_seq_len, "--not-in")
 except ValueError as e:
     ap.error(str(e))
 keys = td.sequence_keys(data.tokens, data.offsets)
