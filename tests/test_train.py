@@ -618,6 +618,33 @@ def test_featured_sequences_are_those_an_earlier_runs_features_hold(tmp_path):
         assert res.returncode == 2 and message in res.stderr.splitlines()[-1], res.stderr
 
 
+def test_sample_tokens_task_frac_draws_tasks_at_their_own_share(tmp_path):
+    """--task-frac leans a share toward chats (or tasks): chats are drawn at --frac, tasks at
+    --task-frac, and a pair that keeps nothing, or --task-frac without --frac, is a one-line error."""
+    import numpy as np
+
+    run = tmp_path / "run"
+    run.mkdir()
+    row = lambda i: {"prompt_ids": [i], "answer_ids": [i + 100], "temperature": 0.0, "finished": True}
+    td.write_jsonl(run / "answers.jsonl", [row(i) for i in range(6)])  # six chats
+    td.write_jsonl(run / "tasks.jsonl", [row(i) for i in range(10, 14)])  # four tasks
+    td.export_tokens(run, tmp_path / "all.npz")
+    script = [sys.executable, str(Path(__file__).parents[1] / "scripts" / "sample_tokens.py"), str(tmp_path / "all.npz")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    for frac, task_frac, chats, tasks in (("0.5", "0", 3, 0), ("1", "0.25", 6, 1), ("0.5", "1", 3, 4)):
+        res = subprocess.run(script + [str(tmp_path / "share.npz"), "--frac", frac, "--task-frac", task_frac, "--seed", "3"],
+                             capture_output=True, text=True, env=env)
+        assert res.returncode == 0, res.stderr
+        share = np.load(tmp_path / "share.npz")
+        assert (int((share["task"] == 0).sum()), int(share["task"].sum())) == (chats, tasks)
+        assert f"({tasks} task)" in res.stdout
+    for bad, message in ((["--frac", "0.01", "--task-frac", "0"], "keep none"),
+                         (["--featured-in", str(run), "--task-frac", "0.5"], "goes with --frac"),
+                         (["--frac", "1", "--task-frac", "2"], "must be in [0, 1]")):
+        res = subprocess.run(script + [str(tmp_path / "bad.npz")] + bad, capture_output=True, text=True, env=env)
+        assert res.returncode == 2 and message in res.stderr.splitlines()[-1], res.stderr
+
+
 def test_merge_tokens_concatenates_sources_leaves_out_held_out_sequences_and_counts_answers(tmp_path):
     """The all-data merge: token files and run folders concatenate (chat rows first, then tasks),
     a sequence whose prompt the held-out file holds stays out (whatever its answer), and the answer
