@@ -16,6 +16,14 @@ from eagle2 import train, train_data as td
 from eagle2.head import EagleHead
 from eagle2.vocab import ReducedLMHead
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args) -> subprocess.CompletedProcess:
+    """Run scripts/NAME as a user would (a fresh interpreter, the repo on PYTHONPATH)."""
+    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *map(str, args)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
 
 def test_magpie_prefix_stops_at_user_turn(tiny_target):
     prefix = td.magpie_prefix(tiny_target.tokenizer)
@@ -186,16 +194,12 @@ def test_pipeline_end_to_end(tiny_dir, tmp_path):
     assert copied == (kept["new"]["score"] >= kept["old"]["score"])
     # scripts/eval_heads.py --heldout scores from the same features and agrees; it refuses a folder
     # that holds the features of another file
-    script = [sys.executable, str(Path(__file__).parents[1] / "scripts" / "eval_heads.py"), str(out / "heldout")]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    res = subprocess.run(script + [str(out / "head"), "--heldout", str(held), "--threads", "1"],
-                         capture_output=True, text=True, env=env)
+    res = run_script("eval_heads.py", out / "heldout", out / "head", "--heldout", held, "--threads", "1")
     assert res.returncode == 0, res.stderr
     line = json.loads(res.stdout.strip().splitlines()[-1])
     assert line["positions"] == kept["new"]["positions"]
     assert line["acc"][:3] == pytest.approx(kept["new"]["acc"], abs=1e-3)
-    res = subprocess.run(script + [str(out / "head"), "--heldout", str(out / "head" / train.TOKENS_FILE)],
-                         capture_output=True, text=True, env=env)
+    res = run_script("eval_heads.py", out / "heldout", out / "head", "--heldout", out / "head" / train.TOKENS_FILE)
     assert res.returncode == 2 and "holds the features of" in res.stderr.splitlines()[-1]
 
 
@@ -593,28 +597,23 @@ def test_featured_sequences_are_those_an_earlier_runs_features_hold(tmp_path):
     assert td.featured_sequences(tmp_path / "all.npz", [old / "features.pt"]) == [1]  # uncut, [1..5] differs
     with pytest.raises(ValueError, match="does not exist"):
         td.featured_sequences(tmp_path / "all.npz", [tmp_path / "nowhere"])
-    script = [sys.executable, str(Path(__file__).parents[1] / "scripts" / "sample_tokens.py"), str(tmp_path / "all.npz")]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    res = subprocess.run(script + [str(tmp_path / "share.npz"), "--featured-in", str(old), "--max-seq-len", "4"],
-                         capture_output=True, text=True, env=env)
+    sample = lambda *args: run_script("sample_tokens.py", tmp_path / "all.npz", *args)
+    res = sample(tmp_path / "share.npz", "--featured-in", old, "--max-seq-len", "4")
     assert res.returncode == 0, res.stderr
     assert np.load(tmp_path / "share.npz")["ids"].tolist() == [1, 2, 3, 4, 5, 6, 7]
-    res = subprocess.run(script + [str(tmp_path / "none.npz"), "--featured-in", str(tmp_path)],
-                         capture_output=True, text=True, env=env)
+    res = sample(tmp_path / "none.npz", "--featured-in", tmp_path)
     assert res.returncode == 2 and "does not exist" in res.stderr.splitlines()[-1]
     # --skip-featured-in: a share drawn only from the sequences the runs do not hold
-    res = subprocess.run(script + [str(tmp_path / "fresh.npz"), "--frac", "1", "--skip-featured-in", str(old),
-                                   "--max-seq-len", "4"], capture_output=True, text=True, env=env)
+    res = sample(tmp_path / "fresh.npz", "--frac", "1", "--skip-featured-in", old, "--max-seq-len", "4")
     assert res.returncode == 0, res.stderr
     assert np.load(tmp_path / "fresh.npz")["ids"].tolist() == [1, 2, 3, 9]
-    res = subprocess.run(script + [str(tmp_path / "fresh.npz"), "--frac", "0.5", "--skip-featured-in", str(old)],
-                         capture_output=True, text=True, env=env)
+    res = sample(tmp_path / "fresh.npz", "--frac", "0.5", "--skip-featured-in", old)
     assert res.returncode == 0, res.stderr
     assert len(np.load(tmp_path / "fresh.npz")["offsets"]) - 1 == 1  # half of the two sequences [1..5] and [1, 2, 3, 9]
     for bad, message in ((["--featured-in", str(old), "--skip-featured-in", str(old)], "goes with --frac"),
                          (["--frac", "1", "--skip-featured-in", str(old), str(tmp_path / "also"), "--max-seq-len", "4"],
                           "does not exist")):
-        res = subprocess.run(script + [str(tmp_path / "bad.npz")] + bad, capture_output=True, text=True, env=env)
+        res = sample(tmp_path / "bad.npz", *bad)
         assert res.returncode == 2 and message in res.stderr.splitlines()[-1], res.stderr
 
 
@@ -629,11 +628,9 @@ def test_sample_tokens_task_frac_draws_tasks_at_their_own_share(tmp_path):
     td.write_jsonl(run / "answers.jsonl", [row(i) for i in range(6)])  # six chats
     td.write_jsonl(run / "tasks.jsonl", [row(i) for i in range(10, 14)])  # four tasks
     td.export_tokens(run, tmp_path / "all.npz")
-    script = [sys.executable, str(Path(__file__).parents[1] / "scripts" / "sample_tokens.py"), str(tmp_path / "all.npz")]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    sample = lambda *args: run_script("sample_tokens.py", tmp_path / "all.npz", *args)
     for frac, task_frac, chats, tasks in (("0.5", "0", 3, 0), ("1", "0.25", 6, 1), ("0.5", "1", 3, 4)):
-        res = subprocess.run(script + [str(tmp_path / "share.npz"), "--frac", frac, "--task-frac", task_frac, "--seed", "3"],
-                             capture_output=True, text=True, env=env)
+        res = sample(tmp_path / "share.npz", "--frac", frac, "--task-frac", task_frac, "--seed", "3")
         assert res.returncode == 0, res.stderr
         share = np.load(tmp_path / "share.npz")
         assert (int((share["task"] == 0).sum()), int(share["task"].sum())) == (chats, tasks)
@@ -641,7 +638,7 @@ def test_sample_tokens_task_frac_draws_tasks_at_their_own_share(tmp_path):
     for bad, message in ((["--frac", "0.01", "--task-frac", "0"], "keep none"),
                          (["--featured-in", str(run), "--task-frac", "0.5"], "goes with --frac"),
                          (["--frac", "1", "--task-frac", "2"], "must be in [0, 1]")):
-        res = subprocess.run(script + [str(tmp_path / "bad.npz")] + bad, capture_output=True, text=True, env=env)
+        res = sample(tmp_path / "bad.npz", *bad)
         assert res.returncode == 2 and message in res.stderr.splitlines()[-1], res.stderr
 
 
@@ -695,15 +692,11 @@ def test_merge_tokens_script_writes_the_file_and_counts_and_rejects_bad_sources(
     run = tmp_path / "run"
     run.mkdir()
     td.write_jsonl(run / "answers.jsonl", [{"prompt_ids": [1], "answer_ids": [2, 2, 3], "temperature": 0.0}])
-    script = Path(__file__).resolve().parents[1] / "scripts" / "merge_tokens.py"
-    env = {**os.environ, "PYTHONPATH": str(script.parents[1])}
-    ok = subprocess.run([sys.executable, str(script), str(run), "--dest", str(tmp_path / "all.npz"),
-                         "--counts", str(tmp_path / "counts.json")], capture_output=True, text=True, env=env)
+    ok = run_script("merge_tokens.py", run, "--dest", tmp_path / "all.npz", "--counts", tmp_path / "counts.json")
     assert ok.returncode == 0, ok.stderr
     assert "1 sequences (1 chat, 0 task)" in ok.stdout
     assert load_counts(tmp_path / "counts.json") == {2: 2, 3: 1}
-    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nothing.npz"), "--dest", str(tmp_path / "x.npz")],
-                         capture_output=True, text=True, env=env)
+    bad = run_script("merge_tokens.py", tmp_path / "nothing.npz", "--dest", tmp_path / "x.npz")
     assert bad.returncode == 2 and "not a training-token file" in bad.stderr and "Traceback" not in bad.stderr
 
 
