@@ -80,6 +80,7 @@ PARTIALS = {"prompts": ["prompts.partial.jsonl"], "answers": ["answers.partial.j
             "tasks": ["tasks.partial.jsonl"], "features": [],
             "train": ["head/config.json", "train.json", "train_state.pt"]}
 STATE_FILE = PARTIALS["train"][-1]  # a training run's checkpoint between segments (--restart-minutes)
+AFTER_RESTART = "--after-restart"  # added to the command line of every segment after the first
 TOKENS_FILE = "train_tokens.npz"  # the run's prompts + answers as token ids, shipped beside the head
 ARCH_DEFAULTS = {  # what each head kind trains with unless told otherwise
     "eagle1": {"noise": 0.2, "ce_frac": 0.25, "ttt_steps": 1},
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "tasks stages are skipped, features are recomputed (or copied: --features-from)")
     g.add_argument("--force", nargs="*", choices=STAGES, default=None,
                    help="re-run these stages (and every later one); no names = all")
+    g.add_argument(AFTER_RESTART, action="store_true", help=argparse.SUPPRESS)  # set by main: --force is spent
     g = p.add_argument_group("prompts")
     g.add_argument("--n-prompts", type=int, default=1500)
     g.add_argument("--prompt-batch", type=int, default=48)
@@ -827,32 +829,20 @@ def resolve_arch_defaults(args) -> argparse.Namespace:
 
 def main(argv=None, restart_by_exec: bool = False) -> int:
     """Run the stages. A training segment that saved its state (--restart-minutes) goes on in a
-    fresh process when restart_by_exec (the command line), else in this one (a library call)."""
+    fresh process when restart_by_exec (the command line), else in this one (a library call). The
+    segments after the first get AFTER_RESTART, which voids --force (however it was spelled): a
+    resumed run must not redo the stages it forced."""
     argv = list(sys.argv[1:] if argv is None else argv)
     while True:
         try:
             return run_stages(argv)
         except RestartTraining:
+            if AFTER_RESTART not in argv:
+                argv.append(AFTER_RESTART)
             if restart_by_exec:
                 sys.stdout.flush()
                 sys.stderr.flush()
-                os.execv(sys.executable, [sys.executable, "-m", "eagle2.train", *without_force(argv)])
-            argv = without_force(argv)
-
-
-def without_force(argv: list[str]) -> list[str]:
-    """argv less --force and its stage names: a resumed run must not redo the stages it forced."""
-    out, skipping = [], False
-    for a in argv:
-        if a == "--force":
-            skipping = True
-        elif skipping and not a.startswith("-"):
-            continue
-        else:
-            skipping = False
-            if not a.startswith("--force="):
-                out.append(a)
-    return out
+                os.execv(sys.executable, [sys.executable, "-m", "eagle2.train", *argv])
 
 
 def run_stages(argv: list[str]) -> int:
@@ -871,7 +861,7 @@ def run_stages(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     forced: set[str] = set()
-    if args.force is not None:
+    if args.force is not None and not args.after_restart:
         names = args.force or list(STAGES)
         first = min(STAGES.index(n) for n in names)
         forced = set(STAGES[first:])

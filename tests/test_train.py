@@ -299,8 +299,9 @@ def test_training_restarted_in_fresh_processes_ends_with_the_same_head(tiny_dir,
         shutil.copyfile(once / name, cut / name)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(train.__file__).parents[1]),
                                                                       os.environ.get("PYTHONPATH")])))
+    # --force abbreviated, as argparse allows: each restart must still drop it, or training starts over
     proc = subprocess.run([sys.executable, "-m", "eagle2", "train", "--out", str(cut), "--restart-minutes", "1e-9",
-                           "--force", "train"] + common, capture_output=True, text=True, timeout=300, env=env)
+                           "--forc", "train"] + common, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta, ref = (json.loads((d / "train.json").read_text()) for d in (cut, once))
     assert meta["steps"] == ref["steps"] >= 3 and meta["processes"] == meta["steps"]
