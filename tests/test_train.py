@@ -19,10 +19,16 @@ from eagle2.vocab import ReducedLMHead
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_python(*args, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run `python ARGS...` as a user would: a fresh interpreter with the repo on PYTHONPATH."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": path})
+
+
 def run_script(name: str, *args) -> subprocess.CompletedProcess:
-    """Run scripts/NAME as a user would (a fresh interpreter, the repo on PYTHONPATH)."""
-    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *map(str, args)],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    """Run scripts/NAME as a user would."""
+    return run_python(REPO / "scripts" / name, *args)
 
 
 def test_magpie_prefix_stops_at_user_turn(tiny_target):
@@ -280,10 +286,7 @@ def test_training_restarted_in_fresh_processes_ends_with_the_same_head(tiny_dir,
     """--restart-minutes: the command line saves the state and re-executes itself; resuming loses
     nothing (head, optimizer, place in the data and the random streams come back), so a run cut
     after every step ends with the head of a run in one process."""
-    import os
     import shutil
-    import subprocess
-    import sys
 
     from safetensors.torch import load_file
 
@@ -297,11 +300,9 @@ def test_training_restarted_in_fresh_processes_ends_with_the_same_head(tiny_dir,
     cut.mkdir()
     for name in ("prompts.jsonl", "answers.jsonl", "tasks.jsonl", "features.pt"):
         shutil.copyfile(once / name, cut / name)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(train.__file__).parents[1]),
-                                                                      os.environ.get("PYTHONPATH")])))
     # --force abbreviated, as argparse allows: each restart must still drop it, or training starts over
-    proc = subprocess.run([sys.executable, "-m", "eagle2", "train", "--out", str(cut), "--restart-minutes", "1e-9",
-                           "--forc", "train"] + common, capture_output=True, text=True, timeout=300, env=env)
+    proc = run_python("-m", "eagle2", "train", "--out", cut, "--restart-minutes", "1e-9", "--forc", "train", *common,
+                      timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta, ref = (json.loads((d / "train.json").read_text()) for d in (cut, once))
     assert meta["steps"] == ref["steps"] >= 3 and meta["processes"] == meta["steps"]
@@ -685,9 +686,6 @@ def test_merge_tokens_concatenates_sources_leaves_out_held_out_sequences_and_cou
 def test_merge_tokens_script_writes_the_file_and_counts_and_rejects_bad_sources(tmp_path):
     """scripts/merge_tokens.py: the merged file and its counts file in one command; a bad source
     is a one-line error with exit code 2."""
-    import subprocess
-    import sys
-
     from eagle2.vocab import load_counts
 
     run = tmp_path / "run"
