@@ -3,7 +3,9 @@
 #
 # MODE=continue (the default): the shipped head trained further on all the data the CPU sessions
 #   wrote (train_tokens.npz and pending_tokens.npz beside it, ~12 M tokens), for as many epochs as
-#   TRAIN_MIN allows, grown to LAYERS decoder layers (default 2; each new layer starts adding
+#   TRAIN_MIN allows (default: what is left of TOTAL_MIN, 9, once the features are computed, less
+#   RESERVE_MIN, 2, for saving and scoring: a lease's call ends at 10 minutes, whatever the
+#   features cost), grown to LAYERS decoder layers (default 2; each new layer starts adding
 #   nothing, so training starts from the shipped head's accuracy): the deeper head trained far
 #   longer that a 2-core session cannot afford. LAYERS=1 continues the one-layer head and also
 #   averages the result with the shipped head, as the CPU rounds do.
@@ -12,7 +14,7 @@
 # Either way the new head(s) and the shipped one are scored on the fixed held-out set
 # (heldout_tokens.npz, never trained on); $OUT/train.log ends with that table.
 #
-#   bash scripts/gpu_train.sh                                   # continue, two layers, 4 training minutes
+#   bash scripts/gpu_train.sh                                   # continue, two layers, ~9 minutes in all
 #   LAYERS=1 LR=1e-4 bash scripts/gpu_train.sh
 #   MODE=fresh ARCH=eagle1 TRAIN_MIN=6 bash scripts/gpu_train.sh
 #   DEVICE=cpu DATA=runs/small.npz TRAIN_MIN=1 bash scripts/gpu_train.sh   # a dry run on a CPU
@@ -36,7 +38,8 @@ H=eagle2/heads/smollm2-135m-instruct
 OUT="${OUT:-runs/gpu-train-$(date +%Y%m%d-%H%M%S)}"
 WORK="${WORK:-$(mktemp -d)}"
 STAGE="${STAGE:-.stage}"
-TRAIN_MIN="${TRAIN_MIN:-4}"; SEED="${SEED:-1}"
+START=$(date +%s)
+TOTAL_MIN="${TOTAL_MIN:-9}"; RESERVE_MIN="${RESERVE_MIN:-2}"; SEED="${SEED:-1}"
 LAYERS="${LAYERS:-2}"; EPOCHS="${EPOCHS:-40}"
 DATA="${DATA:-$H/train_tokens.npz $H/pending_tokens.npz}"
 ARCH="${ARCH:-eagle3}"  # MODE=fresh
@@ -62,12 +65,18 @@ bring() { mkdir -p "$OUT/$2"; for f in config.json model.safetensors report.json
   "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
   heads=("$H")
   if [ "$MODE" = continue ]; then
-    echo "== continue the shipped head: $LAYERS layer(s), lr $LR, $TRAIN_MIN training minutes, data: $DATA"
     # shellcheck disable=SC2086  # DATA is a list of files
-    "$PY" -m eagle2 train --out "$WORK/run" --arch eagle1 --device "$DEVICE" --threads 0 --data $DATA \
-        --init-head "$H" --head-layers "$LAYERS" --exclude-prompts "$H/heldout_tokens.npz" \
-        --feature-batch-tokens 32768 --batch-tokens 16384 --epochs "$EPOCHS" --train-minutes "$TRAIN_MIN" \
-        --lr "$LR" --warmup-steps 50 --ttt-steps 2 --eval-every 1 --seed "$SEED"
+    run=("$PY" -m eagle2 train --out "$WORK/run" --arch eagle1 --device "$DEVICE" --threads 0 --data $DATA
+         --init-head "$H" --head-layers "$LAYERS" --exclude-prompts "$H/heldout_tokens.npz"
+         --feature-batch-tokens 32768 --batch-tokens 16384 --epochs "$EPOCHS" --lr "$LR" --warmup-steps 50
+         --ttt-steps 2 --eval-every 1 --seed "$SEED")
+    echo "== continue the shipped head: $LAYERS layer(s), lr $LR, data: $DATA"
+    "${run[@]}" --until features
+    # the training gets what the features left of the call, unless TRAIN_MIN says otherwise
+    TRAIN_MIN="${TRAIN_MIN:-$(awk -v s="$START" -v now="$(date +%s)" -v t="$TOTAL_MIN" -v r="$RESERVE_MIN" \
+        'BEGIN { m = t - (now - s) / 60 - r; printf "%.2f", (m < 0.5 ? 0.5 : m) }')}"
+    echo "== training for $TRAIN_MIN minutes"
+    "${run[@]}" --train-minutes "$TRAIN_MIN"
     heads+=("$WORK/run/head")
     if [ "$LAYERS" = 1 ]; then
       "$PY" scripts/average_heads.py "$H" "$WORK/run/head" --out "$WORK/mean"
@@ -75,6 +84,7 @@ bring() { mkdir -p "$OUT/$2"; for f in config.json model.safetensors report.json
       bring "$WORK/mean" mean
     fi
   else
+    TRAIN_MIN="${TRAIN_MIN:-5}"
     echo "== fresh: new data and a new $ARCH head"
     # big batches: a GPU writes answers far faster than the 2-core CPU the defaults are sized for
     "$PY" -m eagle2 train --out "$WORK/run" --arch "$ARCH" --device "$DEVICE" --threads 0 \
