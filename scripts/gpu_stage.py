@@ -54,7 +54,9 @@ def ignore(stage: Path) -> None:
     """The stage folder must not travel with every call: ignore it in this clone only."""
     rel = stage.resolve().relative_to(ROOT)
     if subprocess.run(["git", "check-ignore", "-q", str(rel)], cwd=ROOT).returncode != 0:
-        exclude = ROOT / ".git" / "info" / "exclude"
+        exclude = Path(subprocess.run(["git", "rev-parse", "--git-path", "info/exclude"], cwd=ROOT,
+                                      capture_output=True, text=True, check=True).stdout.strip())
+        exclude = exclude if exclude.is_absolute() else ROOT / exclude  # a worktree's is not under .git/
         exclude.parent.mkdir(parents=True, exist_ok=True)
         with open(exclude, "a") as f:
             f.write(f"/{rel}/\n")
